@@ -1,0 +1,243 @@
+// config.json <-> ModelConfig. Defaults follow transformers' NemotronHConfig where it has them; sizes that
+// define the tensors have no sensible default and are required.
+#include "minipuzzle/config.h"
+
+#include <cmath>
+#include <filesystem>
+#include <limits>
+
+#include "minipuzzle/error.h"
+
+namespace fs = std::filesystem;
+
+namespace mp {
+
+const char* layer_type_name(LayerType type) {
+  switch (type) {
+    case LayerType::Mamba: return "mamba";
+    case LayerType::Attention: return "attention";
+    case LayerType::Mlp: return "mlp";
+    case LayerType::Moe: return "moe";
+  }
+  return "?";
+}
+
+static const char* hf_block_type(LayerType type) {
+  switch (type) {
+    case LayerType::Mamba: return "linear_attention";
+    case LayerType::Attention: return "full_attention";
+    case LayerType::Mlp: return "mlp";
+    case LayerType::Moe: return "moe";
+  }
+  return "?";
+}
+
+std::vector<LayerType> parse_pattern(const std::string& pattern, const std::string& what) {
+  std::vector<LayerType> layers;
+  for (char c : pattern) {
+    switch (c) {
+      case 'M': layers.push_back(LayerType::Mamba); break;
+      case '*': layers.push_back(LayerType::Attention); break;
+      case '-': layers.push_back(LayerType::Mlp); break;
+      case 'E': layers.push_back(LayerType::Moe); break;
+      default: fail(what, ": hybrid_override_pattern has '", std::string(1, c), "'; expected M, *, - or E");
+    }
+  }
+  return layers;
+}
+
+static LayerType parse_block_type(const std::string& s, const std::string& what) {
+  if (s == "linear_attention" || s == "mamba" || s == "M") return LayerType::Mamba;
+  if (s == "full_attention" || s == "attention" || s == "*") return LayerType::Attention;
+  if (s == "mlp" || s == "-") return LayerType::Mlp;
+  if (s == "moe" || s == "E") return LayerType::Moe;
+  fail(what, ": layers_block_type has \"", s, "\"; expected linear_attention, full_attention, mlp or moe");
+}
+
+int64_t ModelConfig::count(LayerType type) const {
+  int64_t n = 0;
+  for (auto t : layers) n += (t == type);
+  return n;
+}
+
+std::string ModelConfig::pattern() const {
+  std::string s;
+  for (auto t : layers) s += static_cast<char>(t);
+  return s;
+}
+
+namespace {
+struct Reader {
+  const json& j;
+  const std::string& what;
+  bool has(const char* key) const { return j.contains(key) && !j.at(key).is_null(); }
+  int64_t required_int(const char* key) const {
+    MP_CHECK(has(key), what, ": missing field \"", key, "\" (needed for this architecture)");
+    return as_int(key);
+  }
+  int64_t as_int(const char* key) const {
+    const json& v = j.at(key);
+    MP_CHECK(v.is_number_integer() || (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()),
+             what, ": field \"", key, "\" must be an integer, found ", v.dump());
+    return v.get<int64_t>();
+  }
+  int64_t optional_int(const char* key, int64_t dflt) const { return has(key) ? as_int(key) : dflt; }
+  double optional_double(const char* key, double dflt) const {
+    return has(key) ? json_to_double(j.at(key), what + " field \"" + key + "\"") : dflt;
+  }
+  bool optional_bool(const char* key, bool dflt) const {
+    if (!has(key)) return dflt;
+    MP_CHECK(j.at(key).is_boolean(), what, ": field \"", key, "\" must be true or false");
+    return j.at(key).get<bool>();
+  }
+  std::string optional_string(const char* key, const std::string& dflt) const {
+    if (!has(key)) return dflt;
+    MP_CHECK(j.at(key).is_string(), what, ": field \"", key, "\" must be a string");
+    return j.at(key).get<std::string>();
+  }
+};
+}  // namespace
+
+ModelConfig ModelConfig::from_json(const json& j, const std::string& what) {
+  MP_CHECK(j.is_object(), what, ": expected a JSON object");
+  Reader r{j, what};
+  ModelConfig c;
+  c.raw = j;
+  if (r.has("layers_block_type")) {
+    MP_CHECK(j.at("layers_block_type").is_array(), what, ": layers_block_type must be a list");
+    for (auto& v : j.at("layers_block_type")) {
+      MP_CHECK(v.is_string(), what, ": layers_block_type entries must be strings");
+      c.layers.push_back(parse_block_type(v.get<std::string>(), what));
+    }
+    if (r.has("hybrid_override_pattern")) {
+      auto from_pattern = parse_pattern(j.at("hybrid_override_pattern").get<std::string>(), what);
+      MP_CHECK(from_pattern == c.layers, what, ": hybrid_override_pattern and layers_block_type disagree");
+    }
+  } else if (r.has("hybrid_override_pattern")) {
+    MP_CHECK(j.at("hybrid_override_pattern").is_string(), what, ": hybrid_override_pattern must be a string");
+    c.layers = parse_pattern(j.at("hybrid_override_pattern").get<std::string>(), what);
+  } else {
+    fail(what, ": missing field \"hybrid_override_pattern\" (or \"layers_block_type\"): the layer list");
+  }
+  MP_CHECK(!c.layers.empty(), what, ": the layer list is empty");
+  if (r.has("num_hidden_layers")) {
+    int64_t n = r.as_int("num_hidden_layers");
+    MP_CHECK(n == c.num_layers(), what, ": num_hidden_layers is ", n, " but the layer pattern has ", c.num_layers(),
+             " layers");
+  }
+
+  c.vocab_size = r.required_int("vocab_size");
+  c.hidden_size = r.required_int("hidden_size");
+  c.layer_norm_epsilon = r.optional_double("layer_norm_epsilon", 1e-5);
+  c.tie_word_embeddings = r.optional_bool("tie_word_embeddings", false);
+  c.torch_dtype = r.optional_string("torch_dtype", r.optional_string("dtype", "bfloat16"));
+
+  if (c.count(LayerType::Attention)) {
+    c.num_attention_heads = r.required_int("num_attention_heads");
+    c.num_key_value_heads = r.optional_int("num_key_value_heads", c.num_attention_heads);
+    int64_t dflt_head_dim = c.num_attention_heads ? c.hidden_size / c.num_attention_heads : 0;
+    c.head_dim = r.optional_int("head_dim", r.optional_int("attention_head_dim", dflt_head_dim));
+  } else {
+    c.num_attention_heads = r.optional_int("num_attention_heads", 0);
+    c.num_key_value_heads = r.optional_int("num_key_value_heads", c.num_attention_heads);
+    c.head_dim = r.optional_int("head_dim", r.optional_int("attention_head_dim", 0));
+  }
+  if (c.count(LayerType::Mlp)) {
+    c.intermediate_size = r.required_int("intermediate_size");
+  } else {
+    c.intermediate_size = r.optional_int("intermediate_size", 0);
+  }
+  c.mlp_hidden_act = r.optional_string("mlp_hidden_act", "relu2");
+  c.mlp_bias = r.optional_bool("mlp_bias", false);
+
+  bool mamba = c.count(LayerType::Mamba) > 0;
+  auto mamba_int = [&](const char* key, int64_t dflt) { return mamba ? r.required_int(key) : r.optional_int(key, dflt); };
+  c.mamba_num_heads = mamba_int("mamba_num_heads", 0);
+  c.mamba_head_dim = mamba_int("mamba_head_dim", 0);
+  c.ssm_state_size = mamba_int("ssm_state_size", 0);
+  c.n_groups = r.optional_int("n_groups", r.optional_int("mamba_n_groups", 8));
+  c.conv_kernel = r.optional_int("conv_kernel", r.optional_int("mamba_d_conv", 4));
+  c.chunk_size = r.optional_int("chunk_size", r.optional_int("mamba_chunk_size", 128));
+  c.time_step_min = r.optional_double("time_step_min", 0.001);
+  if (r.has("time_step_limit")) {
+    const json& lim = j.at("time_step_limit");
+    MP_CHECK(lim.is_array() && lim.size() == 2, what, ": time_step_limit must be a list of two numbers");
+    c.time_step_limit = {json_to_double(lim[0], what), json_to_double(lim[1], what)};
+  }
+  c.use_bias = r.optional_bool("use_bias", false);
+  c.use_conv_bias = r.optional_bool("use_conv_bias", true);
+  c.mamba_hidden_act = r.optional_string("mamba_hidden_act", "silu");
+  c.mamba_ssm_cache_dtype = r.optional_string("mamba_ssm_cache_dtype", "float32");
+  c.validate();
+  return c;
+}
+
+void ModelConfig::validate() const {
+  const std::string what = "config";
+  MP_CHECK(vocab_size > 0, what, ": vocab_size must be positive, found ", vocab_size);
+  MP_CHECK(hidden_size > 0, what, ": hidden_size must be positive, found ", hidden_size);
+  if (count(LayerType::Attention)) {
+    MP_CHECK(num_attention_heads > 0 && head_dim > 0, what, ": attention layers need num_attention_heads and head_dim > 0");
+    MP_CHECK(num_key_value_heads > 0 && num_attention_heads % num_key_value_heads == 0, what,
+             ": num_key_value_heads (", num_key_value_heads, ") must divide num_attention_heads (",
+             num_attention_heads, ")");
+  }
+  if (count(LayerType::Mlp)) {
+    MP_CHECK(intermediate_size > 0, what, ": MLP layers need intermediate_size > 0");
+    MP_CHECK(mlp_hidden_act == "relu2", what, ": mlp_hidden_act \"", mlp_hidden_act,
+             "\" is not supported (Nemotron-H uses relu2)");
+  }
+  if (count(LayerType::Mamba)) {
+    MP_CHECK(mamba_num_heads > 0 && mamba_head_dim > 0 && ssm_state_size > 0, what,
+             ": Mamba layers need mamba_num_heads, mamba_head_dim and ssm_state_size > 0");
+    MP_CHECK(n_groups > 0 && mamba_num_heads % n_groups == 0, what, ": n_groups (", n_groups,
+             ") must divide mamba_num_heads (", mamba_num_heads, ")");
+    MP_CHECK(conv_kernel > 0 && chunk_size > 0, what, ": conv_kernel and chunk_size must be positive");
+    MP_CHECK(mamba_hidden_act == "silu", what, ": mamba_hidden_act \"", mamba_hidden_act, "\" is not supported");
+  }
+}
+
+json ModelConfig::to_json() const {
+  json j = raw.is_object() ? raw : json::object();
+  if (!j.contains("architectures")) j["architectures"] = {"NemotronHForCausalLM"};
+  if (!j.contains("model_type")) j["model_type"] = "nemotron_h";
+  j["vocab_size"] = vocab_size;
+  j["hidden_size"] = hidden_size;
+  j["intermediate_size"] = intermediate_size;
+  j["num_hidden_layers"] = num_layers();
+  j["hybrid_override_pattern"] = pattern();
+  json types = json::array();
+  for (auto t : layers) types.push_back(hf_block_type(t));
+  j["layers_block_type"] = types;
+  j["num_attention_heads"] = num_attention_heads;
+  j["num_key_value_heads"] = num_key_value_heads;
+  j["head_dim"] = head_dim;
+  if (j.contains("attention_head_dim")) j["attention_head_dim"] = head_dim;
+  j["mamba_num_heads"] = mamba_num_heads;
+  j["mamba_head_dim"] = mamba_head_dim;
+  j["n_groups"] = n_groups;
+  j["ssm_state_size"] = ssm_state_size;
+  j["conv_kernel"] = conv_kernel;
+  j["chunk_size"] = chunk_size;
+  j["layer_norm_epsilon"] = layer_norm_epsilon;
+  j["tie_word_embeddings"] = tie_word_embeddings;
+  j["use_bias"] = use_bias;
+  j["use_conv_bias"] = use_conv_bias;
+  j["mlp_bias"] = mlp_bias;
+  auto boxed = [](double v) -> json {
+    if (std::isinf(v)) return json{{"__float__", v > 0 ? "Infinity" : "-Infinity"}};
+    if (std::isnan(v)) return json{{"__float__", "NaN"}};
+    return v;
+  };
+  j["time_step_limit"] = json::array({boxed(time_step_limit.first), boxed(time_step_limit.second)});
+  return j;
+}
+
+ModelConfig load_config(const std::string& path) {
+  fs::path p(path);
+  if (fs::is_directory(p)) p /= "config.json";
+  MP_CHECK(fs::exists(p), p.string(), ": no config.json found (is this a Hugging Face checkpoint directory?)");
+  return ModelConfig::from_json(read_json_file(p.string()), p.string());
+}
+
+}  // namespace mp

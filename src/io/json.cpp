@@ -1,0 +1,128 @@
+// Lenient JSON: Python writes bare Infinity/NaN and transformers writes {"__float__": "Infinity"}; strict
+// parsers reject the first and misread the second, so both are normalised to doubles here.
+#include "minipuzzle/json.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <limits>
+#include <sstream>
+
+#include "minipuzzle/error.h"
+
+namespace mp {
+
+// Replaces bare Infinity / -Infinity / NaN tokens (outside strings) by {"__float__": "..."} objects.
+static std::string quote_bare_floats(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (in_string) {
+      out += c;
+      if (c == '\\' && i + 1 < text.size()) {
+        out += text[++i];
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+      out += c;
+      continue;
+    }
+    auto starts = [&](const char* word) { return text.compare(i, std::char_traits<char>::length(word), word) == 0; };
+    if (starts("-Infinity")) {
+      out += "{\"__float__\":\"-Infinity\"}";
+      i += 8;
+    } else if (starts("Infinity")) {
+      out += "{\"__float__\":\"Infinity\"}";
+      i += 7;
+    } else if (starts("NaN")) {
+      out += "{\"__float__\":\"NaN\"}";
+      i += 2;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+static bool is_float_box(const json& v) { return v.is_object() && v.size() == 1 && v.contains("__float__"); }
+
+static double unbox_float(const json& v, const std::string& what) {
+  const json& s = v.at("__float__");
+  if (s.is_number()) return s.get<double>();
+  MP_CHECK(s.is_string(), what, ": {\"__float__\": ...} must hold a string or number");
+  std::string t = s.get<std::string>();
+  if (t == "Infinity" || t == "inf") return std::numeric_limits<double>::infinity();
+  if (t == "-Infinity" || t == "-inf") return -std::numeric_limits<double>::infinity();
+  if (t == "NaN" || t == "nan") return std::numeric_limits<double>::quiet_NaN();
+  try {
+    return std::stod(t);
+  } catch (...) {
+    fail(what, ": cannot read \"", t, "\" as a number");
+  }
+}
+
+static void unbox_all(json& v, const std::string& what) {
+  if (is_float_box(v)) {
+    v = unbox_float(v, what);
+  } else if (v.is_object() || v.is_array()) {
+    for (auto& child : v) unbox_all(child, what);
+  }
+}
+
+json parse_json_lenient(const std::string& text, const std::string& what) {
+  json j = json::parse(quote_bare_floats(text), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) {
+    // Parse again with exceptions on to report where it failed.
+    try {
+      json ignored = json::parse(quote_bare_floats(text));
+      (void)ignored;
+    } catch (const json::parse_error& e) {
+      fail(what, ": malformed JSON (", e.what(), ")");
+    }
+    fail(what, ": malformed JSON");
+  }
+  unbox_all(j, what);
+  return j;
+}
+
+json read_json_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  MP_CHECK(in.good(), path, ": cannot open for reading (does it exist?)");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_json_lenient(ss.str(), path);
+}
+
+void write_json_file(const std::string& path, const json& value, int indent) {
+  std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    MP_CHECK(out.good(), path, ": cannot open for writing (is the directory writable?)");
+    out << value.dump(indent) << "\n";
+    out.flush();
+    if (!out.good()) {
+      std::remove(tmp.c_str());
+      fail(path, ": write failed (disk full?)");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    fail(path, ": cannot rename temporary file into place");
+  }
+}
+
+double json_to_double(const json& value, const std::string& what) {
+  if (value.is_number()) return value.get<double>();
+  if (is_float_box(value)) return unbox_float(value, what);
+  fail(what, ": expected a number, found ", value.dump());
+}
+
+}  // namespace mp

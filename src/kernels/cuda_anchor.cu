@@ -1,0 +1,1 @@
+// Placeholder so the CUDA kernel library is never empty.
