@@ -101,12 +101,34 @@ json read_json_file(const std::string& path) {
   return parse_json_lenient(ss.str(), path);
 }
 
+// Non-finite doubles are written as transformers writes them ({"__float__": "Infinity"}); plain JSON has no
+// spelling for them and nlohmann would write null.
+static json box_non_finite(const json& v) {
+  if (v.is_number_float()) {
+    double d = v.get<double>();
+    if (std::isnan(d)) return json{{"__float__", "NaN"}};
+    if (std::isinf(d)) return json{{"__float__", d > 0 ? "Infinity" : "-Infinity"}};
+    return v;
+  }
+  if (v.is_array()) {
+    json out = json::array();
+    for (auto& x : v) out.push_back(box_non_finite(x));
+    return out;
+  }
+  if (v.is_object()) {
+    json out = json::object();
+    for (auto& [k, x] : v.items()) out[k] = box_non_finite(x);
+    return out;
+  }
+  return v;
+}
+
 void write_json_file(const std::string& path, const json& value, int indent) {
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     MP_CHECK(out.good(), path, ": cannot open for writing (is the directory writable?)");
-    out << value.dump(indent) << "\n";
+    out << box_non_finite(value).dump(indent) << "\n";
     out.flush();
     if (!out.good()) {
       std::remove(tmp.c_str());

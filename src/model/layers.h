@@ -1,0 +1,48 @@
+// Internal to the model library: one function per layer type, each taking its weights explicitly.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <map>
+#include <string>
+
+#include "minipuzzle/config.h"
+#include "minipuzzle/model.h"
+
+namespace mp::model {
+
+// Looks up `prefix + name`; undefined tensor when optional and absent.
+struct Params {
+  const std::map<std::string, at::Tensor>& all;
+  std::string prefix;
+  at::Tensor get(const std::string& name) const;
+  at::Tensor optional(const std::string& name) const;
+};
+
+struct LayerContext {
+  const ModelConfig& config;
+  int64_t layer;
+  const ForwardOptions& options;
+  const LayerMask* mask;  // nullptr: no mask
+  void tap(Tap t, const at::Tensor& value) const {
+    if (options.observer && options.observer->wants(t, layer)) options.observer->observe(t, layer, value);
+  }
+  bool wants(Tap t) const { return options.observer && options.observer->wants(t, layer); }
+};
+
+// RMSNorm as transformers computes it: in float32, weight applied in float32, cast back to the input dtype.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+// Mamba's gated RMSNorm: y * silu(z), normalised within each of n_groups groups, then times the weight.
+// With a channel mask, masked channels are zero and the mean runs over kept channels only.
+at::Tensor gated_rms_norm(const at::Tensor& y, const at::Tensor& z, const at::Tensor& weight, int64_t n_groups,
+                          double eps, const at::Tensor& channel_mask);
+
+// Chunked SSD scan of Mamba-2 (float32). x [B,T,H,P], dt [B,T,H] (after softplus and clamp), A [H] (negative),
+// Bm, Cm [B,T,G,N], D [H]. Returns y [B,T,H,P] float32.
+at::Tensor ssd_chunk_scan(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& Bm,
+                          const at::Tensor& Cm, const at::Tensor& D, int64_t chunk_size);
+
+at::Tensor mamba2_mixer(const LayerContext& ctx, const Params& p, const at::Tensor& h);
+at::Tensor attention_mixer(const LayerContext& ctx, const Params& p, const at::Tensor& h);
+at::Tensor mlp_mixer(const LayerContext& ctx, const Params& p, const at::Tensor& h);
+
+}  // namespace mp::model
