@@ -1,0 +1,139 @@
+// Importance scoring: calibration data -> scores for embedding channels, MLP neurons, attention heads, Mamba
+// heads (ranked within their group) and head_dim positions, and depth (layer / block) importance, as the
+// Minitron, Minitron-SSM, MiniPuzzle and Nemotron Nano 2 papers and NVIDIA's ModelOpt compute them.
+//
+// scores.json schema (format "minipuzzle-scores", version 1) — the file `minipuzzle score` writes and the
+// pruner and search read:
+// {
+//   "format": "minipuzzle-scores", "version": 1,
+//   "model": {"fingerprint": "<shape fingerprint>", "pattern": "M-*-", "hidden_size": H, ...},
+//   "calibration": {"source": "...", "samples": N, "seq_len": L, "tokens": N*L},
+//   "reduction": "mean_l2",                      // how activations were aggregated (see Reduction)
+//   "hidden": {"scores": [H floats]},            // embedding channels: pre-mixer norm outputs over all layers
+//   "layers": [ {                                // one entry per layer, in order
+//       "index": i, "type": "mamba" | "attention" | "mlp",
+//       "depth": {"lm_loss_increase": x, "kl": x, "mse_hidden": x, "mse_logits": x, "block_influence": x},
+//       "mlp":       {"neurons": [ffn floats]},
+//       "attention": {"heads": [heads floats], "kv_groups": [kv floats]},
+//       "mamba":     {"heads": [H floats],              // from the x slice of in_proj (default criterion)
+//                     "heads_out": [H floats],          // alternative: each head's output before out_proj
+//                     "heads_flap": [H floats],         // alternative: FLAP (|W_out col|^2 x input variance)
+//                     "head_dim": [P floats],           // head_dim positions, one global ranking
+//                     "heads_nested": [H floats],       // Minitron-SSM: scored over the kept head_dim only
+//                     "groups": [G floats],
+//                     "head_rank_in_group": [[ids best first] x G]}
+//   } ],
+//   "depth_blocks": {"k": k, "criterion": "...", "blocks": [{"start": i, "lm_loss_increase": x, ...}]},
+//   "iterative_removal": {"criterion": "mse_logits", "order": [layer ids, first removed first],
+//                         "scores": [x ...]}
+// }
+// Larger is more important everywhere. Fields that were not computed are absent.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "minipuzzle/config.h"
+#include "minipuzzle/json.h"
+
+namespace mp {
+
+class NemotronH;
+
+// Aggregation of an activation [B,T,C] into per-channel scores [C].
+enum class Reduction {
+  MeanL2,    // mean of |a| over the sequence, then L2 over samples (NVIDIA's default, Minitron's best)
+  Mean,      // mean of |a| over sequence and samples
+  L2,        // L2 over sequence and samples
+  Variance,  // variance over all tokens
+};
+Reduction parse_reduction(const std::string& name);
+const char* reduction_name(Reduction r);
+
+// A stable fingerprint of the shape fields of a config, so a scores file is not applied to another model.
+std::string shape_fingerprint(const ModelConfig& config);
+
+struct MambaScores {
+  std::vector<double> heads, heads_out, heads_flap, head_dim, heads_nested, groups;
+  std::vector<std::vector<int64_t>> head_rank_in_group;
+};
+
+struct DepthScores {
+  std::map<std::string, double> by_criterion;  // "lm_loss_increase", "kl", "mse_hidden", "mse_logits", ...
+};
+
+struct LayerScores {
+  int64_t index = 0;
+  LayerType type = LayerType::Mlp;
+  DepthScores depth;
+  std::vector<double> mlp_neurons;
+  std::vector<double> attn_heads, attn_kv_groups;
+  MambaScores mamba;
+};
+
+struct BlockScore {
+  int64_t start = 0;
+  std::map<std::string, double> by_criterion;
+};
+
+struct Scores {
+  std::string fingerprint;
+  std::string pattern;
+  json model;        // a few shape fields, for reports
+  json calibration;  // source, samples, seq_len, tokens
+  Reduction reduction = Reduction::MeanL2;
+  std::vector<double> hidden;
+  std::vector<LayerScores> layers;
+  int64_t block_k = 0;
+  std::string block_criterion;
+  std::vector<BlockScore> blocks;
+  std::string removal_criterion;
+  std::vector<int64_t> removal_order;
+  std::vector<double> removal_scores;
+
+  json to_json() const;
+  static Scores from_json(const json& j, const std::string& what);
+  // Throws mp::Error when the scores were computed on a model of another shape.
+  void check_matches(const ModelConfig& config, const std::string& what) const;
+};
+
+Scores read_scores(const std::string& path);
+void write_scores(const std::string& path, const Scores& scores);
+
+struct ScoreOptions {
+  int64_t samples = 64;
+  int64_t seq_len = 256;
+  int64_t batch_size = 4;
+  Reduction reduction = Reduction::MeanL2;
+  bool width = true;
+  bool depth = true;                 // one-layer-removed criteria (a forward per layer per batch)
+  int64_t block_k = 0;               // also contiguous blocks of k layers (0: off)
+  int64_t iterative_steps = 0;       // iterative removal: how many layers to remove (0: off)
+  std::string iterative_criterion = "mse_logits";
+  bool taylor = false;               // first-order Taylor (gradient x activation) as an extra criterion
+  uint64_t seed = 0;
+};
+
+// Scores a model on calibration sequences [N, L] of token ids (streamed in batches: statistics are
+// accumulated, activations never all kept).
+Scores compute_scores(const NemotronH& model, const at::Tensor& calibration_ids, const ScoreOptions& options);
+
+// The per-channel aggregation, exposed for tests: activations [B,T,C] -> per-sample partial statistic.
+// Accumulator keeps sum over samples of (mean_t |a|)^2 etc. so batches stream.
+class ChannelStatistic {
+ public:
+  ChannelStatistic(Reduction reduction, int64_t channels);
+  void add(const at::Tensor& activations);  // [B,T,C] (or [B,T,heads,C'] flattened by the caller)
+  at::Tensor result() const;                // [C] float64
+  int64_t samples() const { return samples_; }
+
+ private:
+  Reduction reduction_;
+  at::Tensor sum_, sum_sq_;
+  int64_t samples_ = 0, tokens_ = 0;
+};
+
+}  // namespace mp
