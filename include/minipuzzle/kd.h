@@ -45,8 +45,9 @@ struct KdOptions {
 };
 
 struct LinearKdOptions : KdOptions {
-  // Tokens per chunk; 0 chooses it so the chunk's logits buffers (student, and teacher when made from hidden
-  // states) take at most logits_buffer_bytes.
+  // Tokens per chunk; 0 chooses it so the chunk's student logits take at most logits_buffer_bytes. The teacher's
+  // logits (when made from hidden states) are made a quarter chunk at a time, so the extra memory is about
+  // 1.25 * logits_buffer_bytes. Bigger chunks mean fewer passes of the d lm_head accumulation over [V, Hs].
   int64_t token_chunk = 0;
   int64_t logits_buffer_bytes = int64_t(512) << 20;
 };

@@ -1,0 +1,485 @@
+// Fused KD loss over rows of logits: loss per row and d loss / d student logits in one kernel.
+//
+// Why this shape: the loss is memory-bound (a few flops per element), so the floor is reading both logit rows
+// once and writing the gradient once. The softmax statistics (max, sum of exps, cross terms) need the whole row
+// before any gradient element can be written, so a plain kernel reads the row twice. Here a thread-block
+// cluster (up to 8 blocks on Hopper) holds one row in shared memory: each block copies its slice of the student
+// and teacher row into shared memory once (cp.async, 16-byte pieces), the blocks agree on the row's statistics
+// through distributed shared memory, and each block then writes its slice of the gradient from shared memory.
+// HBM traffic: 2 reads + 1 write per element, the same as the bandwidth floor.
+//
+// Stages (each block over its slice, then block reduce, then cluster combine in rank order, so every block of
+// the cluster holds bitwise the same statistics):
+//   1. max of student and teacher logits
+//   2. sums of exp(s - max_s), exp(t - max_t), and the divergence's cross term (forward: sum e_t (t - s),
+//      reverse: sum e_s (s - t)); cross-entropy's own sum of exps when T != 1
+//   3. (JSD only) the two KL(. || m) sums, which need normalised probabilities
+//   4. the gradient, written once
+// Rows too long for shared memory (e.g. fp32 with V > ~200k) take the two_pass variant: the same stages with one
+// block per row reading the row from global memory in each stage.
+//
+// No torch here (flashinfer's rule); the binding is kd_binding.cpp, the CPU twin kd_loss_cpu.cpp.
+#include "kernels/kd_loss_cuda.h"
+
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace cg = cooperative_groups;
+
+namespace mp::kernels {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxCluster = 8;
+// A slice pair (student + teacher) of at most this many bytes lets 3 blocks share an SM (227 KiB per SM), so
+// one block's loads overlap another's arithmetic; rows too long for it use bigger slices up to kMaxSliceBytes.
+constexpr int64_t kTargetSliceBytes = 72 * 1024;
+constexpr int64_t kMaxSliceBytes = 200 * 1024;
+constexpr int kSliceAlign = 8;  // slice lengths are multiples of 8 elements: whole 16-byte vectors for any dtype
+
+// 16-byte vectors of logits <-> floats.
+template <typename T>
+struct Io;
+
+template <>
+struct Io<float> {
+  static constexpr int width = 4;
+  __device__ static float to_float(float x) { return x; }
+  __device__ static float from_float(float x) { return x; }
+  __device__ static void unpack(const uint4& v, float* out) {
+    out[0] = __uint_as_float(v.x);
+    out[1] = __uint_as_float(v.y);
+    out[2] = __uint_as_float(v.z);
+    out[3] = __uint_as_float(v.w);
+  }
+  __device__ static uint4 pack(const float* in) {
+    return make_uint4(__float_as_uint(in[0]), __float_as_uint(in[1]), __float_as_uint(in[2]), __float_as_uint(in[3]));
+  }
+};
+
+template <typename Half, typename Half2>
+struct Io16 {
+  static constexpr int width = 8;
+  union Vec {
+    uint4 raw;
+    Half2 pair[4];
+  };
+  __device__ static void unpack(const uint4& v, float* out) {
+    Vec u;
+    u.raw = v;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float2 f = to_float2(u.pair[i]);
+      out[2 * i] = f.x;
+      out[2 * i + 1] = f.y;
+    }
+  }
+  __device__ static uint4 pack(const float* in) {
+    Vec u;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) u.pair[i] = from_float2(in[2 * i], in[2 * i + 1]);
+    return u.raw;
+  }
+  __device__ static float2 to_float2(const Half2& h);
+  __device__ static Half2 from_float2(float a, float b);
+};
+
+template <>
+struct Io<__nv_bfloat16> : Io16<__nv_bfloat16, __nv_bfloat162> {
+  __device__ static float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+  __device__ static __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
+};
+template <>
+__device__ float2 Io16<__nv_bfloat16, __nv_bfloat162>::to_float2(const __nv_bfloat162& h) {
+  return __bfloat1622float2(h);
+}
+template <>
+__device__ __nv_bfloat162 Io16<__nv_bfloat16, __nv_bfloat162>::from_float2(float a, float b) {
+  return __floats2bfloat162_rn(a, b);
+}
+
+template <>
+struct Io<__half> : Io16<__half, __half2> {
+  __device__ static float to_float(__half x) { return __half2float(x); }
+  __device__ static __half from_float(float x) { return __float2half_rn(x); }
+};
+template <>
+__device__ float2 Io16<__half, __half2>::to_float2(const __half2& h) {
+  return __half22float2(h);
+}
+template <>
+__device__ __half2 Io16<__half, __half2>::from_float2(float a, float b) {
+  return __floats2half2_rn(a, b);
+}
+
+__device__ inline bool is_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// The student and teacher logits of one row slice, in shared memory (padded with -inf to whole vectors) or in
+// global memory (read element by element where a whole aligned vector is not available).
+template <typename T>
+struct RowSlice {
+  static constexpr int W = Io<T>::width;
+  const T* student;
+  const T* teacher;
+  int64_t count;   // elements readable (padded length in shared memory)
+  bool vector_ok;  // both pointers 16-byte aligned
+
+  __device__ int64_t vectors() const { return (count + W - 1) / W; }
+  __device__ void load(int64_t v, float* zs, float* zt) const {
+    const int64_t e = v * W;
+    if (vector_ok && e + W <= count) {
+      Io<T>::unpack(*reinterpret_cast<const uint4*>(student + e), zs);
+      Io<T>::unpack(*reinterpret_cast<const uint4*>(teacher + e), zt);
+    } else {
+#pragma unroll
+      for (int k = 0; k < W; ++k) {
+        const bool in = e + k < count;
+        zs[k] = in ? Io<T>::to_float(student[e + k]) : -INFINITY;
+        zt[k] = in ? Io<T>::to_float(teacher[e + k]) : -INFINITY;
+      }
+    }
+  }
+};
+
+template <typename T>
+__device__ void store_vector(T* dst, int64_t e, int64_t count, bool vector_ok, const float* values) {
+  constexpr int W = Io<T>::width;
+  if (vector_ok && e + W <= count) {
+    // Streaming store: the gradient is not read again by this kernel, keep L2 for the loads.
+    __stcs(reinterpret_cast<uint4*>(dst + e), Io<T>::pack(values));
+  } else {
+#pragma unroll
+    for (int k = 0; k < W; ++k)
+      if (e + k < count) dst[e + k] = Io<T>::from_float(values[k]);
+  }
+}
+
+__device__ inline void cp_async16(void* smem_dst, const void* global_src) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(global_src) : "memory");
+}
+__device__ inline void cp_async_wait_all() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+
+// Copies `count` elements of a student and a teacher row slice into shared memory, padding with -inf up to
+// `padded` elements (a multiple of the vector width).
+template <typename T>
+__device__ void stage_slice(const T* student, const T* teacher, int64_t count, int64_t padded, T* s_smem,
+                            T* t_smem) {
+  constexpr int W = Io<T>::width;
+  const bool vector_ok = is_aligned16(student) && is_aligned16(teacher);
+  const int64_t full_vectors = vector_ok ? count / W : 0;
+  for (int64_t v = threadIdx.x; v < full_vectors; v += blockDim.x) {
+    cp_async16(s_smem + v * W, student + v * W);
+    cp_async16(t_smem + v * W, teacher + v * W);
+  }
+  for (int64_t e = full_vectors * W + threadIdx.x; e < padded; e += blockDim.x) {
+    const bool in = e < count;
+    s_smem[e] = in ? student[e] : Io<T>::from_float(-INFINITY);
+    t_smem[e] = in ? teacher[e] : Io<T>::from_float(-INFINITY);
+  }
+  cp_async_wait_all();
+  __syncthreads();
+}
+
+template <bool IS_MAX>
+__device__ inline float combine(float a, float b) {
+  return IS_MAX ? fmaxf(a, b) : a + b;
+}
+
+// Reduces K values over the block; every thread gets the result. scratch holds 32*K floats.
+template <int K, bool IS_MAX>
+__device__ void block_reduce(float (&v)[K], float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v[k] = combine<IS_MAX>(v[k], __shfl_xor_sync(0xffffffffu, v[k], offset));
+  if (lane == 0)
+#pragma unroll
+    for (int k = 0; k < K; ++k) scratch[warp * K + k] = v[k];
+  __syncthreads();
+  if (warp == 0) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      float x = lane < warps ? scratch[lane * K + k] : (IS_MAX ? -INFINITY : 0.f);
+#pragma unroll
+      for (int offset = 16; offset > 0; offset >>= 1) x = combine<IS_MAX>(x, __shfl_xor_sync(0xffffffffu, x, offset));
+      v[k] = x;
+    }
+  }
+  __syncthreads();  // everyone has read scratch before warp 0 overwrites it
+  if (threadIdx.x == 0)
+#pragma unroll
+    for (int k = 0; k < K; ++k) scratch[k] = v[k];
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < K; ++k) v[k] = scratch[k];
+  __syncthreads();
+}
+
+// Combines the block-reduced values of all blocks in the cluster, in rank order so every block gets bitwise the
+// same result. `slot` and `result` are this stage's own shared arrays (never reused by another stage, so no block
+// can overwrite a slot another block is still reading).
+template <int K, bool IS_MAX>
+__device__ void cluster_reduce(float (&v)[K], float* slot, float* result, int cluster_size) {
+  if (cluster_size == 1) return;
+  cg::cluster_group cluster = cg::this_cluster();
+  if (threadIdx.x == 0)
+#pragma unroll
+    for (int k = 0; k < K; ++k) slot[k] = v[k];
+  cluster.sync();
+  if (threadIdx.x < K) {
+    float x = IS_MAX ? -INFINITY : 0.f;
+    for (int r = 0; r < cluster_size; ++r) x = combine<IS_MAX>(x, cluster.map_shared_rank(slot, r)[threadIdx.x]);
+    result[threadIdx.x] = x;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < K; ++k) v[k] = result[k];
+}
+
+__device__ inline void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
+__device__ inline void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
+
+template <typename T, int KIND, bool STAGED>
+__global__ void __launch_bounds__(kThreads, 3)
+    kd_rows_kernel(KdRowParams p, int cluster_size, int64_t slice_len) {
+  constexpr int W = Io<T>::width;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ float scratch[32 * 4];
+  __shared__ float slot_max[2], slot_sum[4], slot_kl[2];
+  __shared__ float result_max[2], result_sum[4], result_kl[2];
+
+  const int rank = STAGED ? static_cast<int>(blockIdx.x % cluster_size) : 0;
+  const int64_t row = STAGED ? blockIdx.x / cluster_size : blockIdx.x;
+  const int64_t V = p.vocab;
+  const T* student_row = static_cast<const T*>(p.student) + row * p.student_stride;
+  const T* teacher_row = static_cast<const T*>(p.teacher) + row * p.teacher_stride;
+  T* grad_row = p.grad ? static_cast<T*>(p.grad) + row * p.grad_stride : nullptr;
+
+  const int64_t begin = STAGED ? rank * slice_len : 0;
+  const int64_t count = STAGED ? max(int64_t(0), min(slice_len, V - begin)) : V;
+  T* grad_slice = grad_row ? grad_row + begin : nullptr;
+  const bool grad_vector_ok = grad_slice && is_aligned16(grad_slice);
+
+  const bool has_labels = p.labels != nullptr;
+  const int64_t label = has_labels ? p.labels[row] : -1;
+  if (has_labels && label == p.ignore_index) {  // the whole cluster leaves together: same row, same label
+    if (grad_slice) {
+      const float zeros[W] = {};
+      for (int64_t v = threadIdx.x; v < (count + W - 1) / W; v += blockDim.x)
+        store_vector(grad_slice, v * W, count, grad_vector_ok, zeros);
+    }
+    if (rank == 0 && threadIdx.x == 0) p.row_loss[row] = 0.f;
+    return;
+  }
+  const bool has_ce = has_labels && p.ce_weight != 0.f;
+  const bool label_in_range = label >= 0 && label < V;
+  // Read before any barrier: with an in-place gradient, no block writes this row until after stage 2.
+  float label_logit = 0.f;
+  if (has_ce && rank == 0 && threadIdx.x == 0)
+    label_logit = label_in_range ? Io<T>::to_float(student_row[label]) : NAN;
+
+  RowSlice<T> slice;
+  if constexpr (STAGED) {
+    const int64_t padded = (count + W - 1) / W * W;
+    T* s_smem = reinterpret_cast<T*>(smem_raw);
+    T* t_smem = s_smem + slice_len;  // slice_len is a multiple of 8 elements: 16-byte aligned
+    stage_slice(student_row + begin, teacher_row + begin, count, padded, s_smem, t_smem);
+    slice = RowSlice<T>{s_smem, t_smem, padded, true};
+  } else {
+    slice = RowSlice<T>{student_row, teacher_row, V, is_aligned16(student_row) && is_aligned16(teacher_row)};
+  }
+  const int64_t vectors = slice.vectors();
+  float zs[W], zt[W];
+
+  // Stage 1: maxima of the raw logits (max(z)/T == max(z/T) for T > 0, also after rounding).
+  float maxima[2] = {-INFINITY, -INFINITY};
+  for (int64_t v = threadIdx.x; v < vectors; v += blockDim.x) {
+    slice.load(v, zs, zt);
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      maxima[0] = fmaxf(maxima[0], zs[k]);
+      maxima[1] = fmaxf(maxima[1], zt[k]);
+    }
+  }
+  block_reduce<2, true>(maxima, scratch);
+  cluster_reduce<2, true>(maxima, slot_max, result_max, STAGED ? cluster_size : 1);
+  const float inv_t = 1.f / p.temperature;
+  const float max_z = maxima[0], max_s = maxima[0] * inv_t, max_t = maxima[1] * inv_t;
+  const bool ce_own_sum = has_ce && p.temperature != 1.f;
+
+  // Stage 2: sums of exps and the cross term.
+  float sums[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int64_t v = threadIdx.x; v < vectors; v += blockDim.x) {
+    slice.load(v, zs, zt);
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      const float s = zs[k] * inv_t, t = zt[k] * inv_t;
+      const float es = __expf(s - max_s), et = __expf(t - max_t);
+      sums[0] += es;
+      sums[1] += et;
+      if (KIND == int(KdKind::forward_kl)) sums[2] += (et == 0.f) ? 0.f : et * (t - s);
+      if (KIND == int(KdKind::reverse_kl)) sums[2] += (es == 0.f) ? 0.f : es * (s - t);
+      if (ce_own_sum) sums[3] += __expf(zs[k] - max_z);
+    }
+  }
+  block_reduce<4, false>(sums, scratch);
+  cluster_reduce<4, false>(sums, slot_sum, result_sum, STAGED ? cluster_size : 1);
+  // log q = (s - max_s) - log_sum_s keeps the precision of (s - max_s) when |logits| is large (1e4), which
+  // s - (max_s + log_sum_s) would round away.
+  const float log_sum_s = __logf(sums[0]), log_sum_t = __logf(sums[1]);
+  const float log_sum_z = ce_own_sum ? __logf(sums[3]) : log_sum_s;  // CE at T = 1: z = s when T = 1
+  float divergence = 0.f, kl_q_m = 0.f;
+  const float beta = p.jsd_beta;
+  if (KIND == int(KdKind::forward_kl))
+    divergence = sums[2] / sums[1] + (max_s - max_t) + (log_sum_s - log_sum_t);
+  if (KIND == int(KdKind::reverse_kl))
+    divergence = sums[2] / sums[0] + (max_t - max_s) + (log_sum_t - log_sum_s);
+
+  if (KIND == int(KdKind::jsd)) {  // Stage 3: KL(p || m) and KL(q || m), m = beta p + (1 - beta) q
+    float kl[2] = {0.f, 0.f};
+    for (int64_t v = threadIdx.x; v < vectors; v += blockDim.x) {
+      slice.load(v, zs, zt);
+#pragma unroll
+      for (int k = 0; k < W; ++k) {
+        const float log_q = (zs[k] * inv_t - max_s) - log_sum_s, log_p = (zt[k] * inv_t - max_t) - log_sum_t;
+        const float q = __expf(log_q), pt = __expf(log_p);
+        const float m = beta * pt + (1.f - beta) * q;
+        if (m > 0.f) {  // m can flush to 0 only when both terms are ~1e-38: their contribution is 0
+          const float log_m = __logf(m);
+          if (pt > 0.f) kl[0] += pt * (log_p - log_m);
+          if (q > 0.f) kl[1] += q * (log_q - log_m);
+        }
+      }
+    }
+    block_reduce<2, false>(kl, scratch);
+    cluster_reduce<2, false>(kl, slot_kl, result_kl, STAGED ? cluster_size : 1);
+    divergence = beta * kl[0] + (1.f - beta) * kl[1];
+    kl_q_m = kl[1];
+  }
+  // No block reads another block's shared memory after this point; it must stay alive until all have read it.
+  if (STAGED && cluster_size > 1) cluster_arrive();
+
+  const float t_value = p.temperature;
+  if (rank == 0 && threadIdx.x == 0) {
+    float loss = p.kd_weight * t_value * t_value * divergence;
+    if (has_ce) loss += p.ce_weight * ((max_z - label_logit) + log_sum_z);
+    p.row_loss[row] = loss;
+  }
+
+  // Stage 4: the gradient, d loss / d z = kd_weight * T * dD/ds + ce_weight * (softmax(z) - onehot(label)).
+  if (grad_slice) {
+    const float scale = p.grad_scale ? *p.grad_scale : 1.f;
+    const float kd_factor = scale * p.kd_weight * t_value, ce_factor = scale * p.ce_weight;
+    const int64_t local_label = has_ce && label_in_range ? label - begin : -1;
+    float g[W];
+    for (int64_t v = threadIdx.x; v < vectors; v += blockDim.x) {
+      slice.load(v, zs, zt);
+#pragma unroll
+      for (int k = 0; k < W; ++k) {
+        const float log_q = (zs[k] * inv_t - max_s) - log_sum_s, log_p = (zt[k] * inv_t - max_t) - log_sum_t;
+        const float q = __expf(log_q);
+        float d = 0.f;
+        if (KIND == int(KdKind::forward_kl)) d = q - __expf(log_p);
+        if (KIND == int(KdKind::reverse_kl)) d = q > 0.f ? q * (log_q - log_p - divergence) : 0.f;
+        if (KIND == int(KdKind::jsd)) {
+          const float m = beta * __expf(log_p) + (1.f - beta) * q;
+          d = (q > 0.f && m > 0.f) ? (1.f - beta) * q * (log_q - __logf(m) - kl_q_m) : 0.f;
+        }
+        float value = kd_factor * d;
+        if (has_ce) {
+          float softmax_z = ce_own_sum ? __expf((zs[k] - max_z) - log_sum_z) : q;
+          if (v * W + k == local_label) softmax_z -= 1.f;
+          value += ce_factor * softmax_z;
+        }
+        g[k] = value;
+      }
+      store_vector(grad_slice, v * W, count, grad_vector_ok, g);
+    }
+  }
+  if (STAGED && cluster_size > 1) cluster_wait();
+}
+
+template <typename T, bool STAGED>
+void* pick_kernel(KdKind kind) {
+  switch (kind) {
+    case KdKind::forward_kl: return reinterpret_cast<void*>(&kd_rows_kernel<T, int(KdKind::forward_kl), STAGED>);
+    case KdKind::reverse_kl: return reinterpret_cast<void*>(&kd_rows_kernel<T, int(KdKind::reverse_kl), STAGED>);
+    case KdKind::jsd: return reinterpret_cast<void*>(&kd_rows_kernel<T, int(KdKind::jsd), STAGED>);
+  }
+  return nullptr;
+}
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+template <typename T>
+cudaError_t launch_typed(const KdRowParams& p, KdKernelVariant variant, cudaStream_t stream, KdKernelVariant* used) {
+  // Smallest cluster whose slices fit the target; rows too long for it get the biggest slices that still fit.
+  int cluster_size = 0;
+  int64_t slice_len = 0;
+  for (int c = 1; c <= kMaxCluster && !cluster_size; c *= 2) {
+    slice_len = round_up((p.vocab + c - 1) / c, kSliceAlign);
+    if (2 * slice_len * int64_t(sizeof(T)) <= kTargetSliceBytes) cluster_size = c;
+  }
+  if (!cluster_size && 2 * slice_len * int64_t(sizeof(T)) <= kMaxSliceBytes) cluster_size = kMaxCluster;
+
+  if (variant != KdKernelVariant::two_pass && cluster_size) {
+    const size_t smem = size_t(2 * slice_len) * sizeof(T);
+    void* kernel = pick_kernel<T, true>(p.kind);
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    cudaLaunchConfig_t config = {};
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeClusterDimension;
+    attribute[0].val.clusterDim.x = cluster_size;
+    attribute[0].val.clusterDim.y = 1;
+    attribute[0].val.clusterDim.z = 1;
+    config.gridDim = dim3(static_cast<unsigned>(p.rows * cluster_size));
+    config.blockDim = dim3(kThreads);
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    int active_clusters = 0;
+    if (err == cudaSuccess) err = cudaOccupancyMaxActiveClusters(&active_clusters, kernel, &config);
+    if (err == cudaSuccess && active_clusters > 0) {
+      void* args[] = {const_cast<KdRowParams*>(&p), &cluster_size, &slice_len};
+      err = cudaLaunchKernelExC(&config, kernel, args);
+      if (used) *used = KdKernelVariant::cluster_smem;
+      return err;
+    }
+    if (variant == KdKernelVariant::cluster_smem) return err == cudaSuccess ? cudaErrorInvalidConfiguration : err;
+    (void)cudaGetLastError();  // the automatic choice falls back to two_pass
+  } else if (variant == KdKernelVariant::cluster_smem) {
+    return cudaErrorInvalidValue;  // the row does not fit the cluster's shared memory
+  }
+  void* kernel = pick_kernel<T, false>(p.kind);
+  int one = 1;
+  int64_t vocab = p.vocab;
+  void* args[] = {const_cast<KdRowParams*>(&p), &one, &vocab};
+  if (used) *used = KdKernelVariant::two_pass;
+  return cudaLaunchKernel(kernel, dim3(static_cast<unsigned>(p.rows)), dim3(kThreads), args, 0, stream);
+}
+
+}  // namespace
+
+cudaError_t kd_rows_launch(const KdRowParams& params, KdKernelVariant variant, cudaStream_t stream,
+                           KdKernelVariant* used) {
+  if (params.rows == 0) return cudaSuccess;
+  switch (params.dtype) {
+    case KdDtype::f32: return launch_typed<float>(params, variant, stream, used);
+    case KdDtype::f16: return launch_typed<__half>(params, variant, stream, used);
+    case KdDtype::bf16: return launch_typed<__nv_bfloat16>(params, variant, stream, used);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace mp::kernels

@@ -1,0 +1,41 @@
+// Raw launcher of the fused KD-loss row kernel (kd_loss.cu). No torch here: pointers, sizes and a stream.
+// The math is documented in include/minipuzzle/kd.h; the binding (kd_binding.cpp) checks shapes and dtypes.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace mp::kernels {
+
+enum class KdDtype : int { f32 = 0, f16 = 1, bf16 = 2 };
+enum class KdKind : int { forward_kl = 0, reverse_kl = 1, jsd = 2 };
+
+// Which kernel shape runs the rows.
+//   automatic    : cluster_smem when a row fits the cluster's shared memory (and the device can co-schedule the
+//                  cluster), otherwise two_pass.
+//   cluster_smem : a cluster of up to 8 blocks holds one row in shared memory: logits are read from HBM once and
+//                  the gradient written once (the bandwidth-optimal shape on Hopper).
+//   two_pass     : one block per row reading the row from global memory in each stage (any size; the fallback).
+enum class KdKernelVariant : int { automatic = 0, cluster_smem = 1, two_pass = 2 };
+
+struct KdRowParams {
+  const void* student = nullptr;   // [rows, vocab] logits, row stride student_stride elements
+  const void* teacher = nullptr;   // [rows, vocab], same dtype
+  void* grad = nullptr;            // [rows, vocab] d loss / d student, same dtype; may equal student; null: none
+  const int64_t* labels = nullptr; // [rows] or null (then every row is valid and there is no CE term)
+  float* row_loss = nullptr;       // [rows] out: kd_weight*T^2*D + ce_weight*CE, 0 for ignored rows
+  const float* grad_scale = nullptr;  // device scalar: factor of the gradient (1 / valid rows for a mean)
+  int64_t rows = 0, vocab = 0;
+  int64_t student_stride = 0, teacher_stride = 0, grad_stride = 0;
+  KdDtype dtype = KdDtype::f32;
+  KdKind kind = KdKind::forward_kl;
+  float temperature = 1.f, jsd_beta = 0.5f, kd_weight = 1.f, ce_weight = 0.f;
+  int64_t ignore_index = -100;
+};
+
+// Enqueues the row kernel on `stream`. Returns cudaSuccess or the launch error (the binding turns it into an
+// mp::Error). The variant actually used is written to *used when used is not null.
+cudaError_t kd_rows_launch(const KdRowParams& params, KdKernelVariant variant, cudaStream_t stream,
+                           KdKernelVariant* used = nullptr);
+
+}  // namespace mp::kernels
