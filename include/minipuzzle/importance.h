@@ -14,13 +14,16 @@
 //       "index": i, "type": "mamba" | "attention" | "mlp",
 //       "depth": {"lm_loss_increase": x, "kl": x, "mse_hidden": x, "mse_logits": x, "block_influence": x},
 //       "mlp":       {"neurons": [ffn floats]},
-//       "attention": {"heads": [heads floats], "kv_groups": [kv floats]},
+//       "attention": {"heads": [heads floats],           // input of o_proj per head (NVIDIA's criterion)
+//                     "heads_out": [heads floats],       // each head's output through o_proj
+//                     "kv_groups": [kv floats]},
+//       "taylor":    {"mlp_neurons"|"attn_heads"|"mamba_heads": [...]}   // with --taylor
 //       "mamba":     {"heads": [H floats],              // from the x slice of in_proj (default criterion)
-//                     "heads_out": [H floats],          // alternative: each head's output before out_proj
+//                     "heads_out": [H floats],          // alternative: each head's output through out_proj
 //                     "heads_flap": [H floats],         // alternative: FLAP (|W_out col|^2 x input variance)
 //                     "head_dim": [P floats],           // head_dim positions, one global ranking
 //                     "heads_nested": [H floats],       // Minitron-SSM: scored over the kept head_dim only
-//                     "groups": [G floats],
+//                     "groups": [G floats], "channels": [H*P floats, head-major],
 //                     "head_rank_in_group": [[ids best first] x G]}
 //   } ],
 //   "depth_blocks": {"k": k, "criterion": "...", "blocks": [{"start": i, "lm_loss_increase": x, ...}]},
@@ -32,6 +35,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -58,6 +62,7 @@ std::string shape_fingerprint(const ModelConfig& config);
 
 struct MambaScores {
   std::vector<double> heads, heads_out, heads_flap, head_dim, heads_nested, groups;
+  std::vector<double> channels;  // [H*P] per-channel x scores (head-major): the pruner's nested ranking input
   std::vector<std::vector<int64_t>> head_rank_in_group;
 };
 
@@ -71,7 +76,9 @@ struct LayerScores {
   DepthScores depth;
   std::vector<double> mlp_neurons;
   std::vector<double> attn_heads, attn_kv_groups;
+  std::vector<double> attn_heads_out;  // each head's output through o_proj
   MambaScores mamba;
+  std::map<std::string, std::vector<double>> taylor;  // first-order Taylor: "mlp_neurons", "attn_heads", "mamba_heads"
 };
 
 struct BlockScore {
@@ -101,6 +108,8 @@ struct Scores {
 };
 
 Scores read_scores(const std::string& path);
+// scores.md and scores.html (SVG heat maps of depth and width scores) in `dir`.
+void write_scores_report(const Scores& scores, const std::string& dir);
 void write_scores(const std::string& path, const Scores& scores);
 
 struct ScoreOptions {
@@ -114,8 +123,17 @@ struct ScoreOptions {
   int64_t iterative_steps = 0;       // iterative removal: how many layers to remove (0: off)
   std::string iterative_criterion = "mse_logits";
   bool taylor = false;               // first-order Taylor (gradient x activation) as an extra criterion
-  uint64_t seed = 0;
+  int64_t depth_samples = 0;         // samples used by the depth criteria (0: all)
+  int64_t nested_head_dim = 0;       // also Minitron-SSM nested head scores over the top-k head_dim (0: off)
 };
+
+// Minitron-SSM's nested Mamba head scores: keep the `keep_dims` best head_dim positions (global ranking),
+// then score each head by the L2 of its kept channels' x scores.
+std::vector<double> nested_mamba_head_scores(const MambaScores& m, int64_t heads, int64_t head_dim, int64_t keep_dims);
+
+class TokenFile;
+// `samples` windows of `seq_len` tokens at seeded random offsets of a token file -> [samples, seq_len] int64.
+at::Tensor sample_calibration(const TokenFile& tokens, int64_t samples, int64_t seq_len, uint64_t seed);
 
 // Scores a model on calibration sequences [N, L] of token ids (streamed in batches: statistics are
 // accumulated, activations never all kept).

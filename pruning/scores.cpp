@@ -1,0 +1,157 @@
+// scores.json: reading, writing and the model fingerprint that ties a scores file to one shape.
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <sstream>
+
+#include "minipuzzle/error.h"
+#include "minipuzzle/importance.h"
+
+namespace mp {
+
+Reduction parse_reduction(const std::string& name) {
+  if (name == "mean_l2") return Reduction::MeanL2;
+  if (name == "mean") return Reduction::Mean;
+  if (name == "l2") return Reduction::L2;
+  if (name == "variance") return Reduction::Variance;
+  fail("unknown reduction \"", name, "\" (expected mean_l2, mean, l2 or variance)");
+}
+
+const char* reduction_name(Reduction r) {
+  switch (r) {
+    case Reduction::MeanL2: return "mean_l2";
+    case Reduction::Mean: return "mean";
+    case Reduction::L2: return "l2";
+    case Reduction::Variance: return "variance";
+  }
+  return "?";
+}
+
+std::string shape_fingerprint(const ModelConfig& c) {
+  std::ostringstream os;
+  os << c.pattern() << "|v" << c.vocab_size << "|h" << c.hidden_size << "|f" << c.intermediate_size << "|a"
+     << c.num_attention_heads << "/" << c.num_key_value_heads << "x" << c.head_dim << "|m" << c.mamba_num_heads
+     << "x" << c.mamba_head_dim << "g" << c.n_groups << "n" << c.ssm_state_size;
+  return os.str();
+}
+
+namespace {
+json vec(const std::vector<double>& v) { return json(v); }
+std::vector<double> dvec(const json& j, const char* key) {
+  if (!j.contains(key)) return {};
+  std::vector<double> out;
+  for (auto& x : j.at(key)) out.push_back(json_to_double(x, key));
+  return out;
+}
+}  // namespace
+
+json Scores::to_json() const {
+  json j{{"format", "minipuzzle-scores"}, {"version", 1}, {"model", model}, {"calibration", calibration},
+         {"reduction", reduction_name(reduction)}};
+  j["model"]["fingerprint"] = fingerprint;
+  j["model"]["pattern"] = pattern;
+  if (!hidden.empty()) j["hidden"] = {{"scores", vec(hidden)}};
+  json layers_j = json::array();
+  for (auto& l : layers) {
+    json e{{"index", l.index}, {"type", layer_type_name(l.type)}};
+    if (!l.depth.by_criterion.empty()) e["depth"] = l.depth.by_criterion;
+    if (!l.mlp_neurons.empty()) e["mlp"] = {{"neurons", vec(l.mlp_neurons)}};
+    if (!l.attn_heads.empty())
+      e["attention"] = {{"heads", vec(l.attn_heads)}, {"heads_out", vec(l.attn_heads_out)}, {"kv_groups", vec(l.attn_kv_groups)}};
+    if (!l.mamba.heads.empty()) {
+      const MambaScores& m = l.mamba;
+      json mj{{"heads", vec(m.heads)}, {"head_dim", vec(m.head_dim)}, {"groups", vec(m.groups)},
+              {"head_rank_in_group", m.head_rank_in_group}, {"channels", vec(m.channels)}};
+      if (!m.heads_out.empty()) mj["heads_out"] = vec(m.heads_out);
+      if (!m.heads_flap.empty()) mj["heads_flap"] = vec(m.heads_flap);
+      if (!m.heads_nested.empty()) mj["heads_nested"] = vec(m.heads_nested);
+      e["mamba"] = mj;
+    }
+    if (!l.taylor.empty()) e["taylor"] = l.taylor;
+    layers_j.push_back(e);
+  }
+  j["layers"] = layers_j;
+  if (!blocks.empty()) {
+    json b = json::array();
+    for (auto& blk : blocks) {
+      json e = blk.by_criterion;
+      e["start"] = blk.start;
+      b.push_back(e);
+    }
+    j["depth_blocks"] = {{"k", block_k}, {"blocks", b}};
+  }
+  if (!removal_order.empty())
+    j["iterative_removal"] = {{"criterion", removal_criterion}, {"order", removal_order}, {"scores", removal_scores}};
+  return j;
+}
+
+Scores Scores::from_json(const json& j, const std::string& what) {
+  MP_CHECK(j.is_object() && j.value("format", "") == "minipuzzle-scores", what,
+           ": not a minipuzzle scores file (missing \"format\": \"minipuzzle-scores\")");
+  MP_CHECK(j.value("version", 0) == 1, what, ": unsupported scores version ", j.value("version", 0));
+  Scores s;
+  try {
+    s.model = j.at("model");
+    s.fingerprint = s.model.at("fingerprint").get<std::string>();
+    s.pattern = s.model.at("pattern").get<std::string>();
+    s.calibration = j.value("calibration", json::object());
+    s.reduction = parse_reduction(j.value("reduction", "mean_l2"));
+    if (j.contains("hidden")) s.hidden = dvec(j.at("hidden"), "scores");
+    for (auto& e : j.at("layers")) {
+      LayerScores l;
+      l.index = e.at("index").get<int64_t>();
+      std::string type = e.at("type").get<std::string>();
+      l.type = type == "mamba" ? LayerType::Mamba : type == "attention" ? LayerType::Attention : LayerType::Mlp;
+      if (e.contains("depth"))
+        for (auto& [k, v] : e.at("depth").items()) l.depth.by_criterion[k] = json_to_double(v, k);
+      if (e.contains("mlp")) l.mlp_neurons = dvec(e.at("mlp"), "neurons");
+      if (e.contains("attention")) {
+        l.attn_heads = dvec(e.at("attention"), "heads");
+        l.attn_kv_groups = dvec(e.at("attention"), "kv_groups");
+        l.attn_heads_out = dvec(e.at("attention"), "heads_out");
+      }
+      if (e.contains("mamba")) {
+        const json& m = e.at("mamba");
+        l.mamba.heads = dvec(m, "heads");
+        l.mamba.heads_out = dvec(m, "heads_out");
+        l.mamba.heads_flap = dvec(m, "heads_flap");
+        l.mamba.head_dim = dvec(m, "head_dim");
+        l.mamba.heads_nested = dvec(m, "heads_nested");
+        l.mamba.groups = dvec(m, "groups");
+        l.mamba.channels = dvec(m, "channels");
+        if (m.contains("head_rank_in_group")) l.mamba.head_rank_in_group = m.at("head_rank_in_group").get<std::vector<std::vector<int64_t>>>();
+      }
+      if (e.contains("taylor"))
+        for (auto& [k, v] : e.at("taylor").items()) l.taylor[k] = v.get<std::vector<double>>();
+      s.layers.push_back(std::move(l));
+    }
+    if (j.contains("depth_blocks")) {
+      s.block_k = j["depth_blocks"].at("k").get<int64_t>();
+      for (auto& e : j["depth_blocks"].at("blocks")) {
+        BlockScore b;
+        b.start = e.at("start").get<int64_t>();
+        for (auto& [k, v] : e.items())
+          if (k != "start") b.by_criterion[k] = json_to_double(v, k);
+        s.blocks.push_back(b);
+      }
+    }
+    if (j.contains("iterative_removal")) {
+      s.removal_criterion = j["iterative_removal"].at("criterion").get<std::string>();
+      s.removal_order = j["iterative_removal"].at("order").get<std::vector<int64_t>>();
+      s.removal_scores = j["iterative_removal"].at("scores").get<std::vector<double>>();
+    }
+  } catch (const json::exception& e) {
+    fail(what, ": malformed scores file (", e.what(), ")");
+  }
+  return s;
+}
+
+void Scores::check_matches(const ModelConfig& config, const std::string& what) const {
+  MP_CHECK(fingerprint == shape_fingerprint(config), what, ": these scores were computed on another model (",
+           fingerprint, ") than this checkpoint (", shape_fingerprint(config), "); run `minipuzzle score` on it");
+}
+
+Scores read_scores(const std::string& path) { return Scores::from_json(read_json_file(path), path); }
+void write_scores(const std::string& path, const Scores& scores) { write_json_file(path, scores.to_json(), 1); }
+
+}  // namespace mp
