@@ -1,0 +1,301 @@
+// Memory-constrained architecture search: which pruned students of a Nemotron-H parent fit a GPU at a context
+// length, why the others do not, how fast each would run (roofline), and which to try first (ranking in
+// stages, as NVIDIA's Minitron-SSM / MiniPuzzle / Nemotron Nano 2 did).
+//
+// Search and pruning meet only through a target shape: every candidate is a full ModelConfig plus the indices
+// of the parent's layers to drop; the pruner realises it. Formulas: search/MEMORY_MODEL.md.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "minipuzzle/config.h"
+#include "minipuzzle/json.h"
+
+namespace mp::search {
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+// ---------------------------------------------------------------- dtypes
+enum class DType { F32, BF16, F16, FP8, FP4 };
+double dtype_bytes(DType dtype);  // 4, 2, 2, 1, 0.5
+const char* dtype_name(DType dtype);
+DType parse_dtype(const std::string& text);  // float32/fp32, bfloat16/bf16, float16/fp16, fp8/e4m3, fp4/nvfp4
+
+// ---------------------------------------------------------------- hardware
+// Least-squares coefficients of the roofline time model (see Roofline below): seconds =
+// bandwidth_factor * bytes / bandwidth + compute_factor * flops / peak + layer_overhead_s * layers.
+struct Efficiency {
+  double bandwidth_factor = 1.0 / 0.75;  // 1 / achieved fraction of the memory bandwidth
+  double compute_factor = 1.0 / 0.55;    // 1 / achieved fraction of the tensor-core peak
+  double layer_overhead_s = 8e-6;        // kernel launches and small ops per layer and step
+  bool calibrated = false;
+  std::string calibration_note;
+};
+
+// A memory reservation subtracted from the device before the model gets any: a fraction of the device
+// (framework buffer, e.g. 5%) or fixed bytes (e.g. 1.3 GiB kept for a vision encoder).
+struct Reservation {
+  std::string name;
+  double fraction = 0.0;
+  double bytes = 0.0;
+};
+
+struct HardwareProfile {
+  std::string name;
+  std::string description;
+  std::string source;
+  double memory_bytes = 0;
+  double bandwidth_bytes_per_s = 0;
+  double bf16_flops = 0;
+  double fp8_flops = 0;  // 0: not supported in tensor cores (falls back to bf16)
+  double fp4_flops = 0;
+  std::vector<Reservation> reservations;
+  Efficiency efficiency;
+
+  double peak_flops(DType compute) const;  // the tensor-core peak for weights of this dtype
+  json to_json() const;
+  static HardwareProfile from_json(const json& j, const std::string& what);
+};
+
+// A name ("a10g", looked up in configs/hardware/) or a path to a profile JSON. Search order for names:
+// $MINIPUZZLE_CONFIGS/hardware, ./configs/hardware, the source tree's configs/hardware.
+HardwareProfile load_hardware(const std::string& name_or_path);
+std::string find_config_file(const std::string& kind, const std::string& name_or_path);  // kind: hardware|models
+// "5%", "framework=5%", "vision=1.3GiB", "512MiB", "2GB"; comma-separated lists give several.
+std::vector<Reservation> parse_reservations(const std::string& text);
+// "131072", "128k" (x1024), "1M" (x1024^2), "1000000". Decimal millions must be written out.
+int64_t parse_token_count(const std::string& text);
+
+// The memory the model may use: device minus reservations, or an explicit budget (which then replaces them).
+struct Budget {
+  double device_bytes = 0;
+  std::vector<Reservation> reservations;
+  std::optional<double> explicit_bytes;
+  double usable_bytes() const;
+  json to_json() const;
+};
+Budget make_budget(const HardwareProfile& hw, const std::vector<Reservation>& extra,
+                   std::optional<double> explicit_gib);
+
+// ---------------------------------------------------------------- shapes and memory
+// The numbers of a Nemotron-H shape that size its tensors; from a ModelConfig or built directly by the search.
+struct Shape {
+  int64_t vocab = 0, hidden = 0, ffn = 0;
+  int64_t n_mamba = 0, n_attention = 0, n_mlp = 0, n_moe = 0;
+  int64_t attention_heads = 0, kv_heads = 0, head_dim = 0;
+  int64_t mamba_heads = 0, mamba_head_dim = 0, n_groups = 1, state = 0, conv_kernel = 4, chunk_size = 128;
+  bool tied_embeddings = false, conv_bias = true, mamba_bias = false, mlp_bias = false;
+  int64_t layers() const { return n_mamba + n_attention + n_mlp + n_moe; }
+  int64_t d_inner() const { return mamba_heads * mamba_head_dim; }
+  int64_t conv_dim() const { return d_inner() + 2 * n_groups * state; }
+  static Shape of(const ModelConfig& config);
+};
+
+// Parameters by tensor family (elements, not bytes).
+struct ParamCounts {
+  int64_t embeddings = 0, lm_head = 0, final_norm = 0, layer_norms = 0;
+  int64_t mamba = 0, attention = 0, mlp = 0;
+  int64_t total() const { return embeddings + lm_head + final_norm + layer_norms + mamba + attention + mlp; }
+  // Parameters used by matrix multiplies each token (everything but the embedding gather and the norms).
+  int64_t matmul() const { return lm_head + mamba + attention + mlp; }
+  json to_json() const;
+};
+ParamCounts count_params(const Shape& shape);
+int64_t mamba_layer_params(const Shape& s);
+int64_t attention_layer_params(const Shape& s);
+int64_t mlp_layer_params(const Shape& s);
+
+// How the model is served: the terms of the memory model follow from this and the shape.
+struct InferenceSetup {
+  int64_t context = 131072;  // tokens held per sequence (prompt + generated)
+  int64_t batch = 1;
+  DType weights = DType::BF16;
+  DType kv_cache = DType::BF16;
+  DType conv_state = DType::BF16;
+  DType ssm_state = DType::F32;   // Nemotron Nano 2 configs keep the SSM cache in float32
+  DType activations = DType::BF16;
+  int64_t prefill_chunk = 2048;   // tokens per sequence per prefill step; 0 leaves activations out
+  double runtime_margin_bytes = 0; // a stated fixed margin on top (allocator fragmentation, CUDA graphs)
+  json to_json() const;
+};
+
+struct MemoryBreakdown {
+  double weights = 0, kv_cache = 0, conv_state = 0, ssm_state = 0, activations = 0, runtime_margin = 0;
+  double total() const { return weights + kv_cache + conv_state + ssm_state + activations + runtime_margin; }
+  json to_json() const;  // bytes and GiB per term
+};
+MemoryBreakdown estimate_memory(const Shape& shape, const InferenceSetup& setup);
+inline MemoryBreakdown estimate_memory(const ModelConfig& c, const InferenceSetup& s) {
+  return estimate_memory(Shape::of(c), s);
+}
+// Peak live bytes of one prefill step of `tokens` tokens (all sequences together): the activation term.
+double prefill_activation_bytes(const Shape& shape, int64_t tokens, int64_t batch, DType activations);
+
+// ---------------------------------------------------------------- roofline
+// Bytes moved and FLOPs of one step; time = efficiency-weighted sum (see Efficiency).
+struct StepCost {
+  double bytes = 0, flops = 0;
+  int64_t layers = 0;
+};
+StepCost decode_step_cost(const Shape& shape, const InferenceSetup& setup, int64_t position);  // one token/seq
+StepCost prefill_cost(const Shape& shape, const InferenceSetup& setup, int64_t tokens);        // per batch
+double step_seconds(const StepCost& cost, const HardwareProfile& hw, DType weights);
+
+// "8k-in,16k-out" style: prompt and generated tokens per sequence.
+struct Workload {
+  int64_t input_tokens = 8192;
+  int64_t output_tokens = 16384;
+  std::string text() const;
+};
+Workload parse_workload(const std::string& text);
+
+struct Throughput {
+  double prefill_s = 0, decode_s = 0;
+  double output_tokens_per_s = 0;  // batch * output tokens / (prefill + decode)
+  double decode_tokens_per_s = 0;  // batch * output tokens / decode
+  json to_json() const;
+};
+Throughput predict_throughput(const Shape& shape, const InferenceSetup& setup, const HardwareProfile& hw,
+                              const Workload& workload);
+
+// One measured step for calibration: a model config, what ran, and how long it took on the device.
+struct TimingSample {
+  ModelConfig config;
+  std::string phase;  // "decode" (one token per sequence at `position`) or "prefill" (`tokens` per sequence)
+  int64_t batch = 1, position = 0, tokens = 0;
+  DType weights = DType::BF16, kv_cache = DType::BF16;
+  double seconds = 0;
+  std::string label;
+};
+// {"device": ..., "samples": [{"config": {...} | "config_path": "...", "phase", "batch", "position"|"tokens",
+//  "seconds", "label"}]}
+std::vector<TimingSample> load_timings(const std::string& path);
+struct CalibrationResult {
+  Efficiency efficiency;
+  std::vector<double> relative_errors;  // per sample: (predicted - measured) / measured
+  double max_abs_relative_error = 0, mean_abs_relative_error = 0;
+  json to_json() const;
+};
+// Non-negative least squares (Eigen) of seconds on [bytes/bandwidth, flops/peak, layers].
+CalibrationResult calibrate(const std::vector<TimingSample>& samples, const HardwareProfile& hw);
+std::vector<double> relative_errors(const std::vector<TimingSample>& samples, const HardwareProfile& hw,
+                                    const Efficiency& efficiency);
+
+// ---------------------------------------------------------------- candidate space
+struct IntRange {
+  int64_t min = 0, max = 0, step = 1;
+  std::vector<int64_t> values() const;  // min, min+step, ..., <= max
+  bool contains(int64_t v) const { return v >= min && v <= max && (v - min) % step == 0; }
+};
+IntRange parse_range(const std::string& text);  // "4480:5120:128", "4480-5120/128", "128" (single value)
+
+// Depth either per layer type (counts of Mamba / attention / MLP layers to drop, as MiniPuzzle searched) or
+// as a total count of layers to drop, taken from the global importance order (as Minitron / ModelOpt did).
+struct SearchSpace {
+  bool depth_per_type = true;
+  IntRange drop_mamba{0, 0, 1}, drop_attention{0, 0, 1}, drop_mlp{0, 0, 1};
+  IntRange drop_total{0, 0, 1};  // used when !depth_per_type; also bounds the per-type sum when set (max > 0)
+  bool bound_total = false;
+  IntRange hidden, ffn, mamba_heads, mamba_head_dim, attention_heads;
+  double min_params = 0, max_params = 0;  // 0: unbounded
+  int64_t combinations() const;
+  json to_json() const;
+};
+// NVIDIA's defaults: at most 40% of each width and 20% of the depth pruned; hidden in steps of 128, FFN 512,
+// Mamba heads by n_groups, Mamba head_dim 8, attention heads by KV heads; per-type depth.
+SearchSpace default_space(const ModelConfig& parent);
+
+// ---------------------------------------------------------------- importance (stage 1 input)
+// What the scoring stage measured, reduced to what the proxy needs. Any part may be empty (then that axis
+// counts units kept, i.e. uniform importance). Unit scores need not be sorted.
+struct ImportanceScores {
+  std::vector<double> layer;            // per parent layer: higher = more important (e.g. logit MSE when removed)
+  std::vector<double> hidden;           // per hidden channel
+  std::vector<double> ffn;              // per FFN neuron (pooled over layers)
+  std::vector<double> mamba_heads;      // per Mamba head (pooled over layers)
+  std::vector<double> mamba_head_dim;   // per head_dim position
+  std::vector<double> attention_heads;  // per query head
+  bool empty() const;
+  // Reads a scores.json: {"layer_importance": [...], "hidden": [...], "ffn": [...], "mamba_heads": [...],
+  // "mamba_head_dim": [...], "attention_heads": [...]}; nested {"units": {...}} and {"scores": [...]} forms too.
+  static ImportanceScores from_json(const json& j, const std::string& what);
+};
+
+// ---------------------------------------------------------------- candidates and ranking
+struct Candidate {
+  std::string id;  // stable: a function of the shape and the dropped layers only
+  Shape shape;
+  std::vector<int64_t> dropped_layers;  // parent layer indices, ascending
+  std::string pattern;                  // the student's hybrid_override_pattern
+  ParamCounts params;
+  MemoryBreakdown memory;
+  bool feasible = false;
+  std::vector<std::string> reasons;  // why not (empty when feasible)
+  Throughput throughput;
+  double proxy = 0;  // stage 1: higher is better
+  std::optional<double> zero_shot_loss, distilled_loss;  // stages 2, 3: lower is better
+  int64_t rank = 0;   // 1-based over the feasible ones; 0 when infeasible
+  int stage = 0;      // the last stage that ranked it
+  bool pareto = false;  // on the front of proxy (or params) vs predicted throughput
+};
+// The student's config.json (parent's fields kept, shape and layer list replaced).
+ModelConfig candidate_config(const ModelConfig& parent, const Candidate& candidate);
+json candidate_to_json(const ModelConfig& parent, const Candidate& candidate);
+
+struct SearchOptions {
+  InferenceSetup setup;
+  Workload workload;
+  Budget budget;
+  SearchSpace space;
+  ImportanceScores scores;
+  int64_t keep_feasible = 200;     // feasible candidates kept in the report (best by stage-1 rank)
+  int64_t keep_infeasible = 50;    // infeasible ones kept (nearest to the budget), besides the counts by reason
+  // Stage 2: zero-shot LM loss of the actually pruned candidate (lower is better), for the best `stage2_top`.
+  std::function<double(const ModelConfig&, const std::vector<int64_t>& dropped_layers)> zero_shot_loss;
+  int64_t stage2_top = 0;
+  // Stage 3: LM loss after a short distillation of the best `distill_top` of stage 2.
+  std::function<double(const ModelConfig&, const std::vector<int64_t>& dropped_layers)> distill_loss;
+  int64_t distill_top = 0;
+  // Shapes to locate in the space and report (e.g. a published student): name -> config.
+  std::vector<std::pair<std::string, ModelConfig>> references;
+};
+
+struct ReferenceResult {
+  std::string name;
+  bool reachable = false;       // the shape is a point of the space
+  std::optional<Candidate> candidate;  // evaluated as if it were one (also when unreachable)
+  std::string note;
+};
+
+struct SearchResult {
+  Candidate parent;  // the parent itself, evaluated under the same setup
+  std::vector<Candidate> candidates;  // feasible (ranked) first, then the kept infeasible ones
+  int64_t enumerated = 0, feasible = 0;
+  std::vector<std::pair<std::string, int64_t>> infeasible_by_reason;
+  std::vector<ReferenceResult> references;
+  std::string proxy_kind;  // "importance" or "memory-closeness"
+  double seconds = 0;
+  json to_json(const ModelConfig& parent_config, const SearchOptions& options,
+               const HardwareProfile& hw) const;
+};
+
+SearchResult run_search(const ModelConfig& parent, const HardwareProfile& hw, const SearchOptions& options);
+
+// Which parent layers to drop for given per-type counts (least important of each type first; without layer
+// scores, evenly spread over the middle of the stack, sparing the first and last layer of each type).
+std::vector<int64_t> choose_dropped_layers(const ModelConfig& parent, int64_t drop_mamba, int64_t drop_attention,
+                                           int64_t drop_mlp, const std::vector<double>& layer_importance);
+std::vector<int64_t> choose_dropped_layers_total(const ModelConfig& parent, int64_t drop_total,
+                                                 const std::vector<double>& layer_importance);
+std::string candidate_id(const Shape& shape, const std::vector<int64_t>& dropped_layers);
+
+// report.json, report.md, report.html in `dir` (created). Returns the paths written.
+std::vector<std::string> write_search_report(const std::string& dir, const ModelConfig& parent,
+                                             const HardwareProfile& hw, const SearchOptions& options,
+                                             const SearchResult& result);
+
+}  // namespace mp::search

@@ -1,0 +1,301 @@
+// The candidate space: ranges per axis, which parent layers a depth choice drops, stable candidate ids, and
+// the student's config.json. Structural rules are built into the axes (Mamba heads a multiple of n_groups,
+// attention heads a multiple of the KV heads) so that no enumerated shape is invalid.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+
+#include "minipuzzle/error.h"
+#include "minipuzzle/search.h"
+
+namespace mp::search {
+
+std::vector<int64_t> IntRange::values() const {
+  std::vector<int64_t> out;
+  MP_CHECK(step > 0, "range ", min, ":", max, " has step ", step, "; the step must be positive");
+  for (int64_t v = min; v <= max; v += step) out.push_back(v);
+  return out;
+}
+
+IntRange parse_range(const std::string& text) {
+  // "A:B:S", "A-B/S", "A:B" (step 1), "A" (single value).
+  std::string t = text;
+  for (auto& c : t)
+    if (c == '-' || c == '/') c = ':';
+  std::vector<int64_t> parts;
+  size_t start = 0;
+  while (start <= t.size()) {
+    size_t colon = t.find(':', start);
+    std::string item = t.substr(start, colon == std::string::npos ? std::string::npos : colon - start);
+    start = colon == std::string::npos ? t.size() + 1 : colon + 1;
+    try {
+      size_t pos = 0;
+      parts.push_back(std::stoll(item, &pos));
+      MP_CHECK(pos == item.size(), "x");
+    } catch (const std::exception&) {
+      fail("range \"", text, "\": expected MIN:MAX:STEP (e.g. 4480:5120:128) or a single number");
+    }
+  }
+  IntRange r;
+  if (parts.size() == 1) r = {parts[0], parts[0], 1};
+  else if (parts.size() == 2) r = {parts[0], parts[1], 1};
+  else if (parts.size() == 3) r = {parts[0], parts[1], parts[2]};
+  else fail("range \"", text, "\": expected MIN:MAX:STEP");
+  MP_CHECK(r.min >= 0 && r.min <= r.max && r.step > 0, "range \"", text, "\": need 0 <= MIN <= MAX and STEP > 0");
+  return r;
+}
+
+int64_t SearchSpace::combinations() const {
+  int64_t depth = 0;
+  if (depth_per_type) {
+    for (int64_t m : drop_mamba.values())
+      for (int64_t a : drop_attention.values())
+        for (int64_t f : drop_mlp.values())
+          if (!bound_total || (m + a + f >= drop_total.min && m + a + f <= drop_total.max)) ++depth;
+  } else {
+    depth = static_cast<int64_t>(drop_total.values().size());
+  }
+  return depth * static_cast<int64_t>(hidden.values().size() * ffn.values().size() * mamba_heads.values().size() *
+                                      mamba_head_dim.values().size() * attention_heads.values().size());
+}
+
+static json range_json(const IntRange& r) { return {{"min", r.min}, {"max", r.max}, {"step", r.step}}; }
+
+json SearchSpace::to_json() const {
+  json j{{"depth", depth_per_type ? "per-type" : "total"},
+         {"hidden", range_json(hidden)},
+         {"ffn", range_json(ffn)},
+         {"mamba_heads", range_json(mamba_heads)},
+         {"mamba_head_dim", range_json(mamba_head_dim)},
+         {"attention_heads", range_json(attention_heads)},
+         {"combinations", combinations()}};
+  if (depth_per_type) {
+    j["drop_mamba"] = range_json(drop_mamba);
+    j["drop_attention"] = range_json(drop_attention);
+    j["drop_mlp"] = range_json(drop_mlp);
+  }
+  if (!depth_per_type || bound_total) j["drop_total"] = range_json(drop_total);
+  if (min_params > 0) j["min_params"] = min_params;
+  if (max_params > 0) j["max_params"] = max_params;
+  return j;
+}
+
+// [ceil(lo_fraction * v) rounded up to `step`, v] keeping v itself reachable: values v - k*step.
+static IntRange shrink_range(int64_t v, double max_prune, int64_t step) {
+  if (v <= 0) return {0, 0, 1};
+  step = std::max<int64_t>(1, std::min(step, v));
+  int64_t lo = static_cast<int64_t>(std::ceil(static_cast<double>(v) * (1.0 - max_prune)));
+  int64_t k = (v - lo) / step;
+  return {v - k * step, v, step};
+}
+
+SearchSpace default_space(const ModelConfig& parent) {
+  SearchSpace s;
+  const double width = 0.4, depth = 0.2;
+  int64_t max_drop = static_cast<int64_t>(std::floor(depth * static_cast<double>(parent.num_layers())));
+  auto drops = [&](LayerType t) {
+    int64_t n = parent.count(t);
+    // Keep at least one layer of each type the parent has.
+    return IntRange{0, std::max<int64_t>(0, std::min(max_drop, n - 1)), 1};
+  };
+  s.depth_per_type = true;
+  s.drop_mamba = drops(LayerType::Mamba);
+  s.drop_attention = drops(LayerType::Attention);
+  s.drop_mlp = drops(LayerType::Mlp);
+  s.bound_total = true;
+  s.drop_total = {0, max_drop, 1};
+  s.hidden = shrink_range(parent.hidden_size, width, 128);
+  s.ffn = shrink_range(parent.intermediate_size, width, 512);
+  s.mamba_heads = shrink_range(parent.mamba_num_heads, width, std::max<int64_t>(1, parent.n_groups));
+  s.mamba_head_dim = shrink_range(parent.mamba_head_dim, width, 8);
+  s.attention_heads = shrink_range(parent.num_attention_heads, width, std::max<int64_t>(1, parent.num_key_value_heads));
+  return s;
+}
+
+// ------------------------------------------------------------------------------------------- importance
+
+bool ImportanceScores::empty() const {
+  return layer.empty() && hidden.empty() && ffn.empty() && mamba_heads.empty() && mamba_head_dim.empty() &&
+         attention_heads.empty();
+}
+
+static std::vector<double> score_list(const json& j, const std::string& what) {
+  const json* v = &j;
+  if (j.is_object() && j.contains("scores")) v = &j.at("scores");
+  MP_CHECK(v->is_array(), what, ": expected a list of numbers (or {\"scores\": [...]})");
+  std::vector<double> out;
+  for (auto& x : *v) {
+    if (x.is_array()) {  // per-layer lists: pool by summing position-wise
+      if (out.empty()) out.assign(x.size(), 0.0);
+      MP_CHECK(out.size() == x.size(), what, ": per-layer score lists differ in length");
+      for (size_t i = 0; i < x.size(); ++i) out[i] += json_to_double(x[i], what);
+    } else {
+      out.push_back(json_to_double(x, what));
+    }
+  }
+  for (double d : out) MP_CHECK(std::isfinite(d), what, ": scores must be finite");
+  return out;
+}
+
+ImportanceScores ImportanceScores::from_json(const json& j, const std::string& what) {
+  MP_CHECK(j.is_object(), what, ": a scores file must be a JSON object");
+  ImportanceScores s;
+  const json& units = j.contains("units") ? j.at("units") : j;
+  auto read = [&](const json& src, std::initializer_list<const char*> keys, std::vector<double>& dst) {
+    for (const char* k : keys)
+      if (src.contains(k) && !src.at(k).is_null()) {
+        dst = score_list(src.at(k), what + " \"" + k + "\"");
+        return;
+      }
+  };
+  read(j, {"layer_importance", "layers", "depth"}, s.layer);
+  read(units, {"hidden", "hidden_size", "embedding"}, s.hidden);
+  read(units, {"ffn", "mlp", "intermediate_size"}, s.ffn);
+  read(units, {"mamba_heads", "mamba_num_heads"}, s.mamba_heads);
+  read(units, {"mamba_head_dim"}, s.mamba_head_dim);
+  read(units, {"attention_heads", "num_attention_heads"}, s.attention_heads);
+  MP_CHECK(!s.empty(), what, ": no known score fields (layer_importance, hidden, ffn, mamba_heads, mamba_head_dim, ",
+           "attention_heads)");
+  return s;
+}
+
+// ------------------------------------------------------------------------------------------- depth choice
+
+// k of the n layers of one type (their stack positions given), spread evenly and sparing the ends.
+static std::vector<int64_t> spread(const std::vector<int64_t>& positions, int64_t k) {
+  const int64_t n = static_cast<int64_t>(positions.size());
+  if (k <= 0) return {};
+  if (k >= n) return positions;
+  std::vector<int64_t> out;
+  if (n - 2 >= k) {
+    // Interior indices 1..n-2 split into k+1 equal gaps.
+    for (int64_t i = 1; i <= k; ++i) {
+      int64_t idx = 1 + ((n - 2) * i) / (k + 1);
+      idx = std::min<int64_t>(std::max<int64_t>(idx, 1), n - 2);
+      out.push_back(idx);
+    }
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+    // Fill collisions with the nearest unused interior index.
+    for (int64_t idx = n - 2; static_cast<int64_t>(out.size()) < k && idx >= 1; --idx)
+      if (!std::binary_search(out.begin(), out.end(), idx)) out.insert(std::upper_bound(out.begin(), out.end(), idx), idx);
+  } else {
+    for (int64_t idx = n - 1; static_cast<int64_t>(out.size()) < k; --idx) out.push_back(idx);
+  }
+  std::vector<int64_t> result;
+  for (int64_t idx : out) result.push_back(positions[static_cast<size_t>(idx)]);
+  std::sort(result.begin(), result.end());
+  return result;
+}
+
+// The k least important of the given stack positions (ties: the later layer goes first).
+static std::vector<int64_t> least_important(const std::vector<int64_t>& positions, int64_t k,
+                                            const std::vector<double>& importance) {
+  std::vector<int64_t> order = positions;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    double ia = importance[static_cast<size_t>(a)], ib = importance[static_cast<size_t>(b)];
+    return ia != ib ? ia < ib : a > b;
+  });
+  order.resize(static_cast<size_t>(std::min<int64_t>(k, static_cast<int64_t>(order.size()))));
+  std::sort(order.begin(), order.end());
+  return order;
+}
+
+std::vector<int64_t> choose_dropped_layers(const ModelConfig& parent, int64_t drop_mamba, int64_t drop_attention,
+                                           int64_t drop_mlp, const std::vector<double>& importance) {
+  MP_CHECK(importance.empty() || static_cast<int64_t>(importance.size()) == parent.num_layers(),
+           "layer importance has ", importance.size(), " entries but the parent has ", parent.num_layers(), " layers");
+  std::vector<int64_t> dropped;
+  const std::pair<LayerType, int64_t> plan[] = {
+      {LayerType::Mamba, drop_mamba}, {LayerType::Attention, drop_attention}, {LayerType::Mlp, drop_mlp}};
+  for (auto& [type, k] : plan) {
+    std::vector<int64_t> positions;
+    for (int64_t i = 0; i < parent.num_layers(); ++i)
+      if (parent.layers[static_cast<size_t>(i)] == type) positions.push_back(i);
+    MP_CHECK(k <= static_cast<int64_t>(positions.size()), "cannot drop ", k, " ", layer_type_name(type),
+             " layers: the parent has ", positions.size());
+    auto chosen = importance.empty() ? spread(positions, k) : least_important(positions, k, importance);
+    dropped.insert(dropped.end(), chosen.begin(), chosen.end());
+  }
+  std::sort(dropped.begin(), dropped.end());
+  return dropped;
+}
+
+std::vector<int64_t> choose_dropped_layers_total(const ModelConfig& parent, int64_t drop_total,
+                                                 const std::vector<double>& importance) {
+  MP_CHECK(drop_total < parent.num_layers(), "cannot drop ", drop_total, " of ", parent.num_layers(), " layers");
+  std::vector<int64_t> all(static_cast<size_t>(parent.num_layers()));
+  std::iota(all.begin(), all.end(), 0);
+  if (importance.empty()) return spread(all, drop_total);
+  MP_CHECK(static_cast<int64_t>(importance.size()) == parent.num_layers(), "layer importance has ", importance.size(),
+           " entries but the parent has ", parent.num_layers(), " layers");
+  return least_important(all, drop_total, importance);
+}
+
+std::string candidate_id(const Shape& s, const std::vector<int64_t>& dropped) {
+  // FNV-1a over the dropped indices: two candidates of equal counts but different layers differ in id.
+  uint64_t h = 1469598103934665603ull;
+  for (int64_t i : dropped) {
+    for (int b = 0; b < 8; ++b) {
+      h ^= static_cast<uint64_t>((i >> (8 * b)) & 0xff);
+      h *= 1099511628211ull;
+    }
+  }
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "L%lld-M%lldA%lldF%lld-h%lld-f%lld-m%lldx%lld-a%lld-%06llx",
+                static_cast<long long>(s.layers()), static_cast<long long>(s.n_mamba),
+                static_cast<long long>(s.n_attention), static_cast<long long>(s.n_mlp), static_cast<long long>(s.hidden),
+                static_cast<long long>(s.ffn), static_cast<long long>(s.mamba_heads),
+                static_cast<long long>(s.mamba_head_dim), static_cast<long long>(s.attention_heads),
+                static_cast<unsigned long long>(h & 0xffffff));
+  return buf;
+}
+
+ModelConfig candidate_config(const ModelConfig& parent, const Candidate& c) {
+  ModelConfig out = parent;
+  out.layers.clear();
+  size_t d = 0;
+  for (int64_t i = 0; i < parent.num_layers(); ++i) {
+    if (d < c.dropped_layers.size() && c.dropped_layers[d] == i) {
+      ++d;
+      continue;
+    }
+    out.layers.push_back(parent.layers[static_cast<size_t>(i)]);
+  }
+  out.hidden_size = c.shape.hidden;
+  out.intermediate_size = c.shape.ffn;
+  out.mamba_num_heads = c.shape.mamba_heads;
+  out.mamba_head_dim = c.shape.mamba_head_dim;
+  out.num_attention_heads = c.shape.attention_heads;
+  // The student is not the published model: drop provenance fields that would claim otherwise.
+  if (out.raw.is_object()) {
+    out.raw.erase("_source");
+    out.raw.erase("_name_or_path");
+  }
+  out.validate();
+  return out;
+}
+
+json candidate_to_json(const ModelConfig& parent, const Candidate& c) {
+  json j{{"id", c.id},
+         {"feasible", c.feasible},
+         {"reasons", c.reasons},
+         {"rank", c.rank},
+         {"stage", c.stage},
+         {"pareto", c.pareto},
+         {"pattern", c.pattern},
+         {"dropped_layers", c.dropped_layers},
+         {"layers", {{"mamba", c.shape.n_mamba}, {"attention", c.shape.n_attention}, {"mlp", c.shape.n_mlp}}},
+         {"params", c.params.to_json()},
+         {"memory", c.memory.to_json()},
+         {"throughput", c.throughput.to_json()},
+         {"proxy", c.proxy}};
+  if (c.zero_shot_loss) j["zero_shot_loss"] = *c.zero_shot_loss;
+  if (c.distilled_loss) j["distilled_loss"] = *c.distilled_loss;
+  json cfg = candidate_config(parent, c).to_json();
+  j["config"] = cfg;
+  return j;
+}
+
+}  // namespace mp::search
