@@ -58,6 +58,26 @@ double HardwareProfile::peak_flops(DType compute) const {
   return bf16_flops;
 }
 
+static json efficiency_json(const Efficiency& e) {
+  return {{"bandwidth_factor", e.bandwidth_factor},
+          {"compute_factor", e.compute_factor},
+          {"layer_overhead_us", e.layer_overhead_s * 1e6},
+          {"calibrated", e.calibrated},
+          {"note", e.calibration_note}};
+}
+
+static Efficiency efficiency_from_json(const json& e, const std::string& what, Efficiency out) {
+  MP_CHECK(e.is_object(), what, ": efficiency must be an object");
+  if (e.contains("bandwidth_factor")) out.bandwidth_factor = json_to_double(e.at("bandwidth_factor"), what);
+  if (e.contains("compute_factor")) out.compute_factor = json_to_double(e.at("compute_factor"), what);
+  if (e.contains("layer_overhead_us")) out.layer_overhead_s = json_to_double(e.at("layer_overhead_us"), what) * 1e-6;
+  out.calibrated = e.value("calibrated", false);
+  out.calibration_note = e.value("note", std::string());
+  MP_CHECK(out.bandwidth_factor >= 0 && out.compute_factor >= 0 && out.layer_overhead_s >= 0, what,
+           ": efficiency coefficients must not be negative");
+  return out;
+}
+
 json HardwareProfile::to_json() const {
   json r = json::array();
   for (auto& x : reservations) {
@@ -72,12 +92,7 @@ json HardwareProfile::to_json() const {
          {"bandwidth_gb_per_s", bandwidth_bytes_per_s / 1e9},
          {"bf16_tflops", bf16_flops / 1e12},
          {"reservations", r},
-         {"efficiency",
-          {{"bandwidth_factor", efficiency.bandwidth_factor},
-           {"compute_factor", efficiency.compute_factor},
-           {"layer_overhead_us", efficiency.layer_overhead_s * 1e6},
-           {"calibrated", efficiency.calibrated},
-           {"note", efficiency.calibration_note}}},
+         {"efficiency", {{"decode", efficiency_json(decode_efficiency)}, {"prefill", efficiency_json(prefill_efficiency)}}},
          {"_source", source}};
   if (fp8_flops > 0) j["fp8_tflops"] = fp8_flops / 1e12;
   if (fp4_flops > 0) j["fp4_tflops"] = fp4_flops / 1e12;
@@ -123,13 +138,14 @@ HardwareProfile HardwareProfile::from_json(const json& j, const std::string& wha
     for (auto& e : j.at("reservations")) h.reservations.push_back(reservation_from_json(e, what));
   }
   if (j.contains("efficiency")) {
+    // {"decode": {...}, "prefill": {...}}, or one set for both.
     const json& e = j.at("efficiency");
-    if (e.contains("bandwidth_factor")) h.efficiency.bandwidth_factor = json_to_double(e.at("bandwidth_factor"), what);
-    if (e.contains("compute_factor")) h.efficiency.compute_factor = json_to_double(e.at("compute_factor"), what);
-    if (e.contains("layer_overhead_us"))
-      h.efficiency.layer_overhead_s = json_to_double(e.at("layer_overhead_us"), what) * 1e-6;
-    h.efficiency.calibrated = e.value("calibrated", false);
-    h.efficiency.calibration_note = e.value("note", std::string());
+    if (e.contains("decode") || e.contains("prefill")) {
+      if (e.contains("decode")) h.decode_efficiency = efficiency_from_json(e.at("decode"), what, h.decode_efficiency);
+      if (e.contains("prefill")) h.prefill_efficiency = efficiency_from_json(e.at("prefill"), what, h.prefill_efficiency);
+    } else {
+      h.decode_efficiency = h.prefill_efficiency = efficiency_from_json(e, what, Efficiency{});
+    }
   }
   return h;
 }

@@ -65,11 +65,12 @@ StepCost prefill_cost(const Shape& s, const InferenceSetup& u, int64_t tokens) {
              dtype_bytes(u.kv_cache);
   c.bytes += state_bytes(s, u);
   c.layers = s.layers();
+  c.prefill = true;
   return c;
 }
 
 double step_seconds(const StepCost& c, const HardwareProfile& hw, DType weights) {
-  const Efficiency& e = hw.efficiency;
+  const Efficiency& e = c.prefill ? hw.prefill_efficiency : hw.decode_efficiency;
   return e.bandwidth_factor * c.bytes / hw.bandwidth_bytes_per_s + e.compute_factor * c.flops / hw.peak_flops(weights) +
          e.layer_overhead_s * static_cast<double>(c.layers);
 }
@@ -113,7 +114,7 @@ Throughput predict_throughput(const Shape& s, const InferenceSetup& u, const Har
   // Decode cost is affine in the position, so the sum over positions I..I+O-1 is O steps at the mean position.
   StepCost mid = decode_step_cost(s, u, w.input_tokens);
   StepCost last = decode_step_cost(s, u, w.input_tokens + w.output_tokens - 1);
-  StepCost mean{(mid.bytes + last.bytes) / 2, (mid.flops + last.flops) / 2, mid.layers};
+  StepCost mean{(mid.bytes + last.bytes) / 2, (mid.flops + last.flops) / 2, mid.layers, false};
   t.decode_s = static_cast<double>(w.output_tokens) * step_seconds(mean, hw, u.weights);
   const double out = static_cast<double>(u.batch * w.output_tokens);
   t.output_tokens_per_s = out / (t.prefill_s + t.decode_s);
@@ -165,31 +166,26 @@ Eigen::Vector3d features(const TimingSample& t, const HardwareProfile& hw) {
 }
 }  // namespace
 
-std::vector<double> relative_errors(const std::vector<TimingSample>& samples, const HardwareProfile& hw,
-                                    const Efficiency& e) {
+std::vector<double> relative_errors(const std::vector<TimingSample>& samples, const HardwareProfile& hw) {
   std::vector<double> out;
   for (auto& t : samples) {
     Eigen::Vector3d x = features(t, hw);
+    const Efficiency& e = t.phase == "prefill" ? hw.prefill_efficiency : hw.decode_efficiency;
     double predicted = e.bandwidth_factor * x[0] + e.compute_factor * x[1] + e.layer_overhead_s * x[2];
     out.push_back((predicted - t.seconds) / t.seconds);
   }
   return out;
 }
 
-CalibrationResult calibrate(const std::vector<TimingSample>& samples, const HardwareProfile& hw) {
-  MP_CHECK(samples.size() >= 3, "calibration needs at least 3 timed steps (decode and prefill of a few shapes), found ",
-           samples.size());
-  const int n = static_cast<int>(samples.size());
+namespace {
+// Non-negative least squares over three columns by enumerating which columns are free (7 subsets, exact):
+// the best solution whose coefficients are all >= 0. Rows are weighted by 1 / measured seconds, so the
+// residual is the relative error (timings span orders of magnitude).
+Eigen::Vector3d fit_phase(const std::vector<const TimingSample*>& rows, const HardwareProfile& hw) {
+  const int n = static_cast<int>(rows.size());
   Eigen::MatrixXd X(n, 3);
-  Eigen::VectorXd y(n);
-  for (int i = 0; i < n; ++i) {
-    Eigen::Vector3d x = features(samples[i], hw);
-    // Relative error is what matters (timings span orders of magnitude): weight each row by 1 / measured.
-    X.row(i) = x.transpose() / samples[i].seconds;
-    y[i] = 1.0;
-  }
-  // Non-negative least squares by active set over three columns: try every subset of free columns and keep the
-  // best solution whose coefficients are all >= 0 (8 subsets, exact).
+  Eigen::VectorXd y = Eigen::VectorXd::Ones(n);
+  for (int i = 0; i < n; ++i) X.row(i) = features(*rows[static_cast<size_t>(i)], hw).transpose() / rows[static_cast<size_t>(i)]->seconds;
   Eigen::Vector3d best = Eigen::Vector3d::Zero();
   double best_residual = y.squaredNorm();
   for (int mask = 1; mask < 8; ++mask) {
@@ -207,28 +203,51 @@ CalibrationResult calibrate(const std::vector<TimingSample>& samples, const Hard
       for (size_t k = 0; k < cols.size(); ++k) best[cols[k]] = coef[static_cast<int>(k)];
     }
   }
+  return best;
+}
+}  // namespace
+
+CalibrationResult calibrate(const std::vector<TimingSample>& samples, const HardwareProfile& hw) {
+  MP_CHECK(samples.size() >= 3, "calibration needs at least 3 timed steps (decode and prefill of a few shapes), found ",
+           samples.size());
   CalibrationResult out;
-  out.efficiency.bandwidth_factor = best[0];
-  out.efficiency.compute_factor = best[1];
-  out.efficiency.layer_overhead_s = best[2];
-  out.efficiency.calibrated = true;
-  char note[160];
-  std::snprintf(note, sizeof note, "least squares over %d timed steps: %.0f%% of bandwidth, %.0f%% of peak, %.2f us/layer",
-                n, best[0] > 0 ? 100.0 / best[0] : 0.0, best[1] > 0 ? 100.0 / best[1] : 0.0, best[2] * 1e6);
-  out.efficiency.calibration_note = note;
-  out.relative_errors = relative_errors(samples, hw, out.efficiency);
+  out.decode = hw.decode_efficiency;
+  out.prefill = hw.prefill_efficiency;
+  for (const char* phase : {"decode", "prefill"}) {
+    std::vector<const TimingSample*> rows;
+    for (auto& t : samples)
+      if (t.phase == phase) rows.push_back(&t);
+    if (rows.size() < 3) continue;
+    Eigen::Vector3d c = fit_phase(rows, hw);
+    Efficiency& e = std::string(phase) == "decode" ? out.decode : out.prefill;
+    e.bandwidth_factor = c[0];
+    e.compute_factor = c[1];
+    e.layer_overhead_s = c[2];
+    e.calibrated = true;
+    char note[200];
+    std::snprintf(note, sizeof note,
+                  "%s: least squares over %zu timed steps: %.0f%% of bandwidth, %.0f%% of peak, %.2f us/layer", phase,
+                  rows.size(), c[0] > 0 ? 100.0 / c[0] : 0.0, c[1] > 0 ? 100.0 / c[1] : 0.0, c[2] * 1e6);
+    e.calibration_note = note;
+  }
+  HardwareProfile fitted = hw;
+  out.apply(fitted);
+  out.relative_errors = relative_errors(samples, fitted);
   for (double e : out.relative_errors) {
     out.max_abs_relative_error = std::max(out.max_abs_relative_error, std::fabs(e));
-    out.mean_abs_relative_error += std::fabs(e) / n;
+    out.mean_abs_relative_error += std::fabs(e) / static_cast<double>(samples.size());
   }
   return out;
 }
 
 json CalibrationResult::to_json() const {
-  return {{"bandwidth_factor", efficiency.bandwidth_factor},
-          {"compute_factor", efficiency.compute_factor},
-          {"layer_overhead_us", efficiency.layer_overhead_s * 1e6},
-          {"note", efficiency.calibration_note},
+  auto one = [](const Efficiency& e) {
+    return json{{"bandwidth_factor", e.bandwidth_factor}, {"compute_factor", e.compute_factor},
+                {"layer_overhead_us", e.layer_overhead_s * 1e6}, {"calibrated", e.calibrated},
+                {"note", e.calibration_note}};
+  };
+  return {{"decode", one(decode)},
+          {"prefill", one(prefill)},
           {"relative_errors", relative_errors},
           {"max_abs_relative_error", max_abs_relative_error},
           {"mean_abs_relative_error", mean_abs_relative_error}};

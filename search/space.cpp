@@ -138,8 +138,76 @@ static std::vector<double> score_list(const json& j, const std::string& what) {
   return out;
 }
 
-ImportanceScores ImportanceScores::from_json(const json& j, const std::string& what) {
+// Rank-wise pooling of per-layer unit scores (see the header): normalise each layer to sum 1, sort descending,
+// average the i-th entries.
+static std::vector<double> pool_rankwise(const std::vector<std::vector<double>>& per_layer, const std::string& what) {
+  std::vector<double> out;
+  if (per_layer.empty()) return out;
+  out.assign(per_layer[0].size(), 0.0);
+  for (auto layer : per_layer) {
+    MP_CHECK(layer.size() == out.size(), what, ": per-layer score lists differ in length (", layer.size(), " vs ",
+             out.size(), ")");
+    double total = 0;
+    for (double& v : layer) total += (v = std::max(0.0, v));
+    std::sort(layer.begin(), layer.end(), std::greater<double>());
+    for (size_t i = 0; i < layer.size(); ++i) out[i] += (total > 0 ? layer[i] / total : 1.0 / double(layer.size()));
+  }
+  for (double& v : out) v /= static_cast<double>(per_layer.size());
+  return out;
+}
+
+static ImportanceScores from_minipuzzle_scores(const json& j, const std::string& what, std::string criterion) {
+  ImportanceScores s;
+  if (j.contains("hidden") && j.at("hidden").contains("scores")) s.hidden = score_list(j.at("hidden").at("scores"), what + " hidden");
+  MP_CHECK(j.contains("layers") && j.at("layers").is_array(), what, ": a minipuzzle-scores file needs \"layers\"");
+  const json& layers = j.at("layers");
+  std::vector<std::vector<double>> ffn, attn, heads, head_dim;
+  auto list_at = [&](const json& obj, const char* a, const char* b, std::vector<std::vector<double>>& dst) {
+    if (obj.contains(a) && obj.at(a).contains(b)) dst.push_back(score_list(obj.at(a).at(b), what + " " + a + "." + b));
+  };
+  for (auto& l : layers) {
+    list_at(l, "mlp", "neurons", ffn);
+    list_at(l, "attention", "heads", attn);
+    list_at(l, "mamba", "heads", heads);
+    list_at(l, "mamba", "head_dim", head_dim);
+  }
+  s.ffn = pool_rankwise(ffn, what + " mlp.neurons");
+  s.attention_heads = pool_rankwise(attn, what + " attention.heads");
+  s.mamba_heads = pool_rankwise(heads, what + " mamba.heads");
+  s.mamba_head_dim = pool_rankwise(head_dim, what + " mamba.head_dim");
+  const bool has_iterative = j.contains("iterative_removal") && j.at("iterative_removal").contains("order");
+  if (criterion.empty()) {
+    if (has_iterative) criterion = "iterative";
+    else
+      for (const char* c : {"mse_logits", "kl", "lm_loss_increase", "mse_hidden", "block_influence"})
+        if (!layers.empty() && layers[0].contains("depth") && layers[0].at("depth").contains(c)) {
+          criterion = c;
+          break;
+        }
+  }
+  if (criterion == "iterative") {
+    MP_CHECK(has_iterative, what, ": depth criterion \"iterative\" asked for but the file has no iterative_removal");
+    // Removed first = least important: importance grows with the removal step; never-removed layers rank highest.
+    const json& order = j.at("iterative_removal").at("order");
+    s.layer.assign(layers.size(), static_cast<double>(order.size()) + 1.0);
+    for (size_t k = 0; k < order.size(); ++k) {
+      int64_t idx = order[k].get<int64_t>();
+      MP_CHECK(idx >= 0 && idx < static_cast<int64_t>(layers.size()), what, ": iterative_removal has layer ", idx);
+      s.layer[static_cast<size_t>(idx)] = static_cast<double>(k) + 1.0;
+    }
+  } else if (!criterion.empty()) {
+    for (auto& l : layers) {
+      MP_CHECK(l.contains("depth") && l.at("depth").contains(criterion), what, ": layer ", l.value("index", -1),
+               " has no depth score \"", criterion, "\"");
+      s.layer.push_back(json_to_double(l.at("depth").at(criterion), what + " depth"));
+    }
+  }
+  return s;
+}
+
+ImportanceScores ImportanceScores::from_json(const json& j, const std::string& what, const std::string& depth_criterion) {
   MP_CHECK(j.is_object(), what, ": a scores file must be a JSON object");
+  if (j.value("format", std::string()) == "minipuzzle-scores") return from_minipuzzle_scores(j, what, depth_criterion);
   ImportanceScores s;
   const json& units = j.contains("units") ? j.at("units") : j;
   auto read = [&](const json& src, std::initializer_list<const char*> keys, std::vector<double>& dst) {

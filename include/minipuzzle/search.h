@@ -28,6 +28,7 @@ DType parse_dtype(const std::string& text);  // float32/fp32, bfloat16/bf16, flo
 // ---------------------------------------------------------------- hardware
 // Least-squares coefficients of the roofline time model (see Roofline below): seconds =
 // bandwidth_factor * bytes / bandwidth + compute_factor * flops / peak + layer_overhead_s * layers.
+// Decode and prefill steps have their own set (their kernels reach different fractions of the peaks).
 struct Efficiency {
   double bandwidth_factor = 1.0 / 0.75;  // 1 / achieved fraction of the memory bandwidth
   double compute_factor = 1.0 / 0.55;    // 1 / achieved fraction of the tensor-core peak
@@ -54,7 +55,8 @@ struct HardwareProfile {
   double fp8_flops = 0;  // 0: not supported in tensor cores (falls back to bf16)
   double fp4_flops = 0;
   std::vector<Reservation> reservations;
-  Efficiency efficiency;
+  Efficiency decode_efficiency;
+  Efficiency prefill_efficiency;
 
   double peak_flops(DType compute) const;  // the tensor-core peak for weights of this dtype
   json to_json() const;
@@ -140,6 +142,7 @@ double prefill_activation_bytes(const Shape& shape, int64_t tokens, int64_t batc
 struct StepCost {
   double bytes = 0, flops = 0;
   int64_t layers = 0;
+  bool prefill = false;  // which efficiency set applies
 };
 StepCost decode_step_cost(const Shape& shape, const InferenceSetup& setup, int64_t position);  // one token/seq
 StepCost prefill_cost(const Shape& shape, const InferenceSetup& setup, int64_t tokens);        // per batch
@@ -175,15 +178,17 @@ struct TimingSample {
 //  "seconds", "label"}]}
 std::vector<TimingSample> load_timings(const std::string& path);
 struct CalibrationResult {
-  Efficiency efficiency;
+  Efficiency decode, prefill;  // a phase with fewer than 3 samples keeps the profile's coefficients
   std::vector<double> relative_errors;  // per sample: (predicted - measured) / measured
   double max_abs_relative_error = 0, mean_abs_relative_error = 0;
   json to_json() const;
+  void apply(HardwareProfile& hw) const { hw.decode_efficiency = decode, hw.prefill_efficiency = prefill; }
 };
-// Non-negative least squares (Eigen) of seconds on [bytes/bandwidth, flops/peak, layers].
+// Non-negative least squares (Eigen) of seconds on [bytes/bandwidth, flops/peak, layers], per phase,
+// weighted so that relative errors are minimised.
 CalibrationResult calibrate(const std::vector<TimingSample>& samples, const HardwareProfile& hw);
-std::vector<double> relative_errors(const std::vector<TimingSample>& samples, const HardwareProfile& hw,
-                                    const Efficiency& efficiency);
+// (predicted - measured) / measured per sample with the profile's coefficients.
+std::vector<double> relative_errors(const std::vector<TimingSample>& samples, const HardwareProfile& hw);
 
 // ---------------------------------------------------------------- candidate space
 struct IntRange {
@@ -220,9 +225,14 @@ struct ImportanceScores {
   std::vector<double> mamba_head_dim;   // per head_dim position
   std::vector<double> attention_heads;  // per query head
   bool empty() const;
-  // Reads a scores.json: {"layer_importance": [...], "hidden": [...], "ffn": [...], "mamba_heads": [...],
-  // "mamba_head_dim": [...], "attention_heads": [...]}; nested {"units": {...}} and {"scores": [...]} forms too.
-  static ImportanceScores from_json(const json& j, const std::string& what);
+  // Reads the scoring stage's scores.json ("format": "minipuzzle-scores", see importance.h): hidden scores,
+  // per-layer MLP / attention / Mamba unit scores (pooled over layers rank-wise: element i is the mean of the
+  // layers' i-th largest normalised score, so prefix sums give the mean mass kept), and layer importance from
+  // `depth_criterion` ("mse_logits", "kl", "lm_loss_increase", "mse_hidden", "block_influence", or
+  // "iterative" for the iterative-removal order; empty: iterative if present, else the first of those found).
+  // Also a flat form: {"layer_importance": [...], "hidden": [...], "ffn": [...], "mamba_heads": [...],
+  // "mamba_head_dim": [...], "attention_heads": [...]}.
+  static ImportanceScores from_json(const json& j, const std::string& what, const std::string& depth_criterion = "");
 };
 
 // ---------------------------------------------------------------- candidates and ranking

@@ -86,14 +86,25 @@ TEST_CASE("calibration recovers known coefficients and predicts held-out shapes"
       fit.push_back(make(h, 4 * h, pairs, "decode", 1, 512));
       fit.push_back(make(h, 4 * h, pairs, "decode", 16, 2048));
       fit.push_back(make(h, 4 * h, pairs, "prefill", 1, 2048));
+      fit.push_back(make(h, 4 * h, pairs, "prefill", 4, 512));
     }
   held_out.push_back(make(1536, 6144, 6, "decode", 4, 1024));
   held_out.push_back(make(1536, 6144, 6, "prefill", 2, 4096));
   held_out.push_back(make(3072, 12288, 3, "decode", 1, 8192));
   CalibrationResult r = calibrate(fit, hw);
-  CHECK(r.efficiency.bandwidth_factor == Approx(truth.bandwidth_factor).epsilon(0.05));
-  CHECK(r.efficiency.compute_factor == Approx(truth.compute_factor).epsilon(0.05));
+  // Decode is bandwidth-bound: its bandwidth factor is well determined; prefill's compute factor likewise.
+  CHECK(r.decode.bandwidth_factor == Approx(truth.bandwidth_factor).epsilon(0.05));
+  CHECK(r.prefill.compute_factor == Approx(truth.compute_factor).epsilon(0.05));
+  CHECK(r.decode.calibrated);
+  CHECK(r.prefill.calibrated);
   CHECK(r.max_abs_relative_error < 0.08);
-  for (double e : relative_errors(held_out, hw, r.efficiency)) CHECK(std::fabs(e) < 0.08);
+  HardwareProfile fitted = hw;
+  r.apply(fitted);
+  for (double e : relative_errors(held_out, fitted)) CHECK(std::fabs(e) < 0.08);
+  // The profile written with the fitted coefficients reads back the same.
+  HardwareProfile again = HardwareProfile::from_json(fitted.to_json(), "round trip");
+  CHECK(again.decode_efficiency.bandwidth_factor == Approx(r.decode.bandwidth_factor));
+  CHECK(again.prefill_efficiency.compute_factor == Approx(r.prefill.compute_factor));
+  CHECK(again.prefill_efficiency.calibrated);
   CHECK_THROWS_AS(calibrate({fit[0], fit[1]}, hw), mp::Error);
 }
