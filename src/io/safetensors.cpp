@@ -104,10 +104,13 @@ std::vector<TensorInfo> SafetensorsFile::parse_header(const uint8_t* data, uint6
       MP_CHECK(s.is_number_unsigned() || (s.is_number_integer() && s.get<int64_t>() >= 0), where,
                ": shape entries must be non-negative integers");
       uint64_t d = s.get<uint64_t>();
-      MP_CHECK(d == 0 || numel <= (uint64_t(1) << 62) / d, where, ": shape product overflows");
+      // Each size and the product (in bytes too) stay below 2^62, so int64 shapes and byte counts cannot wrap.
+      MP_CHECK(d <= (uint64_t(1) << 62) && (d == 0 || numel <= (uint64_t(1) << 62) / d), where,
+               ": shape product overflows");
       numel *= d;
       info.shape.push_back(static_cast<int64_t>(d));
     }
+    MP_CHECK(numel <= (uint64_t(1) << 62) / dtype_size(info.dtype), where, ": shape x dtype size overflows");
     auto& off = entry["data_offsets"];
     MP_CHECK(off.is_array() && off.size() == 2 && off[0].is_number_unsigned() && off[1].is_number_unsigned(), where,
              ": data_offsets must be two non-negative integers");
