@@ -10,6 +10,12 @@
 
 namespace mp {
 
+// Limits on outside input (config.json), checked by validate(): far above any real model, low enough that
+// shape products and parameter counts cannot overflow int64 (layers x tensors x elements < 2^58).
+constexpr int64_t kMaxConfigLayers = int64_t(1) << 14;
+constexpr int64_t kMaxConfigSize = int64_t(1) << 24;            // any single size field
+constexpr int64_t kMaxConfigTensorElements = int64_t(1) << 40;  // any single tensor
+
 enum class LayerType : char { Mamba = 'M', Attention = '*', Mlp = '-', Moe = 'E' };
 
 const char* layer_type_name(LayerType type);  // "mamba", "attention", "mlp", "moe"

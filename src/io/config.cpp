@@ -79,6 +79,11 @@ struct Reader {
     const json& v = j.at(key);
     MP_CHECK(v.is_number_integer() || (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()),
              what, ": field \"", key, "\" must be an integer, found ", v.dump());
+    // 2^63 and above do not fit int64 (converting them is undefined behaviour); the size limits come later.
+    MP_CHECK(!v.is_number_unsigned() || v.get<uint64_t>() <= uint64_t(INT64_MAX), what, ": field \"", key,
+             "\" is too large: ", v.dump());
+    MP_CHECK(!v.is_number_float() || std::fabs(v.get<double>()) < 9.2e18, what, ": field \"", key,
+             "\" is too large: ", v.dump());
     return v.get<int64_t>();
   }
   int64_t optional_int(const char* key, int64_t dflt) const { return has(key) ? as_int(key) : dflt; }
@@ -110,6 +115,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& what) {
       c.layers.push_back(parse_block_type(v.get<std::string>(), what));
     }
     if (r.has("hybrid_override_pattern")) {
+      MP_CHECK(j.at("hybrid_override_pattern").is_string(), what, ": hybrid_override_pattern must be a string");
       auto from_pattern = parse_pattern(j.at("hybrid_override_pattern").get<std::string>(), what);
       MP_CHECK(from_pattern == c.layers, what, ": hybrid_override_pattern and layers_block_type disagree");
     }
@@ -176,6 +182,33 @@ void ModelConfig::validate() const {
   const std::string what = "config";
   MP_CHECK(vocab_size > 0, what, ": vocab_size must be positive, found ", vocab_size);
   MP_CHECK(hidden_size > 0, what, ": hidden_size must be positive, found ", hidden_size);
+  // Limits on outside input: every size, and every tensor's element count, far above any real model but low
+  // enough that shape products and parameter sums cannot overflow int64 anywhere downstream.
+  MP_CHECK(num_layers() <= kMaxConfigLayers, what, ": ", num_layers(), " layers exceed the limit of ",
+           kMaxConfigLayers, " (corrupt config?)");
+  const std::pair<const char*, int64_t> sizes[] = {
+      {"vocab_size", vocab_size},         {"hidden_size", hidden_size},       {"intermediate_size", intermediate_size},
+      {"num_attention_heads", num_attention_heads}, {"num_key_value_heads", num_key_value_heads},
+      {"head_dim", head_dim},             {"mamba_num_heads", mamba_num_heads}, {"mamba_head_dim", mamba_head_dim},
+      {"n_groups", n_groups},             {"ssm_state_size", ssm_state_size}, {"conv_kernel", conv_kernel},
+      {"chunk_size", chunk_size}};
+  for (auto& [name, value] : sizes)
+    MP_CHECK(value >= 0 && value <= kMaxConfigSize, what, ": ", name, " is ", value, "; expected 0..", kMaxConfigSize,
+             " (corrupt config?)");
+  // The largest tensor of each kind (embedding / lm_head, MLP, attention q/o, Mamba in_proj, conv1d), in 128 bits.
+  using wide = __int128;
+  const wide h = hidden_size;
+  const std::pair<const char*, wide> tensors[] = {
+      {"embedding (vocab_size x hidden_size)", wide(vocab_size) * h},
+      {"MLP (intermediate_size x hidden_size)", wide(intermediate_size) * h},
+      {"attention (num_attention_heads x head_dim x hidden_size)", wide(num_attention_heads) * head_dim * h},
+      {"attention (num_key_value_heads x head_dim x hidden_size)", wide(num_key_value_heads) * head_dim * h},
+      {"Mamba in_proj", (2 * wide(mamba_num_heads) * mamba_head_dim + 2 * wide(n_groups) * ssm_state_size +
+                         mamba_num_heads) * h},
+      {"Mamba conv1d", (wide(mamba_num_heads) * mamba_head_dim + 2 * wide(n_groups) * ssm_state_size) * conv_kernel}};
+  for (auto& [name, n] : tensors)
+    MP_CHECK(n <= kMaxConfigTensorElements, what, ": the ", name, " tensor would have ", static_cast<double>(n),
+             " elements, over the limit of ", kMaxConfigTensorElements, " (corrupt config?)");
   if (count(LayerType::Attention)) {
     MP_CHECK(num_attention_heads > 0 && head_dim > 0, what, ": attention layers need num_attention_heads and head_dim > 0");
     MP_CHECK(num_key_value_heads > 0 && num_attention_heads % num_key_value_heads == 0, what,
