@@ -77,7 +77,27 @@ static void unbox_all(json& v, const std::string& what) {
   }
 }
 
+void check_json_nesting(const std::string& text, const std::string& what) {
+  int64_t depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      MP_CHECK(++depth <= kMaxJsonDepth, what, ": JSON nested deeper than ", kMaxJsonDepth,
+               " levels (at byte ", i, "); no minipuzzle file needs that, so the file is refused as corrupt");
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+}
+
 json parse_json_lenient(const std::string& text, const std::string& what) {
+  check_json_nesting(text, what);
   json j = json::parse(quote_bare_floats(text), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) {
     // Parse again with exceptions on to report where it failed.
@@ -96,6 +116,11 @@ json parse_json_lenient(const std::string& text, const std::string& what) {
 json read_json_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   MP_CHECK(in.good(), path, ": cannot open for reading (does it exist?)");
+  in.seekg(0, std::ios::end);
+  const auto size = static_cast<int64_t>(in.tellg());
+  MP_CHECK(size >= 0 && static_cast<uint64_t>(size) <= kMaxJsonFileBytes, path, ": ", size,
+           " bytes is over the limit of ", kMaxJsonFileBytes, " bytes for a JSON file (not a minipuzzle JSON file?)");
+  in.seekg(0, std::ios::beg);
   std::stringstream ss;
   ss << in.rdbuf();
   return parse_json_lenient(ss.str(), path);
