@@ -2,8 +2,11 @@
 #include "minipuzzle/checkpoint.h"
 
 #include <ATen/ATen.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <set>
 
@@ -167,6 +170,14 @@ void check_output_dir(const std::string& out_dir, bool overwrite) {
   MP_CHECK(fs::is_directory(parent), out_dir, ": parent directory ", parent.string(), " does not exist");
   MP_CHECK(::access(parent.c_str(), W_OK) == 0, out_dir, ": parent directory ", parent.string(),
            " is not writable");
+  // access() trusts permission bits, which root bypasses; read-only mounts and sysfs-like directories refuse
+  // anyway. Creating (and removing) a probe directory is the real test, done before any long work starts.
+  fs::path probe = parent / (".minipuzzle-probe-" + std::to_string(::getpid()));
+  if (::mkdir(probe.c_str(), 0700) != 0) {
+    int err = errno;
+    fail(out_dir, ": parent directory ", parent.string(), " is not writable (", std::strerror(err), ")");
+  }
+  ::rmdir(probe.c_str());
   MP_CHECK(overwrite || !fs::exists(out), out_dir, ": already exists (choose another output or pass --overwrite)");
 }
 
