@@ -8,6 +8,9 @@
 
 namespace mp::search {
 
+constexpr int64_t kMaxContextTokens = int64_t(1) << 40;
+constexpr int64_t kMaxBatch = int64_t(1) << 24;
+
 Shape Shape::of(const ModelConfig& c) {
   Shape s;
   s.vocab = c.vocab_size;
@@ -96,7 +99,8 @@ double prefill_activation_bytes(const Shape& s, int64_t tokens_per_seq, int64_t 
     const double chunks = std::ceil(static_cast<double>(tokens_per_seq) / static_cast<double>(s.chunk_size));
     // in_proj output, conv1d output over x|B|C, fp32 chunk states of the SSD scan, y and the gated-norm output.
     double m = T * in_dim * a + T * static_cast<double>(s.conv_dim()) * a +
-               chunks * static_cast<double>(batch * s.mamba_heads * s.mamba_head_dim * s.state) * 4.0 +
+               chunks * static_cast<double>(batch) * static_cast<double>(s.mamba_heads) *
+                   static_cast<double>(s.mamba_head_dim) * static_cast<double>(s.state) * 4.0 +
                2.0 * T * static_cast<double>(s.d_inner()) * a;
     peak_layer = std::max(peak_layer, m);
   }
@@ -108,13 +112,20 @@ double prefill_activation_bytes(const Shape& s, int64_t tokens_per_seq, int64_t 
   }
   if (s.n_mlp) peak_layer = std::max(peak_layer, 2.0 * T * static_cast<double>(s.ffn) * a);  // up and relu^2
   // Logits of the last position of each sequence, in fp32.
-  peak_layer = std::max(peak_layer, static_cast<double>(batch * s.vocab) * 4.0);
+  peak_layer = std::max(peak_layer, static_cast<double>(batch) * static_cast<double>(s.vocab) * 4.0);
   return base + peak_layer;
 }
 
 MemoryBreakdown estimate_memory(const Shape& s, const InferenceSetup& u) {
   MP_CHECK(u.context > 0 && u.batch > 0, "memory model: context and batch must be positive (found ", u.context,
            " and ", u.batch, ")");
+  // Beyond these, token and byte counts (batch x context x widths) leave the range where the arithmetic here
+  // and in the roofline is exact (int64 products overflow); no device holds such a cache, so say so instead of
+  // ranking wrapped-around numbers.
+  MP_CHECK(u.context <= kMaxContextTokens, "memory model: context ", u.context, " tokens exceeds the supported ",
+           kMaxContextTokens, " (2^40); byte counts would overflow");
+  MP_CHECK(u.batch <= kMaxBatch, "memory model: batch ", u.batch, " exceeds the supported ", kMaxBatch,
+           " (2^24 sequences); byte counts would overflow");
   MemoryBreakdown m;
   const double B = static_cast<double>(u.batch), L = static_cast<double>(u.context);
   m.weights = static_cast<double>(count_params(s).total()) * dtype_bytes(u.weights);

@@ -116,7 +116,7 @@ Throughput predict_throughput(const Shape& s, const InferenceSetup& u, const Har
   StepCost last = decode_step_cost(s, u, w.input_tokens + w.output_tokens - 1);
   StepCost mean{(mid.bytes + last.bytes) / 2, (mid.flops + last.flops) / 2, mid.layers, false};
   t.decode_s = static_cast<double>(w.output_tokens) * step_seconds(mean, hw, u.weights);
-  const double out = static_cast<double>(u.batch * w.output_tokens);
+  const double out = static_cast<double>(u.batch) * static_cast<double>(w.output_tokens);
   t.output_tokens_per_s = out / (t.prefill_s + t.decode_s);
   t.decode_tokens_per_s = out / t.decode_s;
   return t;
