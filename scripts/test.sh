@@ -5,4 +5,10 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${BUILD_DIR:-$root/build}"
 "$root/scripts/build.sh" "$build"
 cd "$build"
-ctest --output-on-failure -j "$(nproc)" ${CTEST_ARGS:-}
+# GPU-labelled tests need the GPU host (scripts/gpu/*.sh run them there); CI machines have no GPU.
+ctest --output-on-failure -j "$(nproc)" -LE gpu ${CTEST_ARGS:-}
+# ASan+UBSan build of the input-reading libraries' tests, then every fuzz target for MINIPUZZLE_FUZZ_SECONDS
+# (default 60) under libFuzzer (scripts/reliability.sh, issue 11). MINIPUZZLE_RELIABILITY=0 skips it.
+if [ "${MINIPUZZLE_RELIABILITY:-1}" != 0 ]; then
+  "$root/scripts/reliability.sh"
+fi

@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""GPU-host reference for the bf16 CUDA model: a seeded NemotronH (all layer types, 4 groups, GQA) run by
+transformers on CUDA in float32 (the reference) and in bfloat16 (the error a bf16 implementation is allowed),
+at sequence lengths 300 and 4096. Writes the checkpoint and gpu_reference.safetensors to --out."""
+import argparse
+import os
+
+import torch
+from safetensors.torch import save_file
+from transformers import NemotronHConfig, NemotronHForCausalLM
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    torch.manual_seed(5)
+    cfg = NemotronHConfig(hybrid_override_pattern="M-M*-M-", vocab_size=1024, hidden_size=256,
+                          intermediate_size=768, num_attention_heads=8, num_key_value_heads=2, head_dim=32,
+                          mamba_num_heads=16, mamba_head_dim=32, n_groups=4, ssm_state_size=64, conv_kernel=4,
+                          chunk_size=128, tie_word_embeddings=False)
+    model = NemotronHForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("A_log"):
+                p.copy_(torch.log(torch.rand_like(p) * 15 + 1))
+            elif name.endswith("dt_bias"):
+                p.copy_(torch.randn_like(p) * 0.5 - 1.0)
+            elif name.endswith(".D") or "norm" in name:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
+    model.save_pretrained(a.out)
+    ref = {}
+    gen = torch.Generator().manual_seed(3)
+    for L in (300, 4096):
+        ids = torch.randint(0, cfg.vocab_size, (1, L), generator=gen)
+        ref[f"input_ids_{L}"] = ids
+        for dtype, tag in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+            m = model.to("cuda", dtype)
+            with torch.no_grad():
+                ref[f"logits_{tag}_{L}"] = m(input_ids=ids.cuda()).logits.float().cpu()
+    save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(a.out, "gpu_reference.safetensors"))
+    print("gpu reference written to", a.out)
+
+
+if __name__ == "__main__":
+    main()
