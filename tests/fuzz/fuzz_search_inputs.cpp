@@ -1,0 +1,27 @@
+// Fuzz target: the search stage's JSON inputs. The first byte picks the reader, the rest is the JSON text:
+// even - a hardware profile (configs/hardware/*.json or a user's file); odd - importance scores in any of the
+// forms ImportanceScores::from_json accepts. On acceptance a profile's sizes are finite and positive and every
+// score is finite (the ranking divides by and sorts them).
+#include <cmath>
+
+#include "fuzz_common.h"
+#include "minipuzzle/search.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size < 1) return 0;
+  const bool hardware = (data[0] % 2) == 0;
+  return mp::fuzz::run_parser([&] {
+    mp::json j = mp::parse_json_lenient(mp::fuzz::as_text(data + 1, size - 1), "fuzz search input");
+    if (hardware) {
+      auto h = mp::search::HardwareProfile::from_json(j, "fuzz hardware.json");
+      FUZZ_REQUIRE(std::isfinite(h.memory_bytes) && h.memory_bytes > 0);
+      FUZZ_REQUIRE(std::isfinite(h.bandwidth_bytes_per_s) && h.bandwidth_bytes_per_s > 0);
+      FUZZ_REQUIRE(h.peak_flops(mp::search::DType::BF16) > 0);
+      (void)mp::search::HardwareProfile::from_json(h.to_json(), "fuzz hardware.json (written back)");
+    } else {
+      auto s = mp::search::ImportanceScores::from_json(j, "fuzz scores.json");
+      for (const auto* v : {&s.layer, &s.hidden, &s.ffn, &s.mamba_heads, &s.mamba_head_dim, &s.attention_heads})
+        for (double x : *v) FUZZ_REQUIRE(std::isfinite(x));
+    }
+  });
+}
