@@ -21,9 +21,11 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "minipuzzle/json.h"
+#include "minipuzzle/progress.h"
 
 namespace mp {
 
@@ -89,6 +91,7 @@ class TokenFile {
   const std::string& path() const { return path_; }
 
  private:
+  friend TokenFile read_tokens_for_eval(const std::string& path, const Tokenizer* tokenizer);
   std::shared_ptr<const void> storage_;  // the mapping or the in-memory vector; keeps tokens_ alive
   const uint32_t* tokens_ = nullptr;
   uint64_t num_tokens_ = 0;
@@ -121,6 +124,39 @@ class TokenFileWriter {
   std::FILE* tokens_out_ = nullptr;
   bool finished_ = false;
 };
+
+// ---- `minipuzzle data`: text and JSONL files -> token files ----
+// Inputs: files ending in .jsonl or .ndjson are JSON Lines (one object per non-blank line; its `jsonl_field`
+// string is one document); every other file is UTF-8 text (any bytes are accepted), split into documents
+// by `text_documents`: "paragraph" (default) - a document is a run of non-blank lines, blank (whitespace-
+// only) lines separate documents and are dropped, each document keeps its lines' newlines; "file" - the
+// whole file is one document. Documents keep input order (files in the order given).
+// Held-out split: with valid_fraction F > 0, document k (0-based, over all inputs) goes to the valid split
+// when splitmix64(k) / 2^64 < F - deterministic, independent of the thread count - and the outputs are
+// NAME.train.* and NAME.valid.*; otherwise NAME.*.
+struct DataPrepOptions {
+  std::vector<std::string> inputs;
+  std::string tokenizer = "byte";  // a tokenizer.json (or its directory), or "byte"
+  std::string output;              // NAME
+  std::string jsonl_field = "text";
+  std::string text_documents = "paragraph";  // "paragraph" or "file"
+  double valid_fraction = 0.0;
+  int threads = 0;  // 0: all hardware threads
+  bool append_eos = false;
+  ProgressMode progress = ProgressMode::Auto;
+};
+struct DataPrepResult {
+  std::vector<std::string> paths;               // NAME, or NAME.train and NAME.valid
+  std::vector<TokenFileMetadata> metadata;      // one per path
+  uint64_t input_bytes = 0;
+  double seconds = 0.0;
+  bool interrupted = false;                     // stopped by SIGINT/SIGTERM; nothing was written
+};
+DataPrepResult prepare_token_files(const DataPrepOptions& options);
+// The held-out split rule above, exposed for tests.
+bool document_in_valid_split(uint64_t document_index, double valid_fraction);
+// "paragraph" documents of a text (the rule above), as views into it.
+std::vector<std::string_view> split_paragraphs(std::string_view text);
 
 // What `eval` (and calibration) read: a token file as is; otherwise a plain text file, encoded as one
 // document with `tokenizer`, or with the byte-level tokenizer when `tokenizer` is null.

@@ -57,6 +57,7 @@ class Tokenizer {
   const std::string& sha256() const;
 
  private:
+  Tokenizer() = default;  // only the factories make tokenizers (hold an std::optional<Tokenizer> if needed)
   std::shared_ptr<const detail::TokenizerImpl> impl_;
 };
 

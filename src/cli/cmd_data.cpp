@@ -1,0 +1,56 @@
+// minipuzzle data FILES... --tokenizer tokenizer.json|byte -o NAME [--jsonl-field text] [--valid-fraction F]
+//                          [--documents paragraph|file] [--threads N] [--append-eos]
+// Text and JSONL in, token files out (format: include/minipuzzle/token_file.h).
+#include <memory>
+
+#include "minipuzzle/interrupt.h"
+#include "minipuzzle/progress.h"
+#include "minipuzzle/token_file.h"
+#include "src/cli/command.h"
+
+namespace mp::cli {
+namespace {
+
+void run(const DataPrepOptions& options) {
+  DataPrepResult r = prepare_token_files(options);
+  if (r.interrupted) {
+    log_warning("minipuzzle data: interrupted; no output was written");
+    set_exit_code(kExitInterrupted);
+    return;
+  }
+  for (size_t i = 0; i < r.paths.size(); ++i) {
+    const TokenFileMetadata& m = r.metadata[i];
+    log_info("wrote " + r.paths[i] + ".{tokens,index,json}: " + std::to_string(m.num_tokens) + " tokens in " +
+             std::to_string(m.num_documents) + " documents (" + m.split + ")");
+  }
+  double mb = double(r.input_bytes) / 1e6;
+  log_info("tokenized " + std::to_string(mb) + " MB in " + std::to_string(r.seconds) + " s (" +
+           std::to_string(r.seconds > 0 ? mb / r.seconds : 0.0) + " MB/s)");
+}
+
+void add(CLI::App& app) {
+  auto o = std::make_shared<DataPrepOptions>();
+  CLI::App* c = app.add_subcommand(
+      "data", "Tokenize text and JSONL files into token files (NAME.tokens / NAME.index / NAME.json)");
+  c->add_option("files", o->inputs, "text files, and .jsonl/.ndjson files (one JSON object per line)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  c->add_option("--tokenizer", o->tokenizer, "tokenizer.json (or its directory), or \"byte\" for bytes + <eos>/<pad>")
+      ->capture_default_str();
+  c->add_option("-o,--output", o->output, "output NAME (NAME.train/NAME.valid with --valid-fraction)")->required();
+  c->add_option("--jsonl-field", o->jsonl_field, "the JSONL field holding the text")->capture_default_str();
+  c->add_option("--documents", o->text_documents,
+                "how text files split into documents: paragraph (blank lines separate) or file (one per file)")
+      ->check(CLI::IsMember({"paragraph", "file"}))
+      ->capture_default_str();
+  c->add_option("--valid-fraction", o->valid_fraction, "fraction of documents held out (deterministic by index)")
+      ->check(CLI::Range(0.0, 0.999999));
+  c->add_option("--threads", o->threads, "encoding threads (0: all cores)")->capture_default_str();
+  c->add_flag("--append-eos", o->append_eos, "end every document with the tokenizer's end-of-document token");
+  c->callback([o] { run(*o); });
+}
+
+MP_REGISTER_COMMAND(data, add);
+
+}  // namespace
+}  // namespace mp::cli
