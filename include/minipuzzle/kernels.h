@@ -1,0 +1,45 @@
+// The Mamba-2 path's kernels (issue 12): causal depthwise conv1d + SiLU, the chunked SSD scan, the gated RMSNorm
+// and the relu^2 activation. Each function is differentiable (autograd) and dispatches by device:
+//   - CUDA tensors of a supported dtype/shape run the CUDA kernels of src/kernels/*.cu (forward and backward),
+//   - everything else runs the ATen twin (src/kernels/*_cpu.cpp): the same math as the model's layers, with the
+//     hand-written backward the CUDA kernels implement.
+// The model (src/model/mamba2.cpp, mlp.cpp) calls these for CUDA tensors and keeps its own ATen path on CPU.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <cstdint>
+
+namespace mp::kernels {
+
+// silu(causal depthwise conv1d(x)) over time.
+//   x [B,T,C] (any strides with a unit channel stride, e.g. a slice of in_proj's output),
+//   weight [C,1,K] or [C,K], bias [C] or undefined.  -> [B,T,C] contiguous, in x's dtype.
+// CUDA kernel: x and weight float32 or bfloat16, K <= 8.
+at::Tensor causal_conv1d_silu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+
+// Mamba-2's chunked SSD scan, float32 result [B,T,H,P]:
+//   x [B,T,H,P], dt [B,T,H] (after softplus and clamp), A [H] (negative), Bm, Cm [B,T,G,N], D [H], chunk > 0.
+// Same math as mp::model::ssd_chunk_scan. CUDA kernel: x, Bm, Cm bfloat16, chunk and P multiples of 32,
+// 4 * (H/G) * chunk floats of shared memory available per block; other inputs run the ATen twin.
+at::Tensor ssd_scan(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& Bm,
+                    const at::Tensor& Cm, const at::Tensor& D, int64_t chunk);
+
+// Mamba's gated RMSNorm: weight * norm_within_groups(y * silu(z)) over the last dim, in float32 statistics.
+//   y, z [..., C]; weight [C]; groups divides C; channel_mask [C] 0/1 or undefined (then masked channels are
+//   zero and each group's mean runs over its kept channels, as mp::model::gated_rms_norm).
+//   out_dtype: default promote(weight, y), which is what the model's function returns.
+at::Tensor gated_rms_norm(const at::Tensor& y, const at::Tensor& z, const at::Tensor& weight, int64_t groups,
+                          double eps, const at::Tensor& channel_mask = {},
+                          c10::optional<at::ScalarType> out_dtype = c10::nullopt);
+
+// relu(x)^2 in x's dtype (Nemotron-H's MLP activation), one pass forward and one backward on CUDA.
+at::Tensor relu_squared(const at::Tensor& x);
+
+// True when this build has the CUDA kernels (nvcc was found at configure time).
+bool built_with_cuda();
+
+// Whether ssd_scan would run its CUDA kernel for these shapes on the current device (false off CUDA builds).
+bool ssd_scan_cuda_supported(int64_t heads, int64_t head_dim, int64_t groups, int64_t chunk);
+
+}  // namespace mp::kernels
