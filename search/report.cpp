@@ -101,13 +101,14 @@ std::vector<std::string> write_search_report(const std::string& dir, const Model
   for (auto& ref : r.references)
     if (ref.candidate) memory_rows.emplace_back(ref.name, &*ref.candidate);
   for (size_t i = 0; i < std::min<size_t>(ranked.size(), 5); ++i)
-    memory_rows.emplace_back("#" + std::to_string(ranked[i]->rank) + " " + ranked[i]->id, ranked[i]);
+    memory_rows.emplace_back("#" + std::to_string(ranked[i]->rank), ranked[i]);
 
   // ---- summary shared by Markdown and HTML
   std::vector<std::pair<std::string, std::string>> summary = {
-      {"parent", parent.pattern().size() > 0 ? std::to_string(r.parent.params.total()) + " parameters, " +
-                                                   std::to_string(parent.num_layers()) + " layers"
-                                             : ""},
+      {"parent", fixed(double(r.parent.params.total()) / 1e9, 3) + "B parameters, " +
+                     std::to_string(parent.num_layers()) + " layers (" + std::to_string(parent.count(LayerType::Mamba)) +
+                     " Mamba / " + std::to_string(parent.count(LayerType::Attention)) + " attention / " +
+                     std::to_string(parent.count(LayerType::Mlp)) + " MLP)"},
       {"hardware", hw.name + " (" + fixed(hw.memory_bytes / kGiB, 2) + " GiB, " +
                        fixed(hw.bandwidth_bytes_per_s / 1e9, 0) + " GB/s, " + fixed(hw.bf16_flops / 1e12, 0) +
                        " bf16 TFLOP/s)"},
@@ -122,7 +123,7 @@ std::vector<std::string> write_search_report(const std::string& dir, const Model
                     ", feasible " + std::to_string(r.feasible)},
       {"stage-1 proxy", r.proxy_kind == "importance" ? "importance mass kept (product over axes)"
                                                      : "memory used / budget (no scores given)"},
-      {"search time", fixed(r.seconds, 3) + " s"}};
+      {"search time", fixed(r.seconds * 1e3, 1) + " ms"}};
   for (auto& b : o.budget.reservations)
     summary.emplace_back("reserved: " + b.name, fixed((b.fraction * o.budget.device_bytes + b.bytes) / kGiB, 3) + " GiB");
   std::string reason_text;
@@ -168,9 +169,10 @@ std::vector<std::string> write_search_report(const std::string& dir, const Model
     std::vector<std::pair<std::string, const Candidate*>> bars = memory_rows;
     for (size_t i = 5; i < std::min<size_t>(ranked.size(), 20); ++i)
       bars.emplace_back("#" + std::to_string(ranked[i]->rank), ranked[i]);
-    for (size_t i = 0; i < std::min<size_t>(infeasible.size(), 3); ++i) bars.emplace_back("x " + infeasible[i]->id, infeasible[i]);
+    for (size_t i = 0; i < std::min<size_t>(infeasible.size(), 3); ++i)
+      bars.emplace_back("x" + std::to_string(i + 1) + " (no fit)", infeasible[i]);
     for (auto& [name, c] : bars) {
-      cats.push_back(name.size() > 28 ? name.substr(0, 28) : name);
+      cats.push_back(name.size() > 24 ? name.substr(0, 24) : name);
       const MemoryBreakdown& m = c->memory;
       double v[6] = {m.weights, m.kv_cache, m.conv_state, m.ssm_state, m.activations, m.runtime_margin};
       for (int k = 0; k < 6; ++k) series[static_cast<size_t>(k)].y.push_back(v[k] / kGiB);
@@ -181,8 +183,8 @@ std::vector<std::string> write_search_report(const std::string& dir, const Model
     po.width = 960;
     po.height = 420;
     page.figure(report::bar_chart(cats, series, po, true, budget / kGiB, "budget " + fixed(budget / kGiB, 2) + " GiB"),
-                "Stacked memory terms of the parent, the reference shapes, the best candidates and the nearest "
-                "infeasible ones (x); the dashed line is the usable budget.");
+                "Stacked memory terms of the parent, the reference shapes, the best candidates (#rank, ids in the "
+                "table) and the nearest infeasible ones (x1..); the dashed line is the usable budget.");
   }
   page.table(memory_table(memory_rows, budget), "Memory terms in GiB");
   auto scatter = [&](bool by_proxy) {

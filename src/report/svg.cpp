@@ -163,7 +163,8 @@ std::string draw_legend(const Frame& f, const std::vector<std::pair<std::string,
   size_t longest = 0;
   for (auto& e : entries) longest = std::max(longest, e.first.size());
   double w = 24 + 6.2 * static_cast<double>(longest), h = 16.0 * static_cast<double>(entries.size()) + 6;
-  double x0 = f.plot_right() - w - 4, y0 = f.plot_top() + 4;
+  // Beside the plot area (frames that carry a legend reserve the right margin for it).
+  double x0 = f.plot_right() + 8, y0 = f.plot_top();
   s << "<rect x=\"" << num(x0) << "\" y=\"" << num(y0) << "\" width=\"" << num(w) << "\" height=\"" << num(h)
     << "\" fill=\"#ffffff\" fill-opacity=\"0.85\" stroke=\"#ccc\"/>";
   for (size_t i = 0; i < entries.size(); ++i) {
@@ -178,6 +179,13 @@ std::string draw_legend(const Frame& f, const std::vector<std::pair<std::string,
 
 std::string series_color(const Series& s, size_t i) { return s.color.empty() ? palette_color(i) : s.color; }
 
+// Right margin wide enough for a legend of these names.
+double legend_margin(const std::vector<std::string>& names) {
+  size_t longest = 0;
+  for (auto& n : names) longest = std::max(longest, n.size());
+  return 40 + 6.2 * static_cast<double>(longest);
+}
+
 }  // namespace
 
 std::string bar_chart(const std::vector<std::string>& categories, const std::vector<Series>& series,
@@ -187,7 +195,16 @@ std::string bar_chart(const std::vector<std::string>& categories, const std::vec
              " values for ", categories.size(), " categories");
   Frame f{o.width, o.height};
   bool rotate = categories.size() > 8;
-  if (rotate) f.bottom = 90;
+  if (rotate) {
+    size_t longest = 0;
+    for (auto& c : categories) longest = std::max(longest, c.size());
+    f.bottom = std::min(40.0 + 4.5 * static_cast<double>(longest), o.height * 0.45);
+  }
+  if (series.size() > 1) {
+    std::vector<std::string> names;
+    for (auto& sr : series) names.push_back(sr.name);
+    f.right = legend_margin(names);
+  }
   double max_v = limit;
   for (size_t c = 0; c < categories.size(); ++c) {
     double total = 0;
@@ -236,7 +253,7 @@ std::string bar_chart(const std::vector<std::string>& categories, const std::vec
     double py = y.to_pixel(limit);
     s << "<line x1=\"" << num(f.plot_left()) << "\" x2=\"" << num(f.plot_right()) << "\" y1=\"" << num(py)
       << "\" y2=\"" << num(py) << "\" stroke=\"#D55E00\" stroke-width=\"1.5\" stroke-dasharray=\"6 4\"/>";
-    s << "<text x=\"" << num(f.plot_left() + 4) << "\" y=\"" << num(py - 4) << "\" fill=\"#D55E00\">"
+    s << "<text x=\"" << num(f.plot_right() - 4) << "\" y=\"" << num(py - 4) << "\" text-anchor=\"end\" fill=\"#D55E00\">"
       << escape_html(limit_label.empty() ? "limit " + format_number(limit) : limit_label) << "</text>";
   }
   std::vector<std::pair<std::string, std::string>> legend;
@@ -249,6 +266,9 @@ std::string bar_chart(const std::vector<std::string>& categories, const std::vec
 std::string scatter_plot(const std::vector<ScatterPoint>& points, const PlotOptions& o,
                          const std::string& highlight_name) {
   Frame f{o.width, o.height};
+  bool any_highlight = false;
+  for (auto& p : points) any_highlight |= p.highlight;
+  if (any_highlight) f.right = legend_margin({"candidate", highlight_name});
   double min_x = std::numeric_limits<double>::infinity(), max_x = -min_x, min_y = min_x, max_y = -min_x;
   for (auto& p : points) {
     if (!std::isfinite(p.x) || !std::isfinite(p.y)) continue;
@@ -298,6 +318,11 @@ std::string scatter_plot(const std::vector<ScatterPoint>& points, const PlotOpti
 
 std::string line_plot(const std::vector<Series>& series, const PlotOptions& o) {
   Frame f{o.width, o.height};
+  {
+    std::vector<std::string> names;
+    for (auto& sr : series) names.push_back(sr.name);
+    if (!names.empty()) f.right = legend_margin(names);
+  }
   double min_x = std::numeric_limits<double>::infinity(), max_x = -min_x, min_y = min_x, max_y = -min_x;
   for (auto& sr : series) {
     MP_CHECK(sr.x.size() == sr.y.size(), "line_plot: series \"", sr.name, "\" has ", sr.x.size(), " x and ",

@@ -1,0 +1,131 @@
+// bench_search: the search's speed claims and the papers' checks, as one JSON object on stdout.
+//  - the full Nemotron-Nano-12B-v2 search (default space: 40% width / 20% depth, per-type depth) on the A10G at
+//    128k with the Nano 2 budget (claim: <= 10 s on 2 cores);
+//  - the 17,472-combination Nano-9B-v2 -> 7B space NVIDIA searched (layers 46-56, hidden 2816-4352,
+//    FFN 10240-13824, Mamba heads 80-128, head_dim 56-80), enumerated, costed and ranked (claim: <= 2 s);
+//  - where the Nano-9B-v2 and Nemotron-H-47B shapes land in the paper-restricted spaces.
+// Usage: bench_search [CONFIGS_DIR]   (default: the source tree's configs/)
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "minipuzzle/config.h"
+#include "minipuzzle/search.h"
+
+using namespace mp;
+using namespace mp::search;
+
+static double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+int main(int argc, char** argv) {
+  setenv("MINIPUZZLE_PROGRESS", "off", 0);
+  if (argc > 1) setenv("MINIPUZZLE_CONFIGS", argv[1], 1);
+  auto model = [](const char* name) { return load_config(find_config_file("models", name)); };
+  json out;
+  HardwareProfile a10g = load_hardware("a10g");
+
+  {  // Full 12B search.
+    ModelConfig parent = model("nemotron-nano-12b-v2");
+    SearchOptions o;
+    o.setup.context = 131072;
+    o.budget = make_budget(a10g, parse_reservations("vision=1.3GiB"), std::nullopt);
+    o.space = default_space(parent);
+    auto t0 = std::chrono::steady_clock::now();
+    SearchResult r = run_search(parent, a10g, o);
+    out["nano12b_full_search"] = {{"combinations", o.space.combinations()},
+                                  {"enumerated", r.enumerated},
+                                  {"feasible", r.feasible},
+                                  {"seconds", seconds_since(t0)},
+                                  {"claim_seconds", 10},
+                                  {"space", o.space.to_json()}};
+  }
+  {  // NVIDIA's 9B -> 7B space (parameter target 7B).
+    ModelConfig parent = model("nemotron-nano-9b-v2");
+    SearchOptions o;
+    o.setup.context = 131072;
+    o.budget = make_budget(a10g, {}, 1e6);  // the constraint here is the parameter target
+    o.space.depth_per_type = false;
+    o.space.drop_total = {0, 10, 2};
+    o.space.hidden = {2816, 4352, 128};
+    o.space.ffn = {10240, 13824, 512};
+    o.space.mamba_heads = {80, 128, 8};
+    o.space.mamba_head_dim = {56, 80, 8};
+    o.space.attention_heads = {40, 40, 8};
+    o.space.max_params = 7e9;
+    auto t0 = std::chrono::steady_clock::now();
+    SearchResult r = run_search(parent, a10g, o);
+    json best = json::array();
+    for (auto& c : r.candidates)
+      if (c.rank >= 1 && c.rank <= 5) best.push_back({{"rank", c.rank}, {"id", c.id}, {"params", c.params.total()}});
+    out["nano9b_to_7b"] = {{"combinations", o.space.combinations()}, {"enumerated", r.enumerated},
+                           {"under_7b", r.feasible},           {"seconds", seconds_since(t0)},
+                           {"claim_seconds", 2},               {"best", best}};
+  }
+  {  // Nano 2 paper space: where the 9B shape lands.
+    ModelConfig parent = model("nemotron-nano-12b-v2");
+    SearchOptions o;
+    o.setup.context = 131072;
+    o.budget = make_budget(a10g, parse_reservations("vision=1.3GiB"), std::nullopt);
+    o.space.drop_mamba = {0, 10, 1};
+    o.space.drop_attention = {0, 5, 1};
+    o.space.drop_mlp = {0, 10, 1};
+    o.space.bound_total = true;
+    o.space.drop_total = {6, 10, 1};
+    o.space.hidden = {4480, 5120, 128};
+    o.space.ffn = {13440, 20480, 320};
+    o.space.mamba_heads = {112, 128, 8};
+    o.space.mamba_head_dim = {80, 80, 1};
+    o.space.attention_heads = {40, 40, 8};
+    o.references = {{"Nemotron-Nano-9B-v2", model("nemotron-nano-9b-v2")}};
+    auto t0 = std::chrono::steady_clock::now();
+    SearchResult r = run_search(parent, a10g, o);
+    const Candidate& ref = *r.references[0].candidate;
+    out["nano2_paper_space"] = {{"budget_gib", o.budget.usable_bytes() / kGiB},
+                                {"parent_fits", r.parent.feasible},
+                                {"parent_memory_gib", r.parent.memory.total() / kGiB},
+                                {"nano9b_reachable", r.references[0].reachable},
+                                {"nano9b_fits", ref.feasible},
+                                {"nano9b_memory_gib", ref.memory.total() / kGiB},
+                                {"nano9b_stage1_rank", ref.rank},
+                                {"feasible", r.feasible},
+                                {"enumerated", r.enumerated},
+                                {"seconds", seconds_since(t0)}};
+  }
+  {  // MiniPuzzle: 56B -> 47B on an RTX 5090.
+    ModelConfig parent = model("nemotron-h-56b");
+    HardwareProfile hw = load_hardware("rtx5090");
+    SearchOptions o;
+    o.setup.context = 1000000;
+    o.setup.weights = DType::FP4;
+    o.setup.kv_cache = DType::FP8;
+    o.setup.conv_state = o.setup.ssm_state = DType::BF16;
+    o.setup.prefill_chunk = 0;
+    o.budget = make_budget(hw, {}, 31.7);
+    o.space.drop_mamba = {0, 12, 1};
+    o.space.drop_attention = {0, 9, 1};
+    o.space.drop_mlp = {0, 8, 1};
+    o.space.hidden = {8192, 8192, 1};
+    o.space.ffn = {24576, 32768, 1024};
+    o.space.mamba_heads = {256, 256, 8};
+    o.space.mamba_head_dim = {64, 64, 1};
+    o.space.attention_heads = {64, 64, 8};
+    o.references = {{"Nemotron-H-47B", model("nemotron-h-47b")}};
+    auto t0 = std::chrono::steady_clock::now();
+    SearchResult r = run_search(parent, hw, o);
+    const Candidate& ref = *r.references[0].candidate;
+    out["minipuzzle_56b_to_47b"] = {{"parent_fits", r.parent.feasible},
+                                    {"parent_memory_gib", r.parent.memory.total() / kGiB},
+                                    {"h47b_reachable", r.references[0].reachable},
+                                    {"h47b_fits", ref.feasible},
+                                    {"h47b_memory_gib", ref.memory.total() / kGiB},
+                                    {"h47b_stage1_rank", ref.rank},
+                                    {"feasible", r.feasible},
+                                    {"enumerated", r.enumerated},
+                                    {"seconds", seconds_since(t0)}};
+  }
+  std::printf("%s\n", out.dump(2).c_str());
+  return 0;
+}
