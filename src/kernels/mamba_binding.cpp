@@ -5,6 +5,10 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
 #include "kernels/mamba_internal.h"
 #include "minipuzzle/error.h"
 #include "minipuzzle/kernels.h"
@@ -460,6 +464,23 @@ bool built_with_cuda() {
   return false;
 #endif
 }
+
+namespace {
+std::atomic<int> g_model_uses_kernels{-1};  // -1: not decided yet (read the environment once)
+}  // namespace
+
+bool model_uses_kernels(const at::Tensor& t) {
+  if (!built_with_cuda() || !t.is_cuda()) return false;
+  int state = g_model_uses_kernels.load();
+  if (state < 0) {
+    const char* env = std::getenv("MINIPUZZLE_MAMBA_KERNELS");
+    state = (env && std::string(env) == "0") ? 0 : 1;
+    g_model_uses_kernels.store(state);
+  }
+  return state == 1;
+}
+
+void set_model_uses_kernels(bool enabled) { g_model_uses_kernels.store(enabled ? 1 : 0); }
 
 bool ssd_scan_cuda_supported(int64_t heads, int64_t head_dim, int64_t groups, int64_t chunk) {
 #ifdef MINIPUZZLE_WITH_CUDA

@@ -1,5 +1,6 @@
 // Mamba-2 mixer: in_proj -> [z | x B C | dt], causal depthwise conv1d + SiLU over x B C, SSD scan, gated
 // RMSNorm grouped by n_groups, out_proj. Follows transformers' NemotronHMamba2Mixer torch path, dtypes included.
+#include "minipuzzle/kernels.h"
 #include "src/model/layers.h"
 
 namespace mp::model {
@@ -9,6 +10,7 @@ at::Tensor mamba2_mixer(const LayerContext& ctx, const Params& p, const at::Tens
   const int64_t batch = h.size(0), T = h.size(1);
   const int64_t H = c.mamba_num_heads, P = c.mamba_head_dim, G = c.n_groups, N = c.ssm_state_size;
   const int64_t d_inner = c.mamba_d_inner(), conv_dim = c.mamba_conv_dim();
+  const bool fused = kernels::model_uses_kernels(h);  // CUDA: the kernels of include/minipuzzle/kernels.h
 
   at::Tensor proj = at::linear(h, p.get("in_proj.weight"), p.optional("in_proj.bias"));
   at::Tensor z = proj.narrow(-1, 0, d_inner);
@@ -17,9 +19,13 @@ at::Tensor mamba2_mixer(const LayerContext& ctx, const Params& p, const at::Tens
   ctx.tap(Tap::MambaX, xBC.narrow(-1, 0, d_inner));
 
   at::Tensor conv_w = p.get("conv1d.weight");  // [conv_dim, 1, K]
-  at::Tensor conv = at::conv1d(xBC.transpose(1, 2).to(conv_w.scalar_type()), conv_w, p.optional("conv1d.bias"),
-                               /*stride=*/1, /*padding=*/c.conv_kernel - 1, /*dilation=*/1, /*groups=*/conv_dim);
-  xBC = at::silu(conv.narrow(-1, 0, T)).to(h.scalar_type()).transpose(1, 2);
+  if (fused) {
+    xBC = kernels::causal_conv1d_silu(xBC, conv_w, p.optional("conv1d.bias"));
+  } else {
+    at::Tensor conv = at::conv1d(xBC.transpose(1, 2).to(conv_w.scalar_type()), conv_w, p.optional("conv1d.bias"),
+                                 /*stride=*/1, /*padding=*/c.conv_kernel - 1, /*dilation=*/1, /*groups=*/conv_dim);
+    xBC = at::silu(conv.narrow(-1, 0, T)).to(h.scalar_type()).transpose(1, 2);
+  }
   at::Tensor x = xBC.narrow(-1, 0, d_inner);
   at::Tensor Bm = xBC.narrow(-1, d_inner, G * N);
   at::Tensor Cm = xBC.narrow(-1, d_inner + G * N, G * N);
@@ -29,12 +35,16 @@ at::Tensor mamba2_mixer(const LayerContext& ctx, const Params& p, const at::Tens
   // transformers clamps dt to [time_step_min, inf), not to config.time_step_limit.
   dt = at::clamp_min(dt, c.time_step_min);
 
-  at::Tensor y = ssd_chunk_scan(x.reshape({batch, T, H, P}), dt, A, Bm.reshape({batch, T, G, N}),
-                                Cm.reshape({batch, T, G, N}), p.get("D"), c.chunk_size)
+  auto scan = fused ? kernels::ssd_scan : ssd_chunk_scan;
+  at::Tensor y = scan(x.reshape({batch, T, H, P}), dt, A, Bm.reshape({batch, T, G, N}), Cm.reshape({batch, T, G, N}),
+                      p.get("D"), c.chunk_size)
                      .reshape({batch, T, d_inner});
   at::Tensor channel_mask = ctx.mask ? ctx.mask->mamba_channels : at::Tensor();
   if (channel_mask.defined()) y = y * channel_mask.to(y.scalar_type());
-  at::Tensor normed = gated_rms_norm(y, z, p.get("norm.weight"), G, c.layer_norm_epsilon, channel_mask);
+  at::Tensor normed =
+      fused ? kernels::gated_rms_norm(y, z, p.get("norm.weight"), G, c.layer_norm_epsilon, channel_mask,
+                                      ctx.wants(Tap::MambaY) ? c10::nullopt : c10::make_optional(h.scalar_type()))
+            : gated_rms_norm(y, z, p.get("norm.weight"), G, c.layer_norm_epsilon, channel_mask);
   ctx.tap(Tap::MambaY, normed);
   return at::linear(normed.to(h.scalar_type()), p.get("out_proj.weight"), p.optional("out_proj.bias"));
 }
