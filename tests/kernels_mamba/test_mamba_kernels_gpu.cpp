@@ -13,10 +13,12 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "minipuzzle/config.h"
 #include "minipuzzle/kernels.h"
 #include "src/model/layers.h"
 #include "tests/kernels_mamba/mamba_reference.h"
@@ -202,6 +204,56 @@ void test_relu2(Report& rep) {
   }
 }
 
+// The whole Mamba-2 mixer as the model runs it on CUDA in bf16 (kernels wired in) against the same mixer on the
+// same device in float32 through the model's ATen path (kernels turned off): output and gradients.
+void test_mixer(Report& rep) {
+  const std::string name = "B2_T200_hidden256_H8x32_G2_N32_Q64";
+  try {
+    mp::ModelConfig c;
+    c.hidden_size = 256, c.mamba_num_heads = 8, c.mamba_head_dim = 32, c.n_groups = 2, c.ssm_state_size = 32;
+    c.conv_kernel = 4, c.chunk_size = 64, c.layers = {mp::LayerType::Mamba};
+    const int64_t H = c.mamba_num_heads, d_inner = c.mamba_d_inner(), conv_dim = c.mamba_conv_dim();
+    at::manual_seed(21);
+    std::map<std::string, at::Tensor> cpu;
+    cpu["in_proj.weight"] = at::randn({c.mamba_in_proj_dim(), c.hidden_size}) * 0.06;
+    cpu["conv1d.weight"] = at::randn({conv_dim, 1, c.conv_kernel}) * 0.3;
+    cpu["conv1d.bias"] = at::randn({conv_dim}) * 0.1;
+    cpu["A_log"] = at::log(at::rand({H}) * 15 + 1);
+    cpu["dt_bias"] = at::randn({H}) * 0.5 - 2;
+    cpu["D"] = at::randn({H});
+    cpu["norm.weight"] = 1 + 0.1 * at::randn({d_inner});
+    cpu["out_proj.weight"] = at::randn({c.hidden_size, d_inner}) * 0.06;
+    std::vector<std::string> names;
+    std::vector<at::Tensor> bf_inputs{bf16_cuda(at::randn({2, 200, c.hidden_size}))};
+    for (auto& [n, t] : cpu) {
+      names.push_back(n);
+      bf_inputs.push_back(n == "A_log" ? t.to(at::kCUDA) : bf16_cuda(t));  // A_log stays float, as checkpoints keep it
+    }
+    std::vector<at::Tensor> f32_inputs;
+    for (const auto& t : bf_inputs) f32_inputs.push_back(t.to(at::kFloat));
+    const mp::ForwardOptions options;
+    auto mixer = [&](const std::vector<at::Tensor>& v) {
+      std::map<std::string, at::Tensor> ps;
+      for (size_t i = 0; i < names.size(); ++i) ps[names[i]] = v[i + 1];
+      const mp::model::Params p{ps, ""};
+      const mp::model::LayerContext ctx{c, 0, options, nullptr};
+      return mp::model::mamba2_mixer(ctx, p, v[0]);
+    };
+    const at::Tensor weights = at::randn({2, 200, c.hidden_size}).to(at::kCUDA);
+    k::set_model_uses_kernels(true);
+    const Run ours = run_with_grads(bf_inputs, weights, mixer);
+    k::set_model_uses_kernels(false);
+    const Run ref = run_with_grads(f32_inputs, weights, mixer);
+    k::set_model_uses_kernels(true);
+    rep.compare("mamba2_mixer", name, "out", ours.out, ref.out);
+    rep.compare("mamba2_mixer", name, "dh", ours.grads[0], ref.grads[0]);
+    for (size_t i = 0; i < names.size(); ++i)
+      rep.compare("mamba2_mixer", name, "d" + names[i], ours.grads[i + 1], ref.grads[i + 1]);
+  } catch (const std::exception& e) {
+    rep.note("mamba2_mixer", name, std::string("exception: ") + e.what(), false);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -213,7 +265,8 @@ int main(int argc, char** argv) {
   test_conv(rep);
   test_norm(rep);
   test_relu2(rep);
-  test_ssd(rep);  // last: an illegal access there would poison the context for everything after it
+  test_ssd(rep);
+  test_mixer(rep);  // last: an illegal access there would poison the context for everything after it
   std::printf("{\"test\":\"mamba_kernels_gpu\",\"checks\":%zu,\"failures\":%d}\n", rep.lines.size(), rep.failures);
   if (argc > 1) {
     std::ofstream out(argv[1]);
