@@ -3,6 +3,7 @@
 transformers on CUDA in float32 (the reference) and in bfloat16 (the error a bf16 implementation is allowed),
 at sequence lengths 300 and 4096. Writes the checkpoint and gpu_reference.safetensors to --out."""
 import argparse
+import copy
 import os
 
 import torch
@@ -37,7 +38,7 @@ def main():
         ids = torch.randint(0, cfg.vocab_size, (1, L), generator=gen)
         ref[f"input_ids_{L}"] = ids
         for dtype, tag in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
-            m = model.to("cuda", dtype)
+            m = copy.deepcopy(model).to("cuda", dtype)  # .to() is in place: keep the float32 weights intact
             with torch.no_grad():
                 ref[f"logits_{tag}_{L}"] = m(input_ids=ids.cuda()).logits.float().cpu()
     save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(a.out, "gpu_reference.safetensors"))
