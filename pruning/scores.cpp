@@ -37,6 +37,20 @@ std::string shape_fingerprint(const ModelConfig& c) {
 
 namespace {
 json vec(const std::vector<double>& v) { return json(v); }
+// Integers from the file: nlohmann's get<int64_t>() of a float (or of an unsigned above 2^63) is an unchecked
+// conversion, undefined for large floats, so the type and range are checked first.
+int64_t int_value(const json& v, const std::string& what) {
+  MP_CHECK(v.is_number_integer() && (!v.is_number_unsigned() || v.get<uint64_t>() <= uint64_t(INT64_MAX)), what,
+           ": expected an integer, found ", v.dump().substr(0, 80));
+  return v.get<int64_t>();
+}
+std::vector<int64_t> int_list(const json& v, const std::string& what) {
+  MP_CHECK(v.is_array(), what, ": expected a list of integers");
+  std::vector<int64_t> out;
+  for (auto& x : v) out.push_back(int_value(x, what));
+  return out;
+}
+
 std::vector<double> dvec(const json& j, const char* key) {
   if (!j.contains(key)) return {};
   std::vector<double> out;
@@ -88,7 +102,8 @@ json Scores::to_json() const {
 Scores Scores::from_json(const json& j, const std::string& what) {
   MP_CHECK(j.is_object() && j.value("format", "") == "minipuzzle-scores", what,
            ": not a minipuzzle scores file (missing \"format\": \"minipuzzle-scores\")");
-  MP_CHECK(j.value("version", 0) == 1, what, ": unsupported scores version ", j.value("version", 0));
+  MP_CHECK(j.contains("version") && j.at("version") == 1, what, ": unsupported scores version ",
+           j.contains("version") ? j.at("version").dump() : std::string("(none)"));
   Scores s;
   try {
     s.model = j.at("model");
@@ -99,7 +114,7 @@ Scores Scores::from_json(const json& j, const std::string& what) {
     if (j.contains("hidden")) s.hidden = dvec(j.at("hidden"), "scores");
     for (auto& e : j.at("layers")) {
       LayerScores l;
-      l.index = e.at("index").get<int64_t>();
+      l.index = int_value(e.at("index"), what + " layer index");
       std::string type = e.at("type").get<std::string>();
       l.type = type == "mamba" ? LayerType::Mamba : type == "attention" ? LayerType::Attention : LayerType::Mlp;
       if (e.contains("depth"))
@@ -119,17 +134,20 @@ Scores Scores::from_json(const json& j, const std::string& what) {
         l.mamba.heads_nested = dvec(m, "heads_nested");
         l.mamba.groups = dvec(m, "groups");
         l.mamba.channels = dvec(m, "channels");
-        if (m.contains("head_rank_in_group")) l.mamba.head_rank_in_group = m.at("head_rank_in_group").get<std::vector<std::vector<int64_t>>>();
+        if (m.contains("head_rank_in_group")) {
+          MP_CHECK(m.at("head_rank_in_group").is_array(), what, ": head_rank_in_group must be a list of lists");
+          for (auto& g : m.at("head_rank_in_group")) l.mamba.head_rank_in_group.push_back(int_list(g, what + " head_rank_in_group"));
+        }
       }
       if (e.contains("taylor"))
         for (auto& [k, v] : e.at("taylor").items()) l.taylor[k] = v.get<std::vector<double>>();
       s.layers.push_back(std::move(l));
     }
     if (j.contains("depth_blocks")) {
-      s.block_k = j["depth_blocks"].at("k").get<int64_t>();
+      s.block_k = int_value(j.at("depth_blocks").at("k"), what + " depth_blocks.k");
       for (auto& e : j["depth_blocks"].at("blocks")) {
         BlockScore b;
-        b.start = e.at("start").get<int64_t>();
+        b.start = int_value(e.at("start"), what + " depth_blocks start");
         for (auto& [k, v] : e.items())
           if (k != "start") b.by_criterion[k] = json_to_double(v, k);
         s.blocks.push_back(b);
@@ -137,7 +155,7 @@ Scores Scores::from_json(const json& j, const std::string& what) {
     }
     if (j.contains("iterative_removal")) {
       s.removal_criterion = j["iterative_removal"].at("criterion").get<std::string>();
-      s.removal_order = j["iterative_removal"].at("order").get<std::vector<int64_t>>();
+      s.removal_order = int_list(j.at("iterative_removal").at("order"), what + " iterative_removal.order");
       s.removal_scores = j["iterative_removal"].at("scores").get<std::vector<double>>();
     }
   } catch (const json::exception& e) {
