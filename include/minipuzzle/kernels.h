@@ -39,11 +39,13 @@ at::Tensor relu_squared(const at::Tensor& x);
 // True when this build has the CUDA kernels (nvcc was found at configure time).
 bool built_with_cuda();
 
-// Whether the model routes tensor `t` through these kernels: CUDA tensors of a CUDA build, unless turned off by
-// set_model_uses_kernels(false) or the environment (MINIPUZZLE_MAMBA_KERNELS=0), e.g. to compare against the
-// eager ATen path on the same device. CPU tensors always keep the model's own ATen path.
-bool model_uses_kernels(const at::Tensor& t);
-void set_model_uses_kernels(bool enabled);
+// Whether the model routes tensor `t` through kernel `op`: CUDA tensors of a CUDA build, unless turned off by
+// set_model_uses_kernels or the environment, read once: MINIPUZZLE_MAMBA_KERNELS=0 (none), =1 or unset (all),
+// or a comma list of conv,ssd,norm (only those), e.g. to compare against the eager ATen path on the same device
+// or to keep one kernel out. CPU tensors always keep the model's own ATen path.
+enum class MambaOp { conv, ssd, norm };
+bool model_uses_kernel(MambaOp op, const at::Tensor& t);
+void set_model_uses_kernels(bool enabled);  // all or none
 
 // Whether ssd_scan would run its CUDA kernel for these shapes on the current device (false off CUDA builds).
 bool ssd_scan_cuda_supported(int64_t heads, int64_t head_dim, int64_t groups, int64_t chunk);

@@ -466,21 +466,38 @@ bool built_with_cuda() {
 }
 
 namespace {
-std::atomic<int> g_model_uses_kernels{-1};  // -1: not decided yet (read the environment once)
+// Bit i set: MambaOp i runs its kernel in the model. -1: not decided yet (the environment is read once).
+std::atomic<int> g_model_kernels{-1};
+
+int kernels_from_env() {
+  const char* env = std::getenv("MINIPUZZLE_MAMBA_KERNELS");
+  if (!env || std::string(env).empty() || std::string(env) == "1") return 7;
+  if (std::string(env) == "0") return 0;
+  int bits = 0;
+  std::string spec = std::string(env) + ",";
+  for (size_t start = 0, comma; (comma = spec.find(',', start)) != std::string::npos; start = comma + 1) {
+    const std::string item = spec.substr(start, comma - start);
+    if (item == "conv") bits |= 1;
+    else if (item == "ssd") bits |= 2;
+    else if (item == "norm") bits |= 4;
+    else if (!item.empty())
+      fail("MINIPUZZLE_MAMBA_KERNELS: unknown kernel '", item, "'; use 0, 1, or a comma list of conv,ssd,norm");
+  }
+  return bits;
+}
 }  // namespace
 
-bool model_uses_kernels(const at::Tensor& t) {
+bool model_uses_kernel(MambaOp op, const at::Tensor& t) {
   if (!built_with_cuda() || !t.is_cuda()) return false;
-  int state = g_model_uses_kernels.load();
-  if (state < 0) {
-    const char* env = std::getenv("MINIPUZZLE_MAMBA_KERNELS");
-    state = (env && std::string(env) == "0") ? 0 : 1;
-    g_model_uses_kernels.store(state);
+  int bits = g_model_kernels.load();
+  if (bits < 0) {
+    bits = kernels_from_env();
+    g_model_kernels.store(bits);
   }
-  return state == 1;
+  return (bits >> static_cast<int>(op)) & 1;
 }
 
-void set_model_uses_kernels(bool enabled) { g_model_uses_kernels.store(enabled ? 1 : 0); }
+void set_model_uses_kernels(bool enabled) { g_model_kernels.store(enabled ? 7 : 0); }
 
 bool ssd_scan_cuda_supported(int64_t heads, int64_t head_dim, int64_t groups, int64_t chunk) {
 #ifdef MINIPUZZLE_WITH_CUDA

@@ -10,7 +10,7 @@ at::Tensor mamba2_mixer(const LayerContext& ctx, const Params& p, const at::Tens
   const int64_t batch = h.size(0), T = h.size(1);
   const int64_t H = c.mamba_num_heads, P = c.mamba_head_dim, G = c.n_groups, N = c.ssm_state_size;
   const int64_t d_inner = c.mamba_d_inner(), conv_dim = c.mamba_conv_dim();
-  const bool fused = kernels::model_uses_kernels(h);  // CUDA: the kernels of include/minipuzzle/kernels.h
+  auto fused = [&](kernels::MambaOp op) { return kernels::model_uses_kernel(op, h); };  // CUDA: kernels.h
 
   at::Tensor proj = at::linear(h, p.get("in_proj.weight"), p.optional("in_proj.bias"));
   at::Tensor z = proj.narrow(-1, 0, d_inner);
@@ -19,7 +19,7 @@ at::Tensor mamba2_mixer(const LayerContext& ctx, const Params& p, const at::Tens
   ctx.tap(Tap::MambaX, xBC.narrow(-1, 0, d_inner));
 
   at::Tensor conv_w = p.get("conv1d.weight");  // [conv_dim, 1, K]
-  if (fused) {
+  if (fused(kernels::MambaOp::conv)) {
     xBC = kernels::causal_conv1d_silu(xBC, conv_w, p.optional("conv1d.bias"));
   } else {
     at::Tensor conv = at::conv1d(xBC.transpose(1, 2).to(conv_w.scalar_type()), conv_w, p.optional("conv1d.bias"),
@@ -35,16 +35,17 @@ at::Tensor mamba2_mixer(const LayerContext& ctx, const Params& p, const at::Tens
   // transformers clamps dt to [time_step_min, inf), not to config.time_step_limit.
   dt = at::clamp_min(dt, c.time_step_min);
 
-  auto scan = fused ? kernels::ssd_scan : ssd_chunk_scan;
+  auto scan = fused(kernels::MambaOp::ssd) ? kernels::ssd_scan : ssd_chunk_scan;
   at::Tensor y = scan(x.reshape({batch, T, H, P}), dt, A, Bm.reshape({batch, T, G, N}), Cm.reshape({batch, T, G, N}),
                       p.get("D"), c.chunk_size)
                      .reshape({batch, T, d_inner});
   at::Tensor channel_mask = ctx.mask ? ctx.mask->mamba_channels : at::Tensor();
   if (channel_mask.defined()) y = y * channel_mask.to(y.scalar_type());
   at::Tensor normed =
-      fused ? kernels::gated_rms_norm(y, z, p.get("norm.weight"), G, c.layer_norm_epsilon, channel_mask,
-                                      ctx.wants(Tap::MambaY) ? c10::nullopt : c10::make_optional(h.scalar_type()))
-            : gated_rms_norm(y, z, p.get("norm.weight"), G, c.layer_norm_epsilon, channel_mask);
+      fused(kernels::MambaOp::norm)
+          ? kernels::gated_rms_norm(y, z, p.get("norm.weight"), G, c.layer_norm_epsilon, channel_mask,
+                                    ctx.wants(Tap::MambaY) ? c10::nullopt : c10::make_optional(h.scalar_type()))
+          : gated_rms_norm(y, z, p.get("norm.weight"), G, c.layer_norm_epsilon, channel_mask);
   ctx.tap(Tap::MambaY, normed);
   return at::linear(normed.to(h.scalar_type()), p.get("out_proj.weight"), p.optional("out_proj.bias"));
 }

@@ -34,7 +34,7 @@ struct Report {
   int failures = 0;
 
   void compare(const std::string& kernel, const std::string& which, const std::string& tensor, const at::Tensor& ours,
-               const at::Tensor& ref) {
+               const at::Tensor& ref, double max_tol = kMaxTol, double l2_tol = kL2Tol) {
     std::ostringstream s;
     s << "{\"kernel\":\"" << kernel << "\",\"case\":\"" << which << "\",\"tensor\":\"" << tensor << "\"";
     bool pass = false;
@@ -43,11 +43,11 @@ struct Report {
     } else {
       const double mx = mp::test::scaled_max_error(ours, ref), l2 = mp::test::relative_l2_error(ours, ref);
       const bool finite = at::isfinite(ours.to(at::kFloat)).all().item<bool>();
-      pass = finite && mx <= kMaxTol && l2 <= kL2Tol;
+      pass = finite && mx <= max_tol && l2 <= l2_tol;
       s << ",\"scaled_max_err\":" << mx << ",\"rel_l2_err\":" << l2 << ",\"finite\":" << (finite ? "true" : "false")
         << ",\"ref_absmax\":" << ref.abs().max().item<double>();
     }
-    s << ",\"tol_scaled_max\":" << kMaxTol << ",\"tol_rel_l2\":" << kL2Tol << ",\"pass\":" << (pass ? "true" : "false")
+    s << ",\"tol_scaled_max\":" << max_tol << ",\"tol_rel_l2\":" << l2_tol << ",\"pass\":" << (pass ? "true" : "false")
       << "}";
     add(s.str(), pass);
   }
@@ -205,7 +205,9 @@ void test_relu2(Report& rep) {
 }
 
 // The whole Mamba-2 mixer as the model runs it on CUDA in bf16 (kernels wired in) against the same mixer on the
-// same device in float32 through the model's ATen path (kernels turned off): output and gradients.
+// same device in float32 through the model's ATen path (kernels turned off): output and gradients. Looser bounds
+// (scaled_max 0.1, rel_l2 0.05): end to end, bf16 also rounds in_proj's output and dt before the exponential
+// decays, which the per-kernel checks above exclude by feeding both sides the same rounded inputs.
 void test_mixer(Report& rep) {
   const std::string name = "B2_T200_hidden256_H8x32_G2_N32_Q64";
   try {
@@ -245,10 +247,10 @@ void test_mixer(Report& rep) {
     k::set_model_uses_kernels(false);
     const Run ref = run_with_grads(f32_inputs, weights, mixer);
     k::set_model_uses_kernels(true);
-    rep.compare("mamba2_mixer", name, "out", ours.out, ref.out);
-    rep.compare("mamba2_mixer", name, "dh", ours.grads[0], ref.grads[0]);
+    rep.compare("mamba2_mixer", name, "out", ours.out, ref.out, 0.1, 0.05);
+    rep.compare("mamba2_mixer", name, "dh", ours.grads[0], ref.grads[0], 0.1, 0.05);
     for (size_t i = 0; i < names.size(); ++i)
-      rep.compare("mamba2_mixer", name, "d" + names[i], ours.grads[i + 1], ref.grads[i + 1]);
+      rep.compare("mamba2_mixer", name, "d" + names[i], ours.grads[i + 1], ref.grads[i + 1], 0.1, 0.05);
   } catch (const std::exception& e) {
     rep.note("mamba2_mixer", name, std::string("exception: ") + e.what(), false);
   }
