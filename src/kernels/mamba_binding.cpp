@@ -3,9 +3,11 @@
 // Functions that keep the model differentiable. Each Function saves only its inputs: the backward kernels
 // recompute what they need (the SSD backward re-runs the chunk pass rather than keeping [B,c,H,Q,Q] matrices).
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <atomic>
+#include <map>
 #include <cstdlib>
 #include <string>
 
@@ -283,28 +285,106 @@ struct SsdDeviceInputs {
   }
 };
 
-// The forward's buffers; `keep` holds the tensors alive until the launch has been enqueued (the caching allocator
-// makes freeing after enqueueing safe on the same stream).
+// The chunk pass's buffers (SsdWork), allocated in their logical shapes.
 struct SsdWorkBuffers {
-  std::vector<at::Tensor> keep;
+  at::Tensor acum, CB, M, Xw, states, start_states, y_off, pointers;
   SsdWork work;
 
-  explicit SsdWorkBuffers(const SsdShape& s, const at::TensorOptions& opts) {
+  SsdWorkBuffers(const SsdShape& s, const at::TensorOptions& opts) {
     const int64_t Bn = s.batch, T = s.seqlen, H = s.heads, P = s.head_dim, G = s.groups, N = s.state,
                   Q = s.chunk, nc = s.chunks();
-    auto f32 = [&](int64_t n) { keep.push_back(at::empty({n}, opts.dtype(at::kFloat))); return keep.back().data_ptr<float>(); };
-    auto bf = [&](int64_t n) { keep.push_back(at::empty({n}, opts.dtype(at::kBFloat16))); return keep.back().data_ptr(); };
-    work.acum = f32(Bn * H * T);
-    work.CB = f32(Bn * nc * G * Q * Q);
-    work.M = bf(Bn * nc * H * Q * Q);
-    work.Xw = bf(Bn * T * H * P);
-    work.states = f32(Bn * nc * H * P * N);
-    work.start_states = bf(Bn * nc * H * P * N);
-    work.y_off = f32(Bn * T * H * P);
-    keep.push_back(at::empty({3 * Bn * nc * H}, opts.dtype(at::kLong)));
-    work.gemm_pointers = reinterpret_cast<void**>(keep.back().data_ptr<int64_t>());
+    const auto f32 = opts.dtype(at::kFloat), bf = opts.dtype(at::kBFloat16);
+    acum = at::empty({Bn, H, nc, Q}, f32);
+    CB = at::empty({Bn, nc, G, Q, Q}, f32);
+    M = at::empty({Bn, nc, H, Q, Q}, bf);
+    Xw = at::empty({Bn, T, H, P}, bf);
+    states = at::empty({Bn, nc, H, P, N}, f32);
+    start_states = at::empty({Bn, nc, H, P, N}, bf);
+    y_off = at::empty({Bn, T, H, P}, f32);
+    pointers = at::empty({3 * Bn * nc * H}, opts.dtype(at::kLong));
+    work.acum = acum.data_ptr<float>();
+    work.CB = CB.data_ptr<float>();
+    work.M = M.data_ptr();
+    work.Xw = Xw.data_ptr();
+    work.states = states.data_ptr<float>();
+    work.start_states = start_states.data_ptr();
+    work.y_off = y_off.data_ptr<float>();
+    work.gemm_pointers = reinterpret_cast<void**>(pointers.data_ptr<int64_t>());
   }
 };
+
+// The backward's extra buffers (SsdGradWork).
+struct SsdGradBuffers {
+  at::Tensor dy_bf16, dy_decayed, dstates, dchunk_decay, dXw, dx_intra, dM, dCB, dacum, ddt_intra;
+  SsdGradWork work;
+
+  SsdGradBuffers(const SsdShape& s, const at::TensorOptions& opts) {
+    const int64_t Bn = s.batch, T = s.seqlen, H = s.heads, P = s.head_dim, G = s.groups, N = s.state,
+                  Q = s.chunk, nc = s.chunks();
+    const auto f32 = opts.dtype(at::kFloat), bf = opts.dtype(at::kBFloat16);
+    dy_bf16 = at::empty({Bn, T, H, P}, bf);
+    dy_decayed = at::empty({Bn, T, H, P}, bf);
+    dstates = at::empty({Bn, nc, H, P, N}, bf);
+    dchunk_decay = at::empty({Bn, H, nc}, f32);
+    dXw = at::empty({Bn, T, H, P}, f32);
+    dx_intra = at::empty({Bn, T, H, P}, f32);
+    dM = at::empty({Bn, nc, H, Q, Q}, f32);
+    dCB = at::empty({Bn, nc, G, Q, Q}, bf);
+    dacum = at::empty({Bn, H, nc, Q}, f32);
+    ddt_intra = at::empty({Bn, H, nc, Q}, f32);
+    work.dy_bf16 = dy_bf16.data_ptr();
+    work.dy_decayed = dy_decayed.data_ptr();
+    work.dstates = dstates.data_ptr();
+    work.dchunk_decay = dchunk_decay.data_ptr<float>();
+    work.dXw = dXw.data_ptr<float>();
+    work.dx_intra = dx_intra.data_ptr<float>();
+    work.dM = dM.data_ptr<float>();
+    work.dCB = dCB.data_ptr();
+    work.dacum = dacum.data_ptr<float>();
+    work.ddt_intra = ddt_intra.data_ptr<float>();
+  }
+};
+
+// y [B, padded T, H, P] float.
+at::Tensor ssd_forward_cuda(const SsdDeviceInputs& in, const SsdWorkBuffers& buffers) {
+  const SsdShape& s = in.shape;
+  at::Tensor y = at::empty({s.batch, s.seqlen, s.heads, s.head_dim}, in.x.options().dtype(at::kFloat));
+  check_cuda(ssd_scan_forward_launch(s, in.raw(), buffers.work, y.data_ptr<float>(),
+                                     at::cuda::getCurrentCUDABlasHandle(), at::cuda::getCurrentCUDAStream()),
+             "ssd_scan forward", in.x);
+  return y;
+}
+
+// Gradients over the padded sequence (dx bf16, the rest float32). dy: float [B, padded T, H, P] contiguous.
+detail::SsdGradsAten ssd_backward_cuda(const SsdDeviceInputs& in, const at::Tensor& dy, const SsdWorkBuffers& buffers,
+                                       const SsdGradBuffers& grad_buffers) {
+  const SsdShape& s = in.shape;
+  const auto f32 = in.x.options().dtype(at::kFloat);
+  detail::SsdGradsAten g;
+  g.dx = at::empty({s.batch, s.seqlen, s.heads, s.head_dim}, in.x.options().dtype(at::kBFloat16));
+  g.ddt = at::empty({s.batch, s.seqlen, s.heads}, f32);
+  g.dA = at::empty({s.heads}, f32);
+  g.dB = at::empty({s.batch, s.seqlen, s.groups, s.state}, f32);
+  g.dC = at::empty({s.batch, s.seqlen, s.groups, s.state}, f32);
+  g.dD = at::empty({s.heads}, f32);
+  SsdGrads grads;
+  grads.dx = g.dx.data_ptr();
+  grads.ddt = g.ddt.data_ptr<float>();
+  grads.dA = g.dA.data_ptr<float>();
+  grads.dB = g.dB.data_ptr<float>();
+  grads.dC = g.dC.data_ptr<float>();
+  grads.dD = g.dD.data_ptr<float>();
+  check_cuda(ssd_scan_backward_launch(s, in.raw(), buffers.work, dy.data_ptr<float>(), grad_buffers.work, grads,
+                                      at::cuda::getCurrentCUDABlasHandle(), at::cuda::getCurrentCUDAStream()),
+             "ssd_scan backward", in.x);
+  return g;
+}
+
+at::Tensor padded_grad(const at::Tensor& dy, int64_t padded_T) {
+  at::Tensor g = dy.to(at::kFloat);
+  if (g.size(1) < padded_T) g = at::constant_pad_nd(g, {0, 0, 0, 0, 0, padded_T - g.size(1)}, 0.0);
+  return g.contiguous();
+}
 #endif
 
 bool ssd_uses_cuda(const at::Tensor& x, const at::Tensor& Bm, const at::Tensor& Cm, int64_t chunk) {
@@ -328,12 +408,7 @@ struct SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
 #ifdef MINIPUZZLE_WITH_CUDA
     const c10::cuda::CUDAGuard guard(x.device());
     const SsdDeviceInputs in(x, dt, A, Bm, Cm, D, chunk);
-    const SsdWorkBuffers buffers(in.shape, x.options());
-    at::Tensor y = at::empty({in.shape.batch, in.shape.seqlen, in.shape.heads, in.shape.head_dim},
-                             x.options().dtype(at::kFloat));
-    check_cuda(ssd_scan_forward_launch(in.shape, in.raw(), buffers.work, y.data_ptr<float>(),
-                                       at::cuda::getCurrentCUDABlasHandle(), at::cuda::getCurrentCUDAStream()),
-               "ssd_scan forward", x);
+    const at::Tensor y = ssd_forward_cuda(in, SsdWorkBuffers(in.shape, x.options()));
     return in.T == in.shape.seqlen ? y : y.narrow(1, 0, in.T);
 #else
     return {};
@@ -351,48 +426,9 @@ struct SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
 #ifdef MINIPUZZLE_WITH_CUDA
       const c10::cuda::CUDAGuard guard(x.device());
       const SsdDeviceInputs in(x, dt, A, Bm, Cm, D, chunk);
-      const SsdShape& s = in.shape;
-      const SsdWorkBuffers buffers(s, x.options());
-      const int64_t pad = s.seqlen - in.T;
-      at::Tensor dy = grad_outputs[0].to(at::kFloat);
-      if (pad) dy = at::constant_pad_nd(dy, {0, 0, 0, 0, 0, pad}, 0.0);
-      dy = dy.contiguous();
-      const auto f32 = x.options().dtype(at::kFloat), bf = x.options().dtype(at::kBFloat16);
-      const int64_t Bn = s.batch, T = s.seqlen, H = s.heads, P = s.head_dim, G = s.groups, N = s.state,
-                    Q = s.chunk, nc = s.chunks();
-      const at::Tensor dy_bf16 = at::empty({Bn * T * H * P}, bf), dy_decayed = at::empty({Bn * T * H * P}, bf);
-      const at::Tensor dstates = at::empty({Bn * nc * H * P * N}, bf), dchunk_decay = at::empty({Bn * H * nc}, f32);
-      const at::Tensor dXw = at::empty({Bn * T * H * P}, f32), dx_intra = at::empty({Bn * T * H * P}, f32);
-      const at::Tensor dM = at::empty({Bn * nc * H * Q * Q}, f32), dCB = at::empty({Bn * nc * G * Q * Q}, bf);
-      const at::Tensor dacum = at::empty({Bn * H * T}, f32), ddt_intra = at::empty({Bn * H * T}, f32);
-      SsdGradWork gw;
-      gw.dy_bf16 = dy_bf16.data_ptr();
-      gw.dy_decayed = dy_decayed.data_ptr();
-      gw.dstates = dstates.data_ptr();
-      gw.dchunk_decay = dchunk_decay.data_ptr<float>();
-      gw.dXw = dXw.data_ptr<float>();
-      gw.dx_intra = dx_intra.data_ptr<float>();
-      gw.dM = dM.data_ptr<float>();
-      gw.dCB = dCB.data_ptr();
-      gw.dacum = dacum.data_ptr<float>();
-      gw.ddt_intra = ddt_intra.data_ptr<float>();
-      g.dx = at::empty({Bn, T, H, P}, bf);
-      g.ddt = at::empty({Bn, T, H}, f32);
-      g.dA = at::empty({H}, f32);
-      g.dB = at::empty({Bn, T, G, N}, f32);
-      g.dC = at::empty({Bn, T, G, N}, f32);
-      g.dD = at::empty({H}, f32);
-      SsdGrads grads;
-      grads.dx = g.dx.data_ptr();
-      grads.ddt = g.ddt.data_ptr<float>();
-      grads.dA = g.dA.data_ptr<float>();
-      grads.dB = g.dB.data_ptr<float>();
-      grads.dC = g.dC.data_ptr<float>();
-      grads.dD = g.dD.data_ptr<float>();
-      check_cuda(ssd_scan_backward_launch(s, in.raw(), buffers.work, dy.data_ptr<float>(), gw, grads,
-                                          at::cuda::getCurrentCUDABlasHandle(), at::cuda::getCurrentCUDAStream()),
-                 "ssd_scan backward", x);
-      if (pad) {
+      g = ssd_backward_cuda(in, padded_grad(grad_outputs[0], in.shape.seqlen), SsdWorkBuffers(in.shape, x.options()),
+                            SsdGradBuffers(in.shape, x.options()));
+      if (in.T != in.shape.seqlen) {
         g.dx = g.dx.narrow(1, 0, in.T);
         g.ddt = g.ddt.narrow(1, 0, in.T);
         g.dB = g.dB.narrow(1, 0, in.T);
@@ -454,6 +490,41 @@ struct ReluSquaredFunction : public torch::autograd::Function<ReluSquaredFunctio
 };
 
 }  // namespace
+
+// ---- test hook: every stage of the CUDA scan ---------------------------------------------------------------------
+
+namespace detail {
+
+std::map<std::string, at::Tensor> ssd_stages_cuda(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
+                                                  const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& D,
+                                                  int64_t chunk, const at::Tensor& dy) {
+#ifdef MINIPUZZLE_WITH_CUDA
+  MP_CHECK(ssd_uses_cuda(x, Bm, Cm, chunk), "ssd_stages_cuda: these inputs would not run the CUDA kernel (x ",
+           x.sizes(), " ", x.scalar_type(), " on ", x.device(), ", chunk ", chunk, ")");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::NoGradGuard no_grad;
+  const SsdDeviceInputs in(x.detach(), dt.detach(), A.detach(), Bm.detach(), Cm.detach(), D.detach(), chunk);
+  std::map<std::string, at::Tensor> m;
+  {
+    const SsdWorkBuffers fwd(in.shape, x.options());
+    m["y"] = ssd_forward_cuda(in, fwd);
+    m["acum"] = fwd.acum, m["CB"] = fwd.CB, m["M"] = fwd.M, m["Xw"] = fwd.Xw, m["chunk_states"] = fwd.states;
+    m["start_states"] = fwd.start_states, m["y_off"] = fwd.y_off;
+  }
+  const SsdWorkBuffers bwd(in.shape, x.options());
+  const SsdGradBuffers gb(in.shape, x.options());
+  ssd_backward_cuda(in, padded_grad(dy, in.shape.seqlen), bwd, gb);
+  m["dstates_direct"] = bwd.states;  // the backward reuses the chunk-state buffer for dL/dH_c from the outputs
+  m["dstates"] = gb.dstates, m["dchunk_decay"] = gb.dchunk_decay, m["dXw"] = gb.dXw, m["dx_intra"] = gb.dx_intra;
+  m["dM"] = gb.dM.tril();  // the GEMM fills the whole square; only s <= l is used
+  m["dCB"] = gb.dCB, m["dacum_intra"] = gb.dacum, m["ddt_intra"] = gb.ddt_intra;
+  return m;
+#else
+  fail("ssd_stages_cuda: minipuzzle was built without CUDA");
+#endif
+}
+
+}  // namespace detail
 
 // ---- public face -----------------------------------------------------------------------------------------------
 

@@ -4,6 +4,9 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <map>
+#include <string>
+
 namespace mp::kernels::detail {
 
 // ---- causal depthwise conv1d + SiLU: x [B,T,C], weight [C,K], bias [C] or undefined -> [B,T,C] in x's dtype.
@@ -30,7 +33,17 @@ at::Tensor ssd_forward_aten(const at::Tensor& x, const at::Tensor& dt, const at:
 struct SsdGradsAten {
   at::Tensor dx, ddt, dA, dB, dC, dD;  // all float32, shaped like the inputs
 };
+// `stages`, when given, receives every intermediate under the names and layouts of the CUDA buffers (below).
 SsdGradsAten ssd_backward_aten(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& Bm,
-                               const at::Tensor& Cm, const at::Tensor& D, int64_t chunk, const at::Tensor& dy);
+                               const at::Tensor& Cm, const at::Tensor& D, int64_t chunk, const at::Tensor& dy,
+                               std::map<std::string, at::Tensor>* stages = nullptr);
+
+// Test hook for the GPU tests: runs the CUDA forward and backward launchers on bf16 CUDA inputs and returns every
+// intermediate buffer by name (acum, CB, M, Xw, chunk_states, start_states, y_off, dstates_direct, dstates,
+// dchunk_decay, dXw, dx_intra, dM (lower triangle), dCB, dacum_intra, ddt_intra), shaped as ssd_backward_aten's
+// `stages`, so a failing gradient can be traced to the stage that first differs. Throws without CUDA.
+std::map<std::string, at::Tensor> ssd_stages_cuda(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
+                                                  const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& D,
+                                                  int64_t chunk, const at::Tensor& dy);
 
 }  // namespace mp::kernels::detail

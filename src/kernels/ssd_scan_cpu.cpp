@@ -3,6 +3,8 @@
 // model's scan (src/model/ssd_scan.cpp) and this backward against autograd through it, which validates the
 // derivation the CUDA kernels implement.
 #include <limits>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "kernels/mamba_internal.h"
@@ -27,12 +29,14 @@ struct Chunks {
   at::Tensor Bh, Ch;  // [B,nc,Q,H,N]
   at::Tensor ach;    // acum [B,nc,H,Q]
   at::Tensor dts;    // dt   [B,nc,H,Q]
-  at::Tensor CBh;    // [B,nc,H,Q,Q]
+  at::Tensor CB;     // C B^T per group [B,nc,G,Q,Q]
+  at::Tensor CBh;    // per head [B,nc,H,Q,Q]
   at::Tensor Lm;     // exp(acum[l] - acum[s]) masked to s <= l, [B,nc,H,Q,Q]
   at::Tensor M;      // CBh * Lm * dt[s]
   at::Tensor w;      // exp(acum[Q-1] - acum) [B,nc,H,Q]
   at::Tensor u;      // dt * w, as [B,nc,Q,H,1]
   at::Tensor Xw;     // [B,nc,Q,H,P]
+  at::Tensor S;      // chunk states [B,nc,H,P,N]
   at::Tensor decay;  // exp(acum[Q-1]) [B,nc,H]
   at::Tensor Hs;     // start states [B,nc,H,P,N]
   at::Tensor Y2;     // C H^T [B,nc,Q,H,P]
@@ -53,7 +57,8 @@ Chunks compute_chunks(const at::Tensor& x, const at::Tensor& dt, const at::Tenso
   const at::Tensor acum = (A.to(at::kFloat).view({1, 1, 1, k.H}) * k.dtc).cumsum(2);  // [B,nc,Q,H]
   k.ach = acum.permute({0, 1, 3, 2});
   k.dts = k.dtc.permute({0, 1, 3, 2});
-  k.CBh = at::einsum("bclgn,bcsgn->bcgls", {k.Cc, k.Bc}).repeat_interleave(k.hpg, 2);
+  k.CB = at::einsum("bclgn,bcsgn->bcgls", {k.Cc, k.Bc});
+  k.CBh = k.CB.repeat_interleave(k.hpg, 2);
   const at::Tensor upper = at::ones({Q, Q}, x.options().dtype(at::kBool)).tril().logical_not();
   const at::Tensor seg = k.ach.unsqueeze(-1) - k.ach.unsqueeze(-2);
   k.Lm = at::exp(seg.masked_fill(upper, -std::numeric_limits<float>::infinity()));
@@ -61,13 +66,13 @@ Chunks compute_chunks(const at::Tensor& x, const at::Tensor& dt, const at::Tenso
   k.w = at::exp(k.ach.narrow(-1, Q - 1, 1) - k.ach);
   k.u = (k.dts * k.w).permute({0, 1, 3, 2}).unsqueeze(-1);
   k.Xw = k.xc * k.u;
-  const at::Tensor S = at::einsum("bcshp,bcshn->bchpn", {k.Xw, k.Bh});
+  k.S = at::einsum("bcshp,bcshn->bchpn", {k.Xw, k.Bh});
   k.decay = at::exp(k.ach.select(-1, Q - 1));
   std::vector<at::Tensor> starts;
   at::Tensor state = at::zeros({k.batch, k.H, k.P, k.N}, k.xc.options());
   for (int64_t c = 0; c < k.nc; ++c) {
     starts.push_back(state);
-    state = k.decay.select(1, c).view({k.batch, k.H, 1, 1}) * state + S.select(1, c);
+    state = k.decay.select(1, c).view({k.batch, k.H, 1, 1}) * state + k.S.select(1, c);
   }
   k.Hs = at::stack(starts, 1);
   k.Y2 = at::einsum("bclhn,bchpn->bclhp", {k.Ch, k.Hs});
@@ -102,7 +107,8 @@ at::Tensor ssd_forward_aten(const at::Tensor& x, const at::Tensor& dt, const at:
 }
 
 SsdGradsAten ssd_backward_aten(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& Bm,
-                               const at::Tensor& Cm, const at::Tensor& D, int64_t chunk, const at::Tensor& dy) {
+                               const at::Tensor& Cm, const at::Tensor& D, int64_t chunk, const at::Tensor& dy,
+                               std::map<std::string, at::Tensor>* stages) {
   const Chunks k = compute_chunks(x, dt, A, Bm, Cm, chunk);
   const at::Tensor dyc = pad_time(dy.to(at::kFloat), k.pad).view({k.batch, k.nc, k.Q, k.H, k.P});
   const at::Tensor Df = D.to(at::kFloat);
@@ -149,6 +155,27 @@ SsdGradsAten ssd_backward_aten(const at::Tensor& x, const at::Tensor& dt, const 
   const at::Tensor da = dacum.flip(2).cumsum(2).flip(2);      // reverse cumsum within the chunk
   const at::Tensor ddt = ddt_intra + du * k.w.permute({0, 1, 3, 2}) + A.to(at::kFloat).view({1, 1, 1, k.H}) * da;
 
+  if (stages) {
+    // The CUDA buffers' layouts (ssd_scan_cuda.h), padded sequence included.
+    const int64_t Tp = k.nc * k.Q;
+    auto& m = *stages;
+    m["acum"] = k.ach.permute({0, 2, 1, 3}).contiguous();  // [B,H,nc,Q]
+    m["CB"] = k.CB;
+    m["M"] = k.M;
+    m["Xw"] = k.Xw.reshape({k.batch, Tp, k.H, k.P});
+    m["chunk_states"] = k.S;
+    m["start_states"] = k.Hs;
+    m["y_off"] = k.Y2.reshape({k.batch, Tp, k.H, k.P});
+    m["dstates_direct"] = direct;
+    m["dstates"] = dS;
+    m["dchunk_decay"] = dd.permute({0, 2, 1}).contiguous();  // [B,H,nc]
+    m["dXw"] = dXw.reshape({k.batch, Tp, k.H, k.P});
+    m["dx_intra"] = dx_intra.reshape({k.batch, Tp, k.H, k.P});
+    m["dM"] = dM;
+    m["dCB"] = dCB;
+    m["dacum_intra"] = dacum_intra.permute({0, 3, 1, 2}).contiguous();  // [B,H,nc,Q]
+    m["ddt_intra"] = ddt_intra.permute({0, 3, 1, 2}).contiguous();
+  }
   SsdGradsAten g;
   g.dx = unchunk(dx, k);
   g.ddt = unchunk(ddt, k);

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "minipuzzle/config.h"
+#include "kernels/mamba_internal.h"
 #include "minipuzzle/kernels.h"
 #include "src/model/layers.h"
 #include "tests/kernels_mamba/mamba_reference.h"
@@ -116,6 +117,20 @@ void test_ssd(Report& rep) {
       rep.compare("ssd_scan", name.str(), "y", ours.out, ref.out);
       const char* names[] = {"dx", "ddt", "dA", "dB", "dC", "dD"};
       for (size_t i = 0; i < 6; ++i) rep.compare("ssd_scan", name.str(), names[i], ours.grads[i], ref.grads[i]);
+      // Every intermediate buffer of the CUDA pipeline against the ATen twin's (same layouts): the first stage
+      // that differs names the kernel or GEMM at fault.
+      if (supported) {
+        std::map<std::string, at::Tensor> twin;
+        mp::kernels::detail::ssd_backward_aten(rin[0], rin[1], rin[2], rin[3], rin[4], rin[5], c.chunk, weights,
+                                               &twin);
+        const auto stages = mp::kernels::detail::ssd_stages_cuda(kin[0], kin[1], kin[2], kin[3], kin[4], kin[5],
+                                                                 c.chunk, weights);
+        for (const auto& [stage, value] : twin) {
+          const auto found = stages.find(stage);
+          if (found == stages.end()) continue;
+          rep.compare("ssd_stage", name.str(), stage, found->second.to(at::kFloat), value);
+        }
+      }
     } catch (const std::exception& e) {
       rep.note("ssd_scan", name.str(), std::string("exception: ") + e.what(), false);
     }
