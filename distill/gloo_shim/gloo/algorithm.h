@@ -1,0 +1,2 @@
+// Stand-in for gloo/algorithm.h (see ../README.md): nothing from it is used by ProcessGroupGloo.hpp's declarations.
+#pragma once

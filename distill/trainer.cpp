@@ -1,0 +1,336 @@
+// The distillation loop: wires student, teacher, data, optimizer, gradient sync, checkpoints, log and report.
+// Every rank runs this same code; rank 0 alone writes files. See include/minipuzzle/distill.h for the step.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "distill/report.h"
+#include "distill/trainer_state.h"
+#include "minipuzzle/checkpoint.h"
+#include "minipuzzle/distill.h"
+#include "minipuzzle/error.h"
+#include "minipuzzle/interrupt.h"
+#include "minipuzzle/kd.h"
+#include "minipuzzle/progress.h"
+
+namespace fs = std::filesystem;
+
+namespace mp::distill {
+namespace {
+
+void check_options(const DistillOptions& o) {
+  MP_CHECK(!o.student.empty(), "distill: --student is required");
+  MP_CHECK(o.from_scratch || !o.teacher.empty(), "distill: --teacher is required (or --from-scratch)");
+  MP_CHECK(!o.train_data.empty() && !o.valid_data.empty(), "distill: --data and --valid are required");
+  MP_CHECK(!o.out_dir.empty(), "distill: -o OUT is required");
+  MP_CHECK(o.tokens > 0, "distill: --tokens must be positive, found ", o.tokens);
+  MP_CHECK(o.micro_batch > 0 && o.grad_accum > 0, "distill: --micro-batch and --grad-accum must be positive");
+  MP_CHECK(o.alpha >= 0 && o.alpha <= 1, "distill: --alpha must lie in [0, 1], found ", o.alpha);
+  MP_CHECK(o.temperature > 0, "distill: --temperature must be positive, found ", o.temperature);
+  MP_CHECK(o.schedule.lr > 0 && o.schedule.min_lr >= 0 && o.schedule.min_lr <= o.schedule.lr,
+           "distill: need 0 <= --min-lr <= --lr and --lr > 0, found lr ", o.schedule.lr, ", min-lr ", o.schedule.min_lr);
+  MP_CHECK(o.device == "cpu" || o.device == "cuda", "distill: --device must be cpu or cuda, found \"", o.device, "\"");
+  MP_CHECK(o.max_nonfinite > 0, "distill: --max-nonfinite must be positive");
+}
+
+DType save_dtype(const DistillOptions& o, const Checkpoint* student_ck) {
+  if (o.save_dtype == "float32") return DType::F32;
+  if (o.save_dtype == "bfloat16") return DType::BF16;
+  MP_CHECK(o.save_dtype.empty(), "distill: --save-dtype must be float32 or bfloat16, found \"", o.save_dtype, "\"");
+  return student_ck ? student_ck->storage_dtype() : DType::F32;
+}
+
+// The log keeps the lines of steps up to the checkpoint: a resumed run rewrites what the killed one logged after.
+void truncate_log(const fs::path& path, int64_t last_step) {
+  if (!fs::exists(path)) return;
+  std::ifstream in(path);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    json j = json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() > last_step)
+      continue;
+    kept += line + "\n";
+  }
+  in.close();
+  const fs::path tmp = path.string() + ".tmp";
+  std::ofstream(tmp, std::ios::trunc) << kept;
+  fs::rename(tmp, path);
+}
+
+class Job {
+ public:
+  explicit Job(const DistillOptions& o) : o_(o) {}
+  DistillResult run();
+
+ private:
+  at::Tensor micro_loss(const Batch& batch);
+  json evaluate();
+  void log(const json& j);
+  std::vector<int64_t> window_ids(int64_t first, int64_t count);
+
+  const DistillOptions& o_;
+  std::shared_ptr<Communicator> comm_;
+  int rank_ = 0, world_ = 1;
+  c10::Device device_{c10::kCPU};
+  std::unique_ptr<NemotronH> student_;
+  std::unique_ptr<Teacher> teacher_;
+  std::unique_ptr<PackedWindows> train_, valid_;
+  std::unique_ptr<WindowOrder> order_;
+  TrainerState st_;
+  std::ofstream log_;
+};
+
+std::vector<int64_t> Job::window_ids(int64_t first, int64_t count) {
+  std::vector<int64_t> ids;
+  for (int64_t b = 0; b < count; ++b) ids.push_back(order_->window_at(first + b));
+  return ids;
+}
+
+at::Tensor Job::micro_loss(const Batch& batch) {
+  at::Tensor ids = batch.input_ids.to(device_);
+  at::Tensor labels = batch.labels.to(device_).reshape(-1);
+  const int64_t V = student_->config().vocab_size;
+  if (!teacher_) {
+    at::Tensor logits = student_->forward(ids);
+    return at::cross_entropy_loss(logits.view({-1, V}), labels);
+  }
+  if (device_.is_cuda() && o_.fused_lm_head) {
+    LinearKdOptions k;
+    k.temperature = o_.temperature;
+    k.kd_weight = o_.alpha;
+    k.ce_weight = 1.0 - o_.alpha;
+    at::Tensor hs = student_->forward_hidden(ids);
+    TeacherOutput t = teacher_->run(ids, /*want_hidden=*/true);
+    hs = hs.reshape({-1, hs.size(-1)});
+    if (t.logits.defined())
+      return linear_kd_from_teacher_logits(hs, student_->lm_head_weight(), t.logits.reshape({-1, V}), labels, k);
+    return linear_kd(hs, student_->lm_head_weight(), t.hidden.reshape({-1, t.hidden.size(-1)}), t.lm_head, labels, k);
+  }
+  KdOptions k;
+  k.temperature = o_.temperature;
+  k.kd_weight = o_.alpha;
+  k.ce_weight = 1.0 - o_.alpha;
+  at::Tensor s = student_->forward(ids);
+  TeacherOutput t = teacher_->run(ids, /*want_hidden=*/false);
+  return kd_loss(s.view({-1, V}), t.logits.reshape({-1, V}), labels, k);
+}
+
+// Validation: the first eval windows of the valid file in order, split over ranks; sums reduced over ranks.
+json Job::evaluate() {
+  at::NoGradGuard no_grad;
+  const int64_t n = std::min(valid_->size(), std::max<int64_t>(1, (o_.eval_tokens + o_.seq_len - 1) / o_.seq_len));
+  const int64_t V = student_->config().vocab_size;
+  at::Tensor sums = at::zeros({3}, at::kDouble);  // CE sum, KL sum, tokens
+  std::vector<int64_t> mine;
+  for (int64_t i = rank_; i < n; i += world_) mine.push_back(i);
+  for (size_t first = 0; first < mine.size(); first += size_t(o_.micro_batch)) {
+    std::vector<int64_t> ids(mine.begin() + first, mine.begin() + std::min(mine.size(), first + size_t(o_.micro_batch)));
+    Batch b = make_batch(*valid_, ids);
+    at::Tensor input = b.input_ids.to(device_);
+    at::Tensor labels = b.labels.to(device_).reshape(-1);
+    at::Tensor logits = student_->forward(input).view({-1, V});
+    sums[0] += at::cross_entropy_loss(logits, labels, {}, at::Reduction::Sum).item<double>();
+    if (teacher_) {
+      KdOptions k;  // plain KL(teacher || student) at T = 1
+      k.reduction = KdReduction::sum;
+      at::Tensor t = teacher_->run(input, false).logits.reshape({-1, V});
+      sums[1] += kd_loss(logits, t, {}, k).item<double>();
+    }
+    sums[2] += double(labels.numel());
+  }
+  all_reduce_sum(comm_.get(), sums);
+  const double tokens = sums[2].item<double>();
+  json j{{"event", "eval"}, {"step", st_.step}, {"tokens", st_.tokens}, {"val_tokens", int64_t(tokens)}};
+  j["val_loss"] = sums[0].item<double>() / tokens;
+  j["val_ppl"] = std::exp(j["val_loss"].get<double>());
+  if (teacher_) j["val_kl"] = sums[1].item<double>() / tokens;
+  return j;
+}
+
+void Job::log(const json& j) {
+  if (rank_ != 0) return;
+  log_ << j.dump() << "\n";
+  log_.flush();
+}
+
+DistillResult Job::run() {
+  check_options(o_);
+  if (o_.threads > 0) at::set_num_threads(o_.threads);
+  const DistributedEnv env = DistributedEnv::from_environment();
+  device_ = o_.device == "cuda" ? c10::Device(c10::kCUDA, c10::DeviceIndex(env.local_rank)) : c10::Device(c10::kCPU);
+  const at::ScalarType dtype = device_.is_cuda() ? at::kBFloat16 : at::kFloat;
+  comm_ = make_communicator(env, device_);
+  rank_ = env.rank;
+  world_ = env.world_size;
+
+  const fs::path out(o_.out_dir);
+  if (rank_ == 0) {
+    fs::create_directories(out);
+    MP_CHECK(o_.resume || !fs::exists(checkpoint_dir(o_.out_dir)), "distill: ", o_.out_dir,
+             " already holds a training checkpoint; pass --resume to continue it or choose another -o");
+  }
+  barrier(comm_.get());
+
+  // Models.
+  std::unique_ptr<Checkpoint> student_ck;
+  if (o_.from_scratch) {
+    student_ = std::make_unique<NemotronH>(NemotronH::random_init(load_config(o_.student), o_.seed, device_, dtype));
+  } else {
+    student_ck = std::make_unique<Checkpoint>(Checkpoint::open(o_.student));
+    student_ = std::make_unique<NemotronH>(NemotronH::load(*student_ck, device_, dtype));
+    auto teacher_ck = Checkpoint::open(o_.teacher);
+    teacher_ = std::make_unique<ModelTeacher>(NemotronH::load(teacher_ck, device_, dtype));
+    MP_CHECK(teacher_->vocab_size() == student_->config().vocab_size, "distill: teacher vocabulary ",
+             teacher_->vocab_size(), " differs from the student's ", student_->config().vocab_size,
+             "; logit distillation needs one shared tokenizer");
+  }
+  student_->set_requires_grad(true);
+
+  // Data.
+  auto train_file = std::make_shared<const TokenFile>(TokenFile::open(o_.train_data));
+  auto valid_file = std::make_shared<const TokenFile>(TokenFile::open(o_.valid_data));
+  for (auto* f : {train_file.get(), valid_file.get()})
+    MP_CHECK(int64_t(f->vocab_size()) <= student_->config().vocab_size, "distill: token file ", f->path(),
+             " has vocab_size ", f->vocab_size(), ", larger than the model's ", student_->config().vocab_size);
+  train_ = std::make_unique<PackedWindows>(train_file, o_.seq_len);
+  valid_ = std::make_unique<PackedWindows>(valid_file, o_.seq_len);
+  order_ = std::make_unique<WindowOrder>(train_->size(), o_.seed);
+
+  const int64_t global_batch = o_.micro_batch * o_.grad_accum * world_;
+  const int64_t tokens_per_step = global_batch * o_.seq_len;
+  const int64_t total_steps = (o_.tokens + tokens_per_step - 1) / tokens_per_step;
+  ScheduleOptions sched = o_.schedule;
+  sched.total_steps = total_steps;
+
+  AdamW optimizer(student_->parameters(), o_.adamw);
+  st_.settings = {{"seq_len", o_.seq_len}, {"micro_batch", o_.micro_batch}, {"grad_accum", o_.grad_accum},
+                  {"world_size", world_}, {"seed", o_.seed}, {"tokens", o_.tokens},
+                  {"from_scratch", o_.from_scratch}, {"alpha", o_.alpha}, {"temperature", o_.temperature},
+                  {"lr", sched.lr}, {"min_lr", sched.min_lr}, {"warmup", sched.warmup_steps},
+                  {"schedule", lr_schedule_name(sched.kind)}, {"device", o_.device}};
+  bool resumed = false;
+  if (o_.resume) resumed = load_trainer_state(o_.out_dir, st_, optimizer);
+  if (rank_ == 0) {
+    if (resumed) truncate_log(out / "log.jsonl", st_.step);
+    log_.open(out / "log.jsonl", resumed ? std::ios::app : std::ios::trunc);
+    MP_CHECK(log_.good(), "distill: cannot write ", (out / "log.jsonl").string());
+  }
+  log({{"event", resumed ? "resume" : "start"}, {"total_steps", total_steps}, {"tokens_per_step", tokens_per_step},
+       {"world_size", world_}, {"student_parameters", student_->num_parameters()}, {"settings", st_.settings},
+       {"resumed_at_step", st_.step}});
+  if (o_.resume && !resumed && rank_ == 0) log_warning("distill: --resume given but " + o_.out_dir + " has no checkpoint; starting fresh");
+
+  GradientSync sync(comm_, optimizer.params(), o_.bucket_bytes);
+  Progress progress("distill", (total_steps - st_.step) * tokens_per_step, "tok",
+                    rank_ == 0 ? ProgressMode::Auto : ProgressMode::Off);
+  auto save = [&] {
+    if (rank_ == 0) save_trainer_state(o_.out_dir, st_, optimizer);
+    barrier(comm_.get());
+  };
+  auto do_eval = [&] {
+    json e = evaluate();
+    st_.evals.push_back(e);
+    log(e);
+    std::string text = "step " + std::to_string(st_.step) + ": val_loss " + std::to_string(e["val_loss"].get<double>());
+    if (e.contains("val_kl")) text += ", val_kl " + std::to_string(e["val_kl"].get<double>());
+    if (rank_ == 0) progress.message(text);
+  };
+  if (st_.evals.empty()) do_eval();
+
+  DistillResult result;
+  result.total_steps = total_steps;
+  while (st_.step < total_steps) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const double lr = learning_rate(sched, st_.step);
+    for (auto& p : optimizer.params()) p.mutable_grad() = at::Tensor();
+    at::Tensor loss_sum = at::zeros({1}, at::TensorOptions().dtype(at::kDouble).device(device_));
+    for (int64_t k = 0; k < o_.grad_accum; ++k) {
+      const int64_t first = st_.cursor + (k * world_ + rank_) * o_.micro_batch;
+      Batch batch = make_batch(*train_, window_ids(first, o_.micro_batch));
+      sync.begin_backward(k == o_.grad_accum - 1);
+      at::Tensor loss = micro_loss(batch) / double(o_.grad_accum);
+      loss.backward();
+      loss_sum += loss.detach().to(at::kDouble);
+    }
+    sync.finish();
+    at::Tensor loss_cpu = loss_sum.cpu();
+    all_reduce_sum(comm_.get(), loss_cpu);
+    const double loss = loss_cpu.item<double>() / world_;
+    const double grad_norm = clip_grad_norm(optimizer.params(), o_.clip);
+    const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
+    if (finite) {
+      optimizer.step(lr);
+      st_.nonfinite_in_a_row = 0;
+    } else {
+      ++st_.nonfinite_in_a_row;
+      ++st_.skipped_steps;
+      if (rank_ == 0)
+        log_warning("distill: step " + std::to_string(st_.step + 1) + " has a non-finite loss (" +
+                    std::to_string(loss) + ") or gradient norm (" + std::to_string(grad_norm) + "); step skipped");
+    }
+    st_.step += 1;
+    st_.cursor += global_batch;
+    st_.tokens += tokens_per_step;
+    st_.train_loss.push_back(finite ? loss : NAN);
+    st_.learning_rates.push_back(lr);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    json line{{"step", st_.step}, {"tokens", st_.tokens}, {"lr", lr}, {"step_s", seconds},
+              {"tokens_per_s", tokens_per_step / seconds}};
+    line["loss"] = finite ? json(loss) : json(nullptr);
+    line["grad_norm"] = std::isfinite(grad_norm) ? json(grad_norm) : json(nullptr);
+    if (!finite) line["skipped"] = true;
+    log(line);
+    progress.advance(tokens_per_step, {{"loss", finite ? loss : NAN}, {"lr", lr}});
+
+    if (st_.nonfinite_in_a_row >= o_.max_nonfinite) {
+      save();  // the skipped steps left the weights at the last good update
+      if (rank_ == 0)
+        log_warning("distill: " + std::to_string(st_.nonfinite_in_a_row) +
+                    " non-finite steps in a row; stopped with a checkpoint of the last good state in " +
+                    checkpoint_dir(o_.out_dir) + " (lower --lr or check the data)");
+      result.exit_code = kExitNonFinite;
+      break;
+    }
+    if (st_.step % o_.eval_every == 0 || st_.step == total_steps) do_eval();
+    at::Tensor stop = at::full({1}, interrupted() ? 1.0 : 0.0, at::kFloat);
+    all_reduce_sum(comm_.get(), stop);  // every rank stops at the same step
+    if (stop.item<float>() > 0) {
+      save();
+      if (rank_ == 0)
+        progress.message("distill: interrupted; checkpoint at step " + std::to_string(st_.step) + " in " +
+                         checkpoint_dir(o_.out_dir) + " (continue with --resume)");
+      result.exit_code = kExitInterrupted;
+      break;
+    }
+    if (o_.save_every > 0 && st_.step % o_.save_every == 0 && st_.step < total_steps) save();
+  }
+
+  if (result.exit_code == 0) {
+    progress.finish({{"loss", st_.train_loss.empty() ? NAN : st_.train_loss.back()}});
+    save();
+    if (rank_ == 0) {
+      std::vector<std::string> copy;
+      if (student_ck)
+        for (auto& f : student_ck->extra_files()) copy.push_back(f);
+      student_->save((out / "final").string(), save_dtype(o_, student_ck.get()), copy, /*overwrite=*/true);
+    }
+  }
+  if (rank_ == 0) write_training_report(o_, st_, total_steps, tokens_per_step, result.exit_code);
+  barrier(comm_.get());
+  result.steps_done = st_.step;
+  result.train_loss = st_.train_loss;
+  result.last_eval = st_.evals.empty() ? json() : st_.evals.back();
+  return result;
+}
+
+}  // namespace
+
+DistillResult run_distillation(const DistillOptions& options) { return Job(options).run(); }
+
+}  // namespace mp::distill

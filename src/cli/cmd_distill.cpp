@@ -1,0 +1,67 @@
+// minipuzzle distill --teacher T --student S --data TRAIN --valid VALID --tokens N [...] -o OUT
+// minipuzzle distill --from-scratch --student CONFIG --data TRAIN --valid VALID --tokens N [...] -o OUT
+// Exit codes: 0 done, 1 error, 3 stopped after --max-nonfinite non-finite steps in a row (checkpoint written),
+// 130 SIGINT/SIGTERM (current step finished, checkpoint written; continue with --resume).
+#include "minipuzzle/distill.h"
+#include "minipuzzle/interrupt.h"
+#include "src/cli/command.h"
+
+namespace mp::cli {
+namespace {
+
+struct DistillArgs {
+  distill::DistillOptions o;
+  std::string schedule = "cosine";
+};
+
+void add(CLI::App& app) {
+  auto a = std::make_shared<DistillArgs>();
+  auto& o = a->o;
+  CLI::App* c = app.add_subcommand(
+      "distill",
+      "Train a student on a teacher's logits (alpha x KD + (1 - alpha) x CE), or from scratch, resumably. "
+      "Data parallel under torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT). Exit codes: 0 done, "
+      "3 too many non-finite steps, 130 interrupted (checkpoint written; continue with --resume).");
+  c->add_option("--teacher", o.teacher, "teacher checkpoint directory (frozen)");
+  c->add_option("--student", o.student, "student checkpoint directory; with --from-scratch a config.json")->required();
+  c->add_flag("--from-scratch", o.from_scratch, "no teacher: random-initialised student, cross-entropy only");
+  c->add_option("--data", o.train_data, "training token file (minipuzzle data)")->required();
+  c->add_option("--valid", o.valid_data, "validation token file")->required();
+  c->add_option("--tokens", o.tokens, "training tokens (over all ranks)")->required();
+  c->add_option("-o,--out", o.out_dir, "output directory: log.jsonl, checkpoint/, final/, report")->required();
+  c->add_option("--seq-len", o.seq_len, "tokens per sequence")->capture_default_str();
+  c->add_option("--micro-batch", o.micro_batch, "sequences per forward, per rank")->capture_default_str();
+  c->add_option("--grad-accum", o.grad_accum, "micro-batches per optimizer step")->capture_default_str();
+  c->add_option("--lr", o.schedule.lr, "peak learning rate")->capture_default_str();
+  c->add_option("--min-lr", o.schedule.min_lr, "final learning rate")->capture_default_str();
+  c->add_option("--warmup", o.schedule.warmup_steps, "linear warm-up steps")->capture_default_str();
+  c->add_option("--schedule", a->schedule, "cosine | wsd")->capture_default_str();
+  c->add_option("--wsd-decay", o.schedule.wsd_decay_fraction, "WSD: fraction of steps that decay")->capture_default_str();
+  c->add_option("--weight-decay", o.adamw.weight_decay, "AdamW decoupled weight decay")->capture_default_str();
+  c->add_option("--beta1", o.adamw.beta1, "AdamW beta1")->capture_default_str();
+  c->add_option("--beta2", o.adamw.beta2, "AdamW beta2")->capture_default_str();
+  c->add_option("--clip", o.clip, "max global gradient norm (0: off)")->capture_default_str();
+  c->add_option("--alpha", o.alpha, "weight of the KD term; 1 - alpha weighs cross-entropy")->capture_default_str();
+  c->add_option("--temperature", o.temperature, "KD temperature")->capture_default_str();
+  c->add_option("--eval-every", o.eval_every, "steps between evaluations")->capture_default_str();
+  c->add_option("--eval-tokens", o.eval_tokens, "validation tokens per evaluation")->capture_default_str();
+  c->add_option("--save-every", o.save_every, "steps between checkpoints (0: only at the end)")->capture_default_str();
+  c->add_option("--seed", o.seed, "seed of the data order and of --from-scratch initialisation")->capture_default_str();
+  c->add_option("--device", o.device, "cpu | cuda (cuda: bf16 with fp32 master weights)")->capture_default_str();
+  c->add_option("--threads", o.threads, "CPU threads (0: default); fix it for bit-exact resume")->capture_default_str();
+  c->add_option("--max-nonfinite", o.max_nonfinite, "stop after this many non-finite steps in a row")->capture_default_str();
+  c->add_option("--save-dtype", o.save_dtype, "dtype of OUT/final: float32 | bfloat16 (default: the student's)");
+  c->add_flag("--no-fused-lm-head", [&o](int64_t) { o.fused_lm_head = false; },
+              "CUDA: materialise full logits (kd_loss) instead of the fused lm_head + KD (linear_kd)");
+  c->add_flag("--resume", o.resume, "continue from OUT/checkpoint");
+  c->callback([a] {
+    a->o.schedule.kind = distill::lr_schedule_from_name(a->schedule);
+    distill::DistillResult r = distill::run_distillation(a->o);
+    set_exit_code(r.exit_code);
+  });
+}
+
+MP_REGISTER_COMMAND(distill, add);
+
+}  // namespace
+}  // namespace mp::cli
