@@ -31,7 +31,7 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-bool is_f32_or_bf16(const at::Tensor& t) { return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16; }
+[[maybe_unused]] bool is_f32_or_bf16(const at::Tensor& t) { return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16; }
 
 at::Tensor cast_like(const at::Tensor& grad, const at::Tensor& like) {
   return grad.defined() ? grad.to(like.scalar_type()) : grad;
