@@ -43,9 +43,9 @@ ElemType elem_type(const at::Tensor& t) { return t.scalar_type() == at::kFloat ?
 // A gradient as a contiguous tensor the kernels read (float32 unless it already is bf16/f32).
 at::Tensor kernel_grad(const at::Tensor& g) { return (is_f32_or_bf16(g) ? g : g.to(at::kFloat)).contiguous(); }
 
-void check_cuda(cudaError_t err, const char* kernel, const at::Tensor& x) {
+void check_cuda(cudaError_t err, const char* kernel, const at::Tensor& x, int blas_status = 0) {
   MP_CHECK(err == cudaSuccess, kernel, " CUDA launch failed: ", cudaGetErrorString(err), " (input ", x.sizes(), " ",
-           x.scalar_type(), " on ", x.device(), "; a cuBLAS failure shows as 'unknown error')");
+           x.scalar_type(), " on ", x.device(), "; last cuBLAS status ", blas_status, ", 0 = none failed)");
 }
 #endif
 
@@ -351,7 +351,7 @@ at::Tensor ssd_forward_cuda(const SsdDeviceInputs& in, const SsdWorkBuffers& buf
   at::Tensor y = at::empty({s.batch, s.seqlen, s.heads, s.head_dim}, in.x.options().dtype(at::kFloat));
   check_cuda(ssd_scan_forward_launch(s, in.raw(), buffers.work, y.data_ptr<float>(),
                                      at::cuda::getCurrentCUDABlasHandle(), at::cuda::getCurrentCUDAStream()),
-             "ssd_scan forward", in.x);
+             "ssd_scan forward", in.x, ssd_scan_last_blas_status());
   return y;
 }
 
@@ -376,7 +376,7 @@ detail::SsdGradsAten ssd_backward_cuda(const SsdDeviceInputs& in, const at::Tens
   grads.dD = g.dD.data_ptr<float>();
   check_cuda(ssd_scan_backward_launch(s, in.raw(), buffers.work, dy.data_ptr<float>(), grad_buffers.work, grads,
                                       at::cuda::getCurrentCUDABlasHandle(), at::cuda::getCurrentCUDAStream()),
-             "ssd_scan backward", in.x);
+             "ssd_scan backward", in.x, ssd_scan_last_blas_status());
   return g;
 }
 

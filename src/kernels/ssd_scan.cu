@@ -66,6 +66,8 @@ __global__ void fill_gemm_pointers_kernel(void** ptrs, Operand a, Operand b, Ope
   ptrs[2 * count + i] = operand_at(c, bb, ch, k);
 }
 
+thread_local int g_last_blas_status = 0;  // CUBLAS_STATUS_SUCCESS
+
 struct GemmRunner {
   const SsdShape& s;
   void** ptrs;
@@ -87,7 +89,9 @@ struct GemmRunner {
         &alpha, (const void* const*)(ptrs + count), CUDA_R_16BF, int(B.ld), (const void* const*)ptrs, CUDA_R_16BF,
         int(A.ld), &beta, ptrs + 2 * count, c_f32 ? CUDA_R_32F : CUDA_R_16BF, int(C.ld), int(count),
         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    return st == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown;
+    if (st == CUBLAS_STATUS_SUCCESS) return cudaSuccess;
+    g_last_blas_status = int(st);
+    return cudaErrorUnknown;
   }
 };
 
@@ -508,6 +512,8 @@ cudaError_t ssd_scan_backward_launch(const SsdShape& s, const SsdInputs& in, con
       static_cast<bf16*>(grads.dx), grads.ddt, grads.dA, grads.dD);
   return cudaGetLastError();
 }
+
+int ssd_scan_last_blas_status() { return g_last_blas_status; }
 
 size_t ssd_scan_backward_smem_bytes(const SsdShape& s) {
   return 4 * size_t(s.heads / s.groups) * size_t(s.chunk) * sizeof(float);

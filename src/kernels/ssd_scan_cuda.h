@@ -94,4 +94,7 @@ cudaError_t ssd_scan_backward_launch(const SsdShape& s, const SsdInputs& in, con
 // head_dim % 32 == 0. A cuBLAS failure is reported as cudaErrorUnknown.
 size_t ssd_scan_backward_smem_bytes(const SsdShape& s);
 
+// The cublasStatus_t of the last failed GEMM on this thread (0 when none failed), for error messages.
+int ssd_scan_last_blas_status();
+
 }  // namespace mp::kernels
