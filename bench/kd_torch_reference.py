@@ -142,12 +142,17 @@ def main():
     else:
         results = {"ran": True, "device": torch.cuda.get_device_name(), "torch": torch.__version__}
         bench_kd_loss(args.tokens, args.vocab, args.iters, results)
+        write(args.out, results)  # keep what was measured even if a later part runs out of time
         if not args.skip_linear:
             bench_linear(args.tokens, args.hidden, args.vocab, args.iters, results)
+    print(write(args.out, results))
+
+
+def write(path, results):
     text = json.dumps(results, indent=1)
-    with open(args.out, "w") as f:
+    with open(path, "w") as f:
         f.write(text + "\n")
-    print(text)
+    return text
 
 
 if __name__ == "__main__":

@@ -33,13 +33,13 @@ if [ -x "$build/tests/kernels/test_kd_loss" ]; then
 fi
 if [ -x "$build/tests/kernels/test_kd_gpu" ]; then
   log "GPU tests"
-  timeout 420 "$build/tests/kernels/test_kd_gpu" "$OUT/kd_test_gpu.json" > "$OUT/kd_test_gpu_stdout.json" 2> "$OUT/kd_test_gpu_progress.txt"
+  timeout 300 "$build/tests/kernels/test_kd_gpu" "$OUT/kd_test_gpu.json" > "$OUT/kd_test_gpu_stdout.json" 2> "$OUT/kd_test_gpu_progress.txt"
   log "test_kd_gpu rc=$? (0 pass, 1 failure, 77 no GPU, 124 timeout)"
 fi
 for b in bench_kd_loss bench_linear_kd; do
   if [ -x "$build/bench/$b" ]; then
     log "$b"
-    timeout 300 "$build/bench/$b" > "$OUT/kd_$b.json" 2> "$OUT/kd_$b.stderr"
+    timeout 240 "$build/bench/$b" > "$OUT/kd_$b.json" 2> "$OUT/kd_$b.stderr"
     log "$b rc=$?"
   fi
 done
