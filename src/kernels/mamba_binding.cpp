@@ -31,7 +31,9 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-[[maybe_unused]] bool is_f32_or_bf16(const at::Tensor& t) { return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16; }
+[[maybe_unused]] bool is_f32_or_bf16(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16;
+}
 
 at::Tensor cast_like(const at::Tensor& grad, const at::Tensor& like) {
   return grad.defined() ? grad.to(like.scalar_type()) : grad;
@@ -53,7 +55,8 @@ void check_cuda(cudaError_t err, const char* kernel, const at::Tensor& x, int bl
 
 bool conv_uses_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
 #ifdef MINIPUZZLE_WITH_CUDA
-  return x.is_cuda() && is_f32_or_bf16(x) && is_f32_or_bf16(w) && (!b.defined() || b.scalar_type() == w.scalar_type()) &&
+  return x.is_cuda() && is_f32_or_bf16(x) && is_f32_or_bf16(w) &&
+         (!b.defined() || b.scalar_type() == w.scalar_type()) &&
          w.size(-1) <= 8 && x.stride(2) == 1;
 #else
   return false;

@@ -112,7 +112,9 @@ struct Layouts {
     return {p, 2, sb, Q * st, N, div, st};
   }
   // [B,nc,K,Q,Q] square chunk matrices (K = H or G).
-  Operand square(const void* p, int bytes, int64_t K) const { return {p, bytes, nc * K * Q * Q, K * Q * Q, Q * Q, 1, Q}; }
+  Operand square(const void* p, int bytes, int64_t K) const {
+    return {p, bytes, nc * K * Q * Q, K * Q * Q, Q * Q, 1, Q};
+  }
   // [B,nc,H,P,N] states: [P,N] per (b,c,h).
   Operand states(const void* p, int bytes) const { return {p, bytes, nc * H * P * N, H * P * N, P * N, 1, N}; }
   // The same, a group's heads stacked: [hpg*P, N] per (b,c,g).

@@ -13,9 +13,9 @@ at::Tensor mamba2_mixer(const LayerContext& ctx, const Params& p, const at::Tens
   auto fused = [&](kernels::MambaOp op) { return kernels::model_uses_kernel(op, h); };  // CUDA: kernels.h
 
   at::Tensor proj = at::linear(h, p.get("in_proj.weight"), p.optional("in_proj.bias"));
-  at::Tensor z = proj.narrow(-1, 0, d_inner);
-  at::Tensor xBC = proj.narrow(-1, d_inner, conv_dim);
-  at::Tensor dt = proj.narrow(-1, d_inner + conv_dim, H);
+  // One split (its backward is one concatenation) rather than three narrows (three zero-filled full-width grads).
+  const std::vector<at::Tensor> parts = at::split_with_sizes(proj, {d_inner, conv_dim, H}, -1);
+  at::Tensor z = parts[0], xBC = parts[1], dt = parts[2];
   ctx.tap(Tap::MambaX, xBC.narrow(-1, 0, d_inner));
 
   at::Tensor conv_w = p.get("conv1d.weight");  // [conv_dim, 1, K]
