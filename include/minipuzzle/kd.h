@@ -20,6 +20,8 @@
 //
 // Logits may be float32, float16 or bfloat16 (student and teacher the same dtype); all math is float32; the
 // gradient has the student logits' dtype. CUDA tensors run the CUDA kernels, CPU tensors the ATen path.
+// On CUDA a cluster of blocks holds each row in shared memory (one HBM read of both logits, one write of the
+// gradient); MINIPUZZLE_KD_KERNEL=two_pass forces the simpler one-block-per-row kernel (auto is the default).
 #pragma once
 #include <ATen/core/Tensor.h>
 

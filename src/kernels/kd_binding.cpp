@@ -9,6 +9,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "kernels/kd_internal.h"
 #include "minipuzzle/error.h"
@@ -40,6 +42,23 @@ at::Tensor kd_grad_scale(const at::Tensor& labels, int64_t rows, const KdOptions
   if (!labels.defined()) return at::full({}, 1.0 / double(std::max<int64_t>(rows, 1)), float_options);
   return labels.ne(options.ignore_index).sum().clamp_min(1).to(at::kFloat).reciprocal();
 }
+
+namespace {
+
+// MINIPUZZLE_KD_KERNEL=two_pass|cluster_smem|auto overrides the automatic choice of kernel shape (e.g. to rule
+// the cluster kernel in or out when comparing runs). Read once.
+KdRowsVariant variant_from_environment() {
+  static const KdRowsVariant variant = [] {
+    const char* value = std::getenv("MINIPUZZLE_KD_KERNEL");
+    if (!value || !*value || std::string(value) == "auto") return KdRowsVariant::automatic;
+    if (std::string(value) == "two_pass") return KdRowsVariant::two_pass;
+    if (std::string(value) == "cluster_smem") return KdRowsVariant::cluster_smem;
+    fail("MINIPUZZLE_KD_KERNEL is '", value, "'; expected auto, two_pass or cluster_smem");
+  }();
+  return variant;
+}
+
+}  // namespace
 
 void kd_rows(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& labels, const KdOptions& options,
              const at::Tensor& grad_scale, const at::Tensor& row_loss, const at::Tensor& grad,
@@ -77,6 +96,7 @@ void kd_rows(const at::Tensor& student, const at::Tensor& teacher, const at::Ten
   params.kd_weight = float(options.kd_weight);
   params.ce_weight = float(options.ce_weight);
   params.ignore_index = options.ignore_index;
+  if (variant == KdRowsVariant::automatic) variant = variant_from_environment();
   const k::KdKernelVariant kernel_variant = variant == KdRowsVariant::cluster_smem ? k::KdKernelVariant::cluster_smem
                                             : variant == KdRowsVariant::two_pass   ? k::KdKernelVariant::two_pass
                                                                                    : k::KdKernelVariant::automatic;
