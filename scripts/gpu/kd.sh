@@ -18,12 +18,16 @@ if [ ! -f "$build/build.ninja" ]; then
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')" \
     -DMINIPUZZLE_PYTHON="$(which python3)" > "$OUT/kd_cmake.log" 2>&1 || { log "cmake failed"; tail -30 "$OUT/kd_cmake.log"; }
+else
+  # A build dir configured before tests/kernels/CMakeLists.txt existed would not know the KD tests: re-run cmake.
+  cmake -S . -B "$build" > "$OUT/kd_cmake.log" 2>&1 || { log "cmake re-run failed"; tail -30 "$OUT/kd_cmake.log"; }
 fi
 log "building KD targets"
 targets="test_kd_gpu test_kd_loss test_linear_kd bench_kd_loss bench_linear_kd"
 if ! cmake --build "$build" --target $targets > "$OUT/kd_build.log" 2>&1; then
   log "building all KD targets failed (see kd_build.log); retrying the tests alone"
   cmake --build "$build" --target test_kd_gpu test_kd_loss test_linear_kd >> "$OUT/kd_build.log" 2>&1 || log "test build failed too"
+  grep -E "error|FAILED" "$OUT/kd_build.log" | head -40 >> "$OUT/kd_log.txt"
 fi
 
 if [ -x "$build/tests/kernels/test_kd_loss" ]; then
