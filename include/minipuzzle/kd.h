@@ -19,7 +19,8 @@
 // The teacher is a constant: no gradient flows to teacher logits, hidden states or weights.
 // Backward hands out the gradient stored by forward (once: a second backward through the same loss throws);
 // it reads the loss gradient (one scalar, a host sync on CUDA) and scales only when that is not 1.
-// Labels outside [0, V) that are not ignore_index throw on CPU; on CUDA (no host sync) they make the loss NaN.
+// With ce_weight != 0, labels outside [0, V) that are not ignore_index throw on CPU; on CUDA (no host sync)
+// they make the loss NaN.
 //
 // Logits may be float32, float16 or bfloat16 (student and teacher the same dtype); all math is float32; the
 // gradient has the student logits' dtype. CUDA tensors run the CUDA kernels, CPU tensors the ATen path.
