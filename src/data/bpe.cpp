@@ -34,6 +34,9 @@ BpeModel BpeModel::from_json(const json& model, const std::string& what) {
     m.vocab[token] = uint32_t(id);
     max_id = std::max(max_id, uint32_t(id));
   }
+  // Real vocabularies are dense; refusing very sparse ids keeps a hostile file from costing gigabytes here.
+  MP_CHECK(max_id < 4 * vocab.size() + 1024, what, ": vocab ids go up to ", max_id, " for only ", vocab.size(),
+           " tokens; ids must be (nearly) dense");
   m.id_to_token.assign(vocab.empty() ? 0 : size_t(max_id) + 1, std::string());
   for (auto& [token, id] : m.vocab) m.id_to_token[id] = token;
 

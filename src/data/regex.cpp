@@ -1,11 +1,13 @@
 // PCRE2 regexes for pre-tokenizer patterns. `tokenizers` compiles its patterns with Oniguruma; PCRE2 in UTF
 // + UCP mode agrees on \p{L}, \p{N}, (?i:) and lookahead, and differs only on \s (Oniguruma's \s is the
 // Unicode White_Space property, which PCRE2's lacks U+0085 from), so \s/\S are rewritten to that class.
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
-
 #include "minipuzzle/error.h"
 #include "src/data/tokenizer_impl.h"
+
+#ifdef MINIPUZZLE_WITH_PCRE2
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+#endif
 
 namespace mp::detail {
 
@@ -44,6 +46,7 @@ std::string onig_to_pcre2(const std::string& pattern) {
   return out;
 }
 
+#ifdef MINIPUZZLE_WITH_PCRE2
 namespace {
 // Per-thread JIT stack and match context: PCRE2's are not shareable between concurrent matches.
 struct ThreadMatchState {
@@ -119,8 +122,22 @@ void Regex::for_each_match(std::string_view text, const std::function<void(size_
   }
 }
 
+#else  // no PCRE2 in this build
+
+Regex::Regex(const std::string& pattern) : pattern_(pattern) {
+  fail("pre-tokenizer regex ", json(pattern).dump(), " cannot be used: this build of minipuzzle has no PCRE2; ",
+       "install libpcre2-dev and rebuild (only the byte-level tokenizer works without it)");
+}
+Regex::~Regex() = default;
+void Regex::for_each_match(std::string_view, const std::function<void(size_t, size_t)>&) const {}
+
+#endif
+
 bool unicode_is_word_char(char32_t c) {
   if (c < 0x80) return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+#ifndef MINIPUZZLE_WITH_PCRE2
+  return false;  // unreachable in practice: tokenizer.json tokenizers cannot load without PCRE2
+#endif
   static const Regex alnum("^[\\p{L}\\p{M}\\p{N}\\p{Pc}\\x{200C}\\x{200D}]");
   std::string s;
   utf8_append(s, c);

@@ -250,27 +250,3 @@ TEST_CASE("eval input: token files as they are, text through a tokenizer", "[dat
   mp::Tokenizer other = mp::Tokenizer::byte_level({"<s>"});
   CHECK_THROWS_WITH(mp::read_tokens_for_eval((dir / "tok").string(), &other), Catch::Contains("different tokenizer"));
 }
-
-TEST_CASE("data preparation with a BPE tokenizer equals encoding each document", "[data][reference]") {
-  fs::path dir = scratch("bpe");
-  fs::path tok_path = fs::path(MINIPUZZLE_FIXTURES) / "tokenizers" / "wikitext2_8192_llama3" / "tokenizer.json";
-  mp::Tokenizer tok = mp::Tokenizer::from_file(tok_path.string());
-  mp::DataPrepOptions o = quiet_options();
-  o.inputs = {(fs::path(MINIPUZZLE_SHARED_DATA) / "wikitext-2-valid.txt").string()};
-  o.tokenizer = tok_path.string();
-  o.output = (dir / "wiki").string();
-  o.append_eos = true;
-  o.threads = 2;
-  mp::DataPrepResult r = mp::prepare_token_files(o);
-  mp::TokenFile f = mp::TokenFile::open(r.paths[0]);
-  std::string text = read_file(o.inputs[0]);
-  auto docs = mp::split_paragraphs(text);
-  REQUIRE(f.num_documents() == docs.size());
-  for (size_t d = 0; d < docs.size(); ++d) {
-    std::vector<uint32_t> want = tok.encode(docs[d]);
-    want.push_back(*tok.eos_id());
-    REQUIRE(std::vector<uint32_t>(f.document(d).begin(), f.document(d).end()) == want);
-  }
-  CHECK(f.metadata().tokenizer_sha256 == tok.sha256());
-  CHECK(f.vocab_size() == tok.vocab_size());
-}

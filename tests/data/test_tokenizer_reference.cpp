@@ -28,8 +28,13 @@ static std::vector<uint32_t> read_ids(const fs::path& p) {
 }
 
 static const fs::path kRefDir = fs::path(MINIPUZZLE_FIXTURES) / "tokenizers";
-static const char* kConfigs[] = {"shakespeare_512_gpt2", "shakespeare_8192_llama3", "wikitext2_512_gpt2_prefix",
-                                 "wikitext2_8192_llama3"};
+// wikitext2_8192_llama3 has an NFC normalizer, which needs ICU in the build.
+static std::vector<const char*> configs() {
+  std::vector<const char*> c = {"shakespeare_512_gpt2", "shakespeare_8192_llama3", "wikitext2_512_gpt2_prefix"};
+  if (MINIPUZZLE_TEST_HAVE_ICU) c.push_back("wikitext2_8192_llama3");
+  else WARN("built without ICU: the NFC tokenizer wikitext2_8192_llama3 is not tested");
+  return c;
+}
 
 static std::string corpus(const std::string& name) {
   fs::path data(MINIPUZZLE_SHARED_DATA);
@@ -71,7 +76,7 @@ static void require_round_trip(const std::string& got, const std::string& want, 
 }
 
 TEST_CASE("encoder matches tokenizers on whole corpora, with special tokens", "[tokenizer][reference]") {
-  for (const char* config : kConfigs) {
+  for (const char* config : configs()) {
     mp::Tokenizer tok = mp::Tokenizer::from_file((kRefDir / config / "tokenizer.json").string());
     bool prefix_space = std::string(config).find("prefix") != std::string::npos;
     for (const char* name : {"tinyshakespeare", "wikitext2"}) {
@@ -93,7 +98,7 @@ TEST_CASE("encoder matches tokenizers on whole corpora, with special tokens", "[
 }
 
 TEST_CASE("encoder matches tokenizers on edge cases, with and without the post-processor", "[tokenizer][reference]") {
-  for (const char* config : kConfigs) {
+  for (const char* config : configs()) {
     mp::Tokenizer tok = mp::Tokenizer::from_file((kRefDir / config / "tokenizer.json").string());
     mp::json ref = mp::json::parse(read_file(kRefDir / config / "cases.json"));
     for (auto& [name, id] : ref.at("specials").items()) CHECK(tok.token_id(name) == id.get<uint32_t>());

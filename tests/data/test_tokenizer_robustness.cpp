@@ -20,7 +20,9 @@ static bool changes_text(const std::string& name) { return name == "wikitext2_81
 static std::vector<std::pair<std::string, mp::Tokenizer>> tokenizers_under_test() {
   std::vector<std::pair<std::string, mp::Tokenizer>> out;
   out.emplace_back("byte_level", mp::Tokenizer::byte_level());
-  for (const char* config : {"shakespeare_512_gpt2", "shakespeare_8192_llama3", "wikitext2_8192_llama3"})
+  std::vector<const char*> configs = {"shakespeare_512_gpt2", "shakespeare_8192_llama3"};
+  if (MINIPUZZLE_TEST_HAVE_ICU) configs.push_back("wikitext2_8192_llama3");
+  for (const char* config : configs)
     out.emplace_back(config, mp::Tokenizer::from_file((kRefDir / config / "tokenizer.json").string()));
   return out;
 }
@@ -64,7 +66,7 @@ TEST_CASE("hostile input neither crashes nor hangs, and round-trips", "[tokenize
     for (size_t k = 0; k < inputs.size(); ++k) {
       INFO(name << " input " << k << " (" << inputs[k].size() << " bytes)");
       std::vector<uint32_t> ids = tok.encode(inputs[k]);
-      for (uint32_t id : ids) REQUIRE(id < tok.vocab_size());
+      REQUIRE((ids.empty() || *std::max_element(ids.begin(), ids.end()) < tok.vocab_size()));
       std::string decoded = tok.decode(ids);
       if (!changes_text(name)) REQUIRE(decoded == inputs[k]);
       if (inputs[k].empty()) REQUIRE(ids.empty());
