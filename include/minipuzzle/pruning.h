@@ -1,0 +1,131 @@
+// Structured pruning of Nemotron-H: a target shape plus importance scores become a plan (which units of which
+// parent layer survive), and the plan is realised tensor by tensor into a Hugging Face checkpoint that
+// transformers loads, or in memory (for the search's zero-shot ranking).
+//
+// Group awareness, the point of this stage: Mamba-2 heads share B and C within their group, so every group keeps
+// the same number of heads, chosen by rank within the group; a head carries its z, x and dt rows of in_proj, its
+// conv1d channels, A_log, D, dt_bias, gated-norm weights and out_proj columns. Attention keeps the same number of
+// query heads in every KV group (or drops whole KV groups). Everything is validated before anything is written.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "minipuzzle/checkpoint.h"
+#include "minipuzzle/config.h"
+#include "minipuzzle/json.h"
+#include "minipuzzle/model.h"
+
+namespace mp {
+
+struct Scores;
+
+// ---------------------------------------------------------------- target
+// The shape to prune to. Unset widths keep the parent's.
+struct PruneTarget {
+  std::optional<int64_t> hidden_size, intermediate_size, num_attention_heads, num_key_value_heads;
+  std::optional<int64_t> mamba_num_heads, mamba_head_dim, n_groups;
+  std::vector<int64_t> drop_layers;  // parent layer indices to remove
+  int64_t drop_count = 0;            // or: remove this many, the least important by `depth_criterion`
+  // A DepthScores key ("lm_loss_increase", "kl", "mse_hidden", "mse_logits", "block_influence") or "iterative"
+  // (the scores' iterative removal order).
+  std::string depth_criterion = "lm_loss_increase";
+  bool mamba_group_removal = false;            // reach mamba_num_heads by removing whole groups
+  // heads | heads_out | heads_flap | heads_nested (stored scores), or nested: Minitron-SSM's heads scored over
+  // the head_dim positions this target keeps (from the scores' per-channel x scores).
+  std::string mamba_head_criterion = "heads";
+  // Set when the target came as a full student config.json (search candidate): fields pruning cannot change
+  // (vocab, state size, attention head_dim, ...) are checked against the parent, and the layer pattern after
+  // dropping must equal this one.
+  std::optional<ModelConfig> full_config;
+  std::string origin = "target";  // where it came from, for error messages
+
+  // Accepted forms: {"hidden_size"|"hidden", "intermediate_size"|"ffn", "num_attention_heads"|"attn_heads",
+  // "num_key_value_heads"|"kv_heads", "mamba_num_heads"|"mamba_heads", "mamba_head_dim", "n_groups",
+  // "drop_layers": [..], "drop_count": n, "depth_criterion", "mamba_group_removal", "mamba_head_criterion"};
+  // a full student config.json (has "hybrid_override_pattern" or "layers_block_type") with "dropped_layers";
+  // a search candidate {"id", "config": {...}, "dropped_layers": [...]}.
+  static PruneTarget from_json(const json& j, const std::string& what);
+};
+
+// TARGET as given on the command line: a JSON file, inline JSON text ("{...}"), or REPORT.json#<candidate id>
+// (a `minipuzzle search` report; the candidate's config and dropped layers).
+PruneTarget load_target(const std::string& text);
+
+// ---------------------------------------------------------------- plan
+// Kept units of one layer of the pruned model, as parent indices in ascending order.
+struct LayerPlan {
+  int64_t source = 0;  // the parent layer this one comes from
+  LayerType type = LayerType::Mlp;
+  std::vector<int64_t> mlp_neurons;
+  std::vector<int64_t> attn_heads, attn_kv_heads;
+  std::vector<int64_t> mamba_groups;    // kept SSM groups (their B and C rows stay whole)
+  std::vector<int64_t> mamba_heads;     // kept heads, group by group
+  std::vector<int64_t> mamba_head_dim;  // kept positions within every head (the same for all heads)
+  // Kept channels of d_inner (x, z, gated norm, out_proj columns): head h, position p -> h * head_dim + p.
+  std::vector<int64_t> mamba_channels(int64_t parent_head_dim) const;
+};
+
+struct PrunePlan {
+  ModelConfig source, target;
+  std::vector<int64_t> hidden;          // kept embedding channels
+  std::vector<int64_t> dropped_layers;  // parent indices, ascending
+  std::vector<LayerPlan> layers;        // one per layer of the pruned model
+
+  bool is_identity() const;
+  // Masks over the parent that zero exactly the removed width units (MLP neurons, attention heads, Mamba
+  // channels); with skip_layers for dropped layers, the masked parent computes what the pruned model computes
+  // when the hidden size is unchanged. Keys are parent layer indices.
+  std::map<int64_t, LayerMask> parent_masks() const;
+  std::vector<bool> parent_skip_layers() const;
+  json to_json() const;  // kept indices per layer (for provenance files and debugging)
+};
+
+// Target shape + scores -> validated plan. Throws mp::Error before anything is written when the target is invalid
+// (larger than the parent, heads not a multiple of groups, KV heads not dividing heads, unknown layer index, ...)
+// or when the scores belong to another model. `scores` may be null when no axis needs ranking.
+PrunePlan make_plan(const ModelConfig& source, const PruneTarget& target, const Scores* scores);
+
+// Checks that scores describe a model of this shape (pattern, widths), naming the first mismatch.
+void check_scores_fit(const Scores& scores, const ModelConfig& config, const std::string& what);
+
+// ---------------------------------------------------------------- slicing
+// How one tensor of the pruned model is cut from a parent tensor: index lists for dims 0 and 1 (empty: all).
+struct TensorCut {
+  TensorSpec out;  // name and shape in the pruned model
+  std::string source_name;
+  std::vector<int64_t> rows, cols;
+  bool identity() const { return rows.empty() && cols.empty(); }
+};
+// One cut per tensor of expected_tensors(plan.target), in that order.
+std::vector<TensorCut> plan_tensor_cuts(const PrunePlan& plan);
+// Applies a cut (any device); the result is a new contiguous tensor.
+at::Tensor cut_tensor(const at::Tensor& source, const TensorCut& cut);
+
+// ---------------------------------------------------------------- realising a plan
+struct PruneOptions {
+  bool overwrite = false;
+  uint64_t max_shard_bytes = 5ull << 30;
+  bool copy_tokenizer = true;  // tokenizer / generation files beside the weights
+  std::vector<std::string> extra_files;  // further files copied into the output (e.g. the plan as JSON)
+};
+
+// Streams the parent checkpoint into `out_dir`: each tensor is read from the memory map, cut and written before
+// the next is touched (pages of the parent are released as it goes), so peak memory is about one tensor.
+// Tensors keep their stored dtype; a plan equal to the parent gives the same bytes per tensor.
+void prune_checkpoint(const Checkpoint& parent, const PrunePlan& plan, const std::string& out_dir,
+                      const PruneOptions& options = {});
+
+// The pruned model in memory, on the parent's device and dtype (every tensor a new copy).
+NemotronH prune_in_memory(const NemotronH& parent, const PrunePlan& plan);
+
+// Before/after parameters and weight memory (at `bytes_per_param`), and per-layer widths.
+json prune_summary(const PrunePlan& plan, double bytes_per_param = 2.0);
+// The same as a short fixed-width table for the terminal.
+std::string format_prune_summary(const json& summary);
+
+}  // namespace mp

@@ -1,0 +1,438 @@
+// Target shape + importance scores -> which units of which parent layer survive. Every rule that keeps the
+// pruned model loadable and meaningful is checked here, before any byte is written:
+//  - Mamba heads: the same count in every SSM group (B and C are shared per group), chosen by rank within the
+//    group; whole groups may go instead (then n_groups shrinks); head_dim positions one ranking for all heads.
+//  - Attention: the same count of query heads in every kept KV group, so the GQA grouping stays valid.
+//  - Nothing grows; dropped layers exist; scores describe this very model.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <numeric>
+#include <set>
+
+#include "minipuzzle/error.h"
+#include "minipuzzle/importance.h"
+#include "minipuzzle/pruning.h"
+
+namespace mp {
+
+namespace {
+
+std::vector<int64_t> all_of(int64_t n) {
+  std::vector<int64_t> v(static_cast<size_t>(n));
+  std::iota(v.begin(), v.end(), 0);
+  return v;
+}
+
+// The k candidates with the largest score (ties: lower index first), returned in ascending index order.
+std::vector<int64_t> top_k(const std::vector<double>& score, std::vector<int64_t> candidates, int64_t k) {
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [&](int64_t a, int64_t b) { return score[static_cast<size_t>(a)] > score[static_cast<size_t>(b)]; });
+  candidates.resize(static_cast<size_t>(k));
+  std::sort(candidates.begin(), candidates.end());
+  return candidates;
+}
+
+std::string join(const std::vector<int64_t>& v) {
+  std::string s;
+  for (auto x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
+  return s;
+}
+
+void check_size(const std::vector<double>& v, int64_t expect, const std::string& what, const std::string& field) {
+  MP_CHECK(v.empty() || static_cast<int64_t>(v.size()) == expect, what, ": ", field, " has ", v.size(),
+           " scores but this model has ", expect,
+           " (the scores were computed on another model; re-run `minipuzzle score` on this checkpoint)");
+}
+
+const std::vector<double>& mamba_head_scores(const MambaScores& m, const std::string& criterion) {
+  if (criterion == "heads") return m.heads;
+  if (criterion == "heads_out") return m.heads_out;
+  if (criterion == "heads_flap") return m.heads_flap;
+  if (criterion == "heads_nested") return m.heads_nested;
+  fail("--mamba-head-criterion \"", criterion,
+       "\" is unknown; expected heads, heads_out, heads_flap, heads_nested or nested");
+}
+
+// Resolved widths of the target, each checked against the parent.
+struct Widths {
+  int64_t hidden, ffn, heads, kv, mamba_heads, mamba_head_dim, groups;
+};
+
+Widths resolve_widths(const ModelConfig& s, const PruneTarget& t) {
+  const std::string& what = t.origin;
+  Widths w{t.hidden_size.value_or(s.hidden_size),  t.intermediate_size.value_or(s.intermediate_size),
+           t.num_attention_heads.value_or(s.num_attention_heads), t.num_key_value_heads.value_or(s.num_key_value_heads),
+           t.mamba_num_heads.value_or(s.mamba_num_heads),         t.mamba_head_dim.value_or(s.mamba_head_dim),
+           s.n_groups};
+  auto not_larger = [&](int64_t target, int64_t source, const char* name) {
+    MP_CHECK(target > 0, what, ": ", name, " must be positive, found ", target);
+    MP_CHECK(target <= source, what, ": ", name, " ", target, " is larger than the parent's ", source,
+             "; pruning only removes units");
+  };
+  not_larger(w.hidden, s.hidden_size, "hidden_size");
+
+  auto unchanged_without = [&](LayerType type, int64_t target, int64_t source, const char* name) {
+    MP_CHECK(s.count(type) > 0 || target == source, what, ": ", name, " is set to ", target,
+             " but the parent has no ", layer_type_name(type), " layers");
+  };
+  unchanged_without(LayerType::Mlp, w.ffn, s.intermediate_size, "intermediate_size");
+  unchanged_without(LayerType::Attention, w.heads, s.num_attention_heads, "num_attention_heads");
+  unchanged_without(LayerType::Attention, w.kv, s.num_key_value_heads, "num_key_value_heads");
+  unchanged_without(LayerType::Mamba, w.mamba_heads, s.mamba_num_heads, "mamba_num_heads");
+  unchanged_without(LayerType::Mamba, w.mamba_head_dim, s.mamba_head_dim, "mamba_head_dim");
+
+  if (s.count(LayerType::Mlp)) not_larger(w.ffn, s.intermediate_size, "intermediate_size (FFN)");
+  if (s.count(LayerType::Attention)) {
+    not_larger(w.heads, s.num_attention_heads, "num_attention_heads");
+    not_larger(w.kv, s.num_key_value_heads, "num_key_value_heads");
+    MP_CHECK(w.heads % w.kv == 0, what, ": num_key_value_heads ", w.kv, " does not divide num_attention_heads ",
+             w.heads, "; grouped-query attention needs the same number of query heads per KV head (try ",
+             w.kv * std::max<int64_t>(1, w.heads / w.kv), " heads)");
+    const int64_t per_group = s.num_attention_heads / s.num_key_value_heads;
+    MP_CHECK(w.heads / w.kv <= per_group, what, ": ", w.heads, " query heads over ", w.kv, " KV heads is ",
+             w.heads / w.kv, " per KV group, but the parent's groups hold only ", per_group,
+             " (removing KV groups removes their query heads: at most ", w.kv * per_group, " heads remain)");
+  }
+  if (s.count(LayerType::Mamba)) {
+    not_larger(w.mamba_heads, s.mamba_num_heads, "mamba_num_heads");
+    not_larger(w.mamba_head_dim, s.mamba_head_dim, "mamba_head_dim");
+    const int64_t per_group = s.mamba_num_heads / s.n_groups;
+    if (t.n_groups) {
+      w.groups = *t.n_groups;
+      not_larger(w.groups, s.n_groups, "n_groups");
+    } else if (t.mamba_group_removal) {
+      MP_CHECK(w.mamba_heads % per_group == 0, what, ": whole-group Mamba removal keeps ", per_group,
+               " heads per group, so mamba_num_heads must be a multiple of ", per_group, ", found ", w.mamba_heads);
+      w.groups = w.mamba_heads / per_group;
+    }
+    MP_CHECK(w.mamba_heads % w.groups == 0, what, ": mamba_num_heads ", w.mamba_heads,
+             " is not a multiple of n_groups ", w.groups,
+             "; B and C are shared per group, so every group must keep the same number of heads (try ",
+             w.groups * std::max<int64_t>(1, w.mamba_heads / w.groups), ")");
+    MP_CHECK(w.mamba_heads / w.groups <= per_group, what, ": ", w.mamba_heads, " Mamba heads over ", w.groups,
+             " groups is ", w.mamba_heads / w.groups, " per group, but the parent's groups hold only ", per_group);
+  }
+  if (t.full_config) {  // fields that pruning cannot change must be the parent's
+    const ModelConfig& c = *t.full_config;
+    auto same = [&](int64_t a, int64_t b, const char* name) {
+      MP_CHECK(a == b, what, ": ", name, " is ", a, " but the parent's is ", b, "; pruning cannot change it");
+    };
+    same(c.vocab_size, s.vocab_size, "vocab_size");
+    if (c.count(LayerType::Attention)) same(c.head_dim, s.head_dim, "head_dim (attention)");
+    if (c.count(LayerType::Mamba)) {
+      same(c.ssm_state_size, s.ssm_state_size, "ssm_state_size");
+      same(c.conv_kernel, s.conv_kernel, "conv_kernel");
+    }
+    same(c.use_bias, s.use_bias, "use_bias");
+    same(c.use_conv_bias, s.use_conv_bias, "use_conv_bias");
+    same(c.mlp_bias, s.mlp_bias, "mlp_bias");
+  }
+  return w;
+}
+
+std::vector<int64_t> choose_dropped(const ModelConfig& s, const PruneTarget& t, const Scores* scores) {
+  const std::string& what = t.origin;
+  const int64_t L = s.num_layers();
+  MP_CHECK(t.drop_layers.empty() || t.drop_count == 0, what,
+           ": give either drop_layers (explicit indices) or drop_count (chosen by importance), not both");
+  std::vector<int64_t> dropped = t.drop_layers;
+  for (auto i : dropped)
+    MP_CHECK(i >= 0 && i < L, what, ": layer index ", i, " does not exist; the parent has ", L, " layers (0..",
+             L - 1, ", pattern ", s.pattern(), ")");
+  std::sort(dropped.begin(), dropped.end());
+  MP_CHECK(std::adjacent_find(dropped.begin(), dropped.end()) == dropped.end(), what,
+           ": drop_layers lists a layer twice (", join(t.drop_layers), ")");
+  if (t.drop_count > 0) {
+    MP_CHECK(t.drop_count < L, what, ": drop_count ", t.drop_count, " would remove every layer (the parent has ", L, ")");
+    MP_CHECK(scores, what, ": drop_count needs depth importance; pass --scores (from `minipuzzle score`)");
+    if (t.depth_criterion == "iterative") {
+      MP_CHECK(static_cast<int64_t>(scores->removal_order.size()) >= t.drop_count, what,
+               ": the scores' iterative removal order has ", scores->removal_order.size(), " layers, fewer than ",
+               t.drop_count, " to drop (score with more --iterative-steps)");
+      dropped.assign(scores->removal_order.begin(), scores->removal_order.begin() + t.drop_count);
+    } else {
+      std::vector<double> importance;
+      for (auto& l : scores->layers) {
+        auto it = l.depth.by_criterion.find(t.depth_criterion);
+        if (it == l.depth.by_criterion.end()) {
+          std::string have;
+          for (auto& [k, _] : l.depth.by_criterion) have += (have.empty() ? "" : ", ") + k;
+          fail(what, ": the scores have no depth criterion \"", t.depth_criterion, "\" for layer ", l.index,
+               " (available: ", have.empty() ? "none; score with depth on" : have, ", or \"iterative\")");
+        }
+        importance.push_back(it->second);
+      }
+      // Least important first: the k lowest scores.
+      std::vector<double> negated(importance.size());
+      for (size_t i = 0; i < importance.size(); ++i) negated[i] = -importance[i];
+      dropped = top_k(negated, all_of(L), t.drop_count);
+    }
+    std::sort(dropped.begin(), dropped.end());
+  }
+  MP_CHECK(static_cast<int64_t>(dropped.size()) < L, what, ": dropping ", dropped.size(), " of ", L,
+           " layers leaves none");
+  return dropped;
+}
+
+bool needs_scores(const ModelConfig& s, const Widths& w, const PruneTarget& t) {
+  return w.hidden < s.hidden_size || (s.count(LayerType::Mlp) && w.ffn < s.intermediate_size) ||
+         (s.count(LayerType::Attention) && (w.heads < s.num_attention_heads || w.kv < s.num_key_value_heads)) ||
+         (s.count(LayerType::Mamba) && (w.mamba_heads < s.mamba_num_heads || w.mamba_head_dim < s.mamba_head_dim)) ||
+         t.drop_count > 0;
+}
+
+const LayerScores& layer_scores(const Scores* scores, int64_t i) { return scores->layers[static_cast<size_t>(i)]; }
+
+void require(bool present, const std::string& field, int64_t layer) {
+  MP_CHECK(present, "the scores have no ", field, " for layer ", layer,
+           ", which this target prunes (score with width importance on)");
+}
+
+void plan_attention(LayerPlan& lp, const ModelConfig& s, const Widths& w, const Scores* scores) {
+  const int64_t kv = s.num_key_value_heads, per_group = s.num_attention_heads / kv;
+  const int64_t keep_per_group = w.heads / w.kv;
+  if (w.heads == s.num_attention_heads) {
+    lp.attn_heads = all_of(s.num_attention_heads);
+    lp.attn_kv_heads = all_of(kv);
+    return;
+  }
+  const LayerScores& ls = layer_scores(scores, lp.source);
+  require(!ls.attn_heads.empty() || keep_per_group == per_group, "attention head scores", lp.source);
+  if (w.kv == kv) {
+    lp.attn_kv_heads = all_of(kv);
+  } else {  // whole KV groups go: rank them by their own score, or by the sum of their query heads'
+    std::vector<double> group_score = ls.attn_kv_groups;
+    if (group_score.empty()) {
+      require(!ls.attn_heads.empty(), "attention head or KV-group scores", lp.source);
+      group_score.assign(static_cast<size_t>(kv), 0.0);
+      for (int64_t h = 0; h < s.num_attention_heads; ++h) group_score[h / per_group] += ls.attn_heads[h];
+    }
+    lp.attn_kv_heads = top_k(group_score, all_of(kv), w.kv);
+  }
+  for (int64_t g : lp.attn_kv_heads) {
+    std::vector<int64_t> members(static_cast<size_t>(per_group));
+    std::iota(members.begin(), members.end(), g * per_group);
+    auto kept = keep_per_group == per_group ? members : top_k(ls.attn_heads, members, keep_per_group);
+    lp.attn_heads.insert(lp.attn_heads.end(), kept.begin(), kept.end());
+  }
+}
+
+void plan_mamba(LayerPlan& lp, const ModelConfig& s, const Widths& w, const PruneTarget& t, const Scores* scores) {
+  const int64_t H = s.mamba_num_heads, G = s.n_groups, per_group = H / G;
+  const int64_t keep_per_group = w.mamba_heads / w.groups;
+  if (w.mamba_head_dim == s.mamba_head_dim) {
+    lp.mamba_head_dim = all_of(s.mamba_head_dim);
+  } else {
+    const auto& pos = layer_scores(scores, lp.source).mamba.head_dim;
+    require(!pos.empty(), "Mamba head_dim scores", lp.source);
+    lp.mamba_head_dim = top_k(pos, all_of(s.mamba_head_dim), w.mamba_head_dim);
+  }
+  if (w.mamba_heads == H) {
+    lp.mamba_groups = all_of(G);
+    lp.mamba_heads = all_of(H);
+    return;
+  }
+  const MambaScores& ms = layer_scores(scores, lp.source).mamba;
+  std::vector<double> nested;
+  if (t.mamba_head_criterion == "nested") {  // Minitron-SSM: heads scored over the head_dim positions kept here
+    require(!ms.channels.empty() && !ms.head_dim.empty(), "Mamba channel and head_dim scores (for \"nested\")",
+            lp.source);
+    nested = nested_mamba_head_scores(ms, H, s.mamba_head_dim, w.mamba_head_dim);
+  }
+  const std::vector<double>& head_score =
+      t.mamba_head_criterion == "nested" ? nested : mamba_head_scores(ms, t.mamba_head_criterion);
+  // Rank within a group from the chosen head scores; else from the stored within-group ranking.
+  auto rank_in_group = [&](int64_t g) -> std::vector<int64_t> {
+    std::vector<int64_t> members(static_cast<size_t>(per_group));
+    std::iota(members.begin(), members.end(), g * per_group);
+    if (keep_per_group == per_group) return members;
+    if (!head_score.empty()) return top_k(head_score, members, keep_per_group);
+    require(t.mamba_head_criterion == "heads" && static_cast<int64_t>(ms.head_rank_in_group.size()) == G,
+            "Mamba head scores (\"" + t.mamba_head_criterion + "\")", lp.source);
+    const auto& order = ms.head_rank_in_group[static_cast<size_t>(g)];
+    MP_CHECK(static_cast<int64_t>(order.size()) == per_group, "scores: head_rank_in_group of layer ", lp.source,
+             " group ", g, " lists ", order.size(), " heads, expected ", per_group);
+    std::vector<int64_t> kept;
+    for (int64_t k = 0; k < keep_per_group; ++k) {
+      int64_t h = order[static_cast<size_t>(k)];
+      // Accept both within-group positions (0..per_group-1) and absolute head ids.
+      kept.push_back(h < per_group ? g * per_group + h : h);
+      MP_CHECK(kept.back() / per_group == g, "scores: head_rank_in_group of layer ", lp.source, " group ", g,
+               " names head ", h, ", which is not in that group");
+    }
+    std::sort(kept.begin(), kept.end());
+    return kept;
+  };
+  if (w.groups == G) {
+    lp.mamba_groups = all_of(G);
+  } else {
+    std::vector<double> group_score = ms.groups;
+    if (group_score.empty()) {
+      require(!head_score.empty(), "Mamba group or head scores", lp.source);
+      group_score.assign(static_cast<size_t>(G), 0.0);
+      for (int64_t h = 0; h < H; ++h) group_score[h / per_group] += head_score[h];
+    }
+    lp.mamba_groups = top_k(group_score, all_of(G), w.groups);
+  }
+  for (int64_t g : lp.mamba_groups) {
+    auto kept = rank_in_group(g);
+    lp.mamba_heads.insert(lp.mamba_heads.end(), kept.begin(), kept.end());
+  }
+}
+
+}  // namespace
+
+std::vector<int64_t> LayerPlan::mamba_channels(int64_t parent_head_dim) const {
+  std::vector<int64_t> c;
+  c.reserve(mamba_heads.size() * mamba_head_dim.size());
+  for (int64_t h : mamba_heads)
+    for (int64_t p : mamba_head_dim) c.push_back(h * parent_head_dim + p);
+  return c;
+}
+
+void check_scores_fit(const Scores& sc, const ModelConfig& c, const std::string& what) {
+  MP_CHECK(sc.pattern.empty() || sc.pattern == c.pattern(), what, ": the scores were computed on a model with pattern ",
+           sc.pattern, " but this checkpoint's is ", c.pattern(), " (the scores belong to another model; re-run `minipuzzle score` on this checkpoint)");
+  MP_CHECK(static_cast<int64_t>(sc.layers.size()) == c.num_layers(), what, ": the scores describe ", sc.layers.size(),
+           " layers but this checkpoint has ", c.num_layers(), "; re-run `minipuzzle score` on this checkpoint");
+  check_size(sc.hidden, c.hidden_size, what, "hidden");
+  for (size_t i = 0; i < sc.layers.size(); ++i) {
+    const LayerScores& l = sc.layers[i];
+    const std::string layer = "layer " + std::to_string(i);
+    MP_CHECK(l.type == c.layers[i], what, ": ", layer, " is a ", layer_type_name(l.type),
+             " layer in the scores but a ", layer_type_name(c.layers[i]),
+             " layer in this checkpoint; the scores belong to another model");
+    check_size(l.mlp_neurons, c.intermediate_size, what, layer + " mlp.neurons");
+    check_size(l.attn_heads, c.num_attention_heads, what, layer + " attention.heads");
+    check_size(l.attn_kv_groups, c.num_key_value_heads, what, layer + " attention.kv_groups");
+    for (auto* v : {&l.mamba.heads, &l.mamba.heads_out, &l.mamba.heads_flap, &l.mamba.heads_nested})
+      check_size(*v, c.mamba_num_heads, what, layer + " mamba.heads");
+    check_size(l.mamba.head_dim, c.mamba_head_dim, what, layer + " mamba.head_dim");
+    check_size(l.mamba.groups, c.n_groups, what, layer + " mamba.groups");
+    check_size(l.mamba.channels, c.mamba_d_inner(), what, layer + " mamba.channels");
+  }
+  if (!sc.fingerprint.empty()) sc.check_matches(c, what);
+}
+
+PrunePlan make_plan(const ModelConfig& source, const PruneTarget& target, const Scores* scores) {
+  source.validate();
+  const Widths w = resolve_widths(source, target);
+  if (scores) check_scores_fit(*scores, source, "scores");
+  MP_CHECK(scores || !needs_scores(source, w, target), target.origin,
+           ": this target removes units, which are chosen by importance; pass --scores (from `minipuzzle score`)");
+
+  PrunePlan plan;
+  plan.source = source;
+  plan.dropped_layers = choose_dropped(source, target, scores);
+
+  ModelConfig& out = plan.target;
+  out = source;
+  out.layers.clear();
+  for (int64_t i = 0; i < source.num_layers(); ++i)
+    if (!std::binary_search(plan.dropped_layers.begin(), plan.dropped_layers.end(), i)) out.layers.push_back(source.layers[i]);
+  out.hidden_size = w.hidden;
+  out.intermediate_size = w.ffn;
+  out.num_attention_heads = w.heads;
+  out.num_key_value_heads = w.kv;
+  out.mamba_num_heads = w.mamba_heads;
+  out.mamba_head_dim = w.mamba_head_dim;
+  out.n_groups = w.groups;
+  if (target.full_config) {
+    MP_CHECK(target.full_config->pattern() == out.pattern(), target.origin, ": the target's layer pattern ",
+             target.full_config->pattern(), " is not the parent's ", source.pattern(), " without layers [",
+             join(plan.dropped_layers), "] (which gives ", out.pattern(), ")");
+  }
+  out.validate();
+
+  if (w.hidden == source.hidden_size) {
+    plan.hidden = all_of(source.hidden_size);
+  } else {
+    MP_CHECK(!scores->hidden.empty(), "the scores have no embedding-channel (hidden) scores, which this target prunes");
+    plan.hidden = top_k(scores->hidden, all_of(source.hidden_size), w.hidden);
+  }
+  for (int64_t i = 0; i < source.num_layers(); ++i) {
+    if (std::binary_search(plan.dropped_layers.begin(), plan.dropped_layers.end(), i)) continue;
+    LayerPlan lp;
+    lp.source = i;
+    lp.type = source.layers[i];
+    switch (lp.type) {
+      case LayerType::Mlp:
+        if (w.ffn == source.intermediate_size) {
+          lp.mlp_neurons = all_of(source.intermediate_size);
+        } else {
+          require(!layer_scores(scores, i).mlp_neurons.empty(), "MLP neuron scores", i);
+          lp.mlp_neurons = top_k(layer_scores(scores, i).mlp_neurons, all_of(source.intermediate_size), w.ffn);
+        }
+        break;
+      case LayerType::Attention: plan_attention(lp, source, w, scores); break;
+      case LayerType::Mamba: plan_mamba(lp, source, w, target, scores); break;
+      case LayerType::Moe: fail("pruning: mixture-of-experts layers are not supported");
+    }
+    plan.layers.push_back(std::move(lp));
+  }
+  return plan;
+}
+
+bool PrunePlan::is_identity() const {
+  if (!dropped_layers.empty() || static_cast<int64_t>(hidden.size()) != source.hidden_size) return false;
+  for (auto& l : layers) {
+    if (l.type == LayerType::Mlp && static_cast<int64_t>(l.mlp_neurons.size()) != source.intermediate_size) return false;
+    if (l.type == LayerType::Attention && static_cast<int64_t>(l.attn_heads.size()) != source.num_attention_heads) return false;
+    if (l.type == LayerType::Mamba && static_cast<int64_t>(l.mamba_channels(source.mamba_head_dim).size()) != source.mamba_d_inner())
+      return false;
+  }
+  return true;
+}
+
+std::map<int64_t, LayerMask> PrunePlan::parent_masks() const {
+  auto mask_of = [](int64_t n, const std::vector<int64_t>& kept) {
+    at::Tensor m = at::zeros({n}, at::kFloat);
+    m.index_fill_(0, at::tensor(kept, at::kLong), 1.0);
+    return m;
+  };
+  std::map<int64_t, LayerMask> masks;
+  for (auto& l : layers) {
+    LayerMask m;
+    if (l.type == LayerType::Mlp && static_cast<int64_t>(l.mlp_neurons.size()) < source.intermediate_size)
+      m.mlp_neurons = mask_of(source.intermediate_size, l.mlp_neurons);
+    if (l.type == LayerType::Attention && static_cast<int64_t>(l.attn_heads.size()) < source.num_attention_heads)
+      m.attn_heads = mask_of(source.num_attention_heads, l.attn_heads);
+    if (l.type == LayerType::Mamba) {
+      auto channels = l.mamba_channels(source.mamba_head_dim);
+      if (static_cast<int64_t>(channels.size()) < source.mamba_d_inner()) m.mamba_channels = mask_of(source.mamba_d_inner(), channels);
+    }
+    if (m.mlp_neurons.defined() || m.attn_heads.defined() || m.mamba_channels.defined()) masks[l.source] = m;
+  }
+  return masks;
+}
+
+std::vector<bool> PrunePlan::parent_skip_layers() const {
+  std::vector<bool> skip(static_cast<size_t>(source.num_layers()), false);
+  for (auto i : dropped_layers) skip[static_cast<size_t>(i)] = true;
+  return skip;
+}
+
+json PrunePlan::to_json() const {
+  json layers_json = json::array();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const LayerPlan& l = layers[i];
+    json e{{"index", i}, {"source", l.source}, {"type", layer_type_name(l.type)}};
+    if (l.type == LayerType::Mlp) e["mlp_neurons"] = l.mlp_neurons;
+    if (l.type == LayerType::Attention) {
+      e["attn_heads"] = l.attn_heads;
+      e["attn_kv_heads"] = l.attn_kv_heads;
+    }
+    if (l.type == LayerType::Mamba) {
+      e["mamba_groups"] = l.mamba_groups;
+      e["mamba_heads"] = l.mamba_heads;
+      e["mamba_head_dim"] = l.mamba_head_dim;
+    }
+    layers_json.push_back(e);
+  }
+  return {{"source_pattern", source.pattern()}, {"target_pattern", target.pattern()},
+          {"dropped_layers", dropped_layers},   {"hidden", hidden},
+          {"layers", layers_json}};
+}
+
+}  // namespace mp

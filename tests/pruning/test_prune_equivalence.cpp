@@ -1,0 +1,167 @@
+// Removing units equals masking them: the pruned model's logits against the parent's with the removed MLP
+// neurons, attention heads, Mamba heads / head_dim channels masked to zero (ForwardOptions::masks, which the
+// model implements independently of the pruner) and dropped layers skipped. fp32, tolerance 1e-5 of the logit
+// scale (measured: 0 for MLP / attention / depth, up to 1.5e-5 absolute on logits of magnitude 4 for Mamba).
+// Also checks, by brute force over the scores, that the plan keeps the best units by the group-aware rules.
+#include <algorithm>
+#include <set>
+
+#include "catch.h"
+#include "fixtures.h"
+#include "minipuzzle/checkpoint.h"
+#include "prune_test_util.h"
+#include "run_command.h"
+
+using namespace mp;
+
+namespace {
+
+struct Case {
+  std::string name;
+  PruneTarget target;
+};
+
+std::vector<Case> cases_for(const ModelConfig& c) {
+  std::vector<Case> out;
+  auto add = [&](const std::string& name, auto fill) {
+    PruneTarget t;
+    t.origin = name;
+    fill(t);
+    out.push_back({name, t});
+  };
+  const int64_t attn_per_group = c.num_attention_heads / c.num_key_value_heads;
+  const int64_t mamba_per_group = c.mamba_num_heads / c.n_groups;
+  add("mlp neurons", [&](PruneTarget& t) { t.intermediate_size = c.intermediate_size * 5 / 8; });
+  if (attn_per_group > 1)
+    add("attention heads within KV groups",
+        [&](PruneTarget& t) { t.num_attention_heads = c.num_key_value_heads * (attn_per_group - 1); });
+  if (c.num_key_value_heads > 1)
+    add("whole KV groups", [&](PruneTarget& t) {
+      t.num_key_value_heads = c.num_key_value_heads - 1;
+      t.num_attention_heads = (c.num_key_value_heads - 1) * attn_per_group;
+    });
+  add("mamba heads within groups", [&](PruneTarget& t) { t.mamba_num_heads = c.n_groups * (mamba_per_group / 2); });
+  add("mamba heads, nested ranking", [&](PruneTarget& t) {
+    t.mamba_num_heads = c.n_groups * (mamba_per_group - 1);
+    t.mamba_head_dim = c.mamba_head_dim - 2;
+    t.mamba_head_criterion = "nested";
+  });
+  add("mamba head_dim", [&](PruneTarget& t) { t.mamba_head_dim = c.mamba_head_dim - 3; });
+  if (c.n_groups > 1)
+    add("whole mamba groups", [&](PruneTarget& t) {
+      t.mamba_num_heads = c.mamba_num_heads / 2;
+      t.mamba_group_removal = true;
+    });
+  add("depth", [&](PruneTarget& t) { t.drop_layers = {1, c.num_layers() - 2}; });
+  add("everything but hidden", [&](PruneTarget& t) {
+    t.intermediate_size = c.intermediate_size / 2;
+    t.num_attention_heads = c.num_key_value_heads * std::max<int64_t>(1, attn_per_group - 1);
+    t.mamba_num_heads = c.n_groups * std::max<int64_t>(1, mamba_per_group - 1);
+    t.mamba_head_dim = c.mamba_head_dim - 1;
+    t.drop_count = 2;
+  });
+  return out;
+}
+
+// Kept set is the best `kept.size()` of `members` by `score` (ties aside): brute force.
+void check_best_of(const std::vector<double>& score, const std::vector<int64_t>& members,
+                   const std::vector<int64_t>& kept, const std::string& what) {
+  std::set<int64_t> k(kept.begin(), kept.end());
+  double worst_kept = 1e300, best_removed = -1e300;
+  for (int64_t m : members) {
+    if (k.count(m)) worst_kept = std::min(worst_kept, score[m]);
+    else best_removed = std::max(best_removed, score[m]);
+  }
+  INFO(what);
+  CHECK(worst_kept >= best_removed);
+}
+
+void check_group_rules(const PrunePlan& plan, const Scores& scores, const std::string& criterion) {
+  const ModelConfig& s = plan.source;
+  for (auto& l : plan.layers) {
+    const LayerScores& ls = scores.layers[l.source];
+    if (l.type == LayerType::Mamba && !l.mamba_heads.empty()) {
+      const int64_t per_group = s.mamba_num_heads / s.n_groups;
+      std::map<int64_t, std::vector<int64_t>> by_group;
+      for (int64_t h : l.mamba_heads) by_group[h / per_group].push_back(h);
+      REQUIRE(static_cast<int64_t>(by_group.size()) == plan.target.n_groups);
+      for (auto& [g, heads] : by_group) {
+        CHECK(static_cast<int64_t>(heads.size()) == plan.target.mamba_num_heads / plan.target.n_groups);
+        std::vector<int64_t> members;
+        for (int64_t h = g * per_group; h < (g + 1) * per_group; ++h) members.push_back(h);
+        if (criterion == "heads") check_best_of(ls.mamba.heads, members, heads, "mamba heads ranked within group");
+      }
+    }
+    if (l.type == LayerType::Attention) {
+      const int64_t per_group = s.num_attention_heads / s.num_key_value_heads;
+      std::map<int64_t, int64_t> count;
+      for (int64_t h : l.attn_heads) count[h / per_group]++;
+      for (auto& [g, n] : count) {
+        CHECK(n == plan.target.num_attention_heads / plan.target.num_key_value_heads);
+        CHECK(std::count(l.attn_kv_heads.begin(), l.attn_kv_heads.end(), g) == 1);
+      }
+    }
+    if (l.type == LayerType::Mlp) {
+      std::vector<int64_t> all(s.intermediate_size);
+      for (int64_t i = 0; i < s.intermediate_size; ++i) all[i] = i;
+      check_best_of(ls.mlp_neurons, all, l.mlp_neurons, "MLP neurons");
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("pruned logits equal the parent's with the removed units masked (fp32, 1e-5)", "[pruning]") {
+  for (const auto& model_name : test::reference_model_names()) {
+    auto ck = Checkpoint::open(test::reference_model(model_name));
+    auto parent = NemotronH::load(ck, at::kCPU, at::kFloat);
+    const ModelConfig& c = ck.config();
+    Scores scores = test::make_random_scores(c, 7);
+    at::manual_seed(11);
+    at::Tensor ids = at::randint(0, c.vocab_size, {2, 45}, at::kLong);
+    // 1e-5 is taken relative to the logits' scale (they reach about 4 here): removing channels changes GEMM shapes
+    // and reduction lengths, so fp32 rounding differs. For scale, the same model on the same sequence run as a
+    // batch of 1 instead of 2 already differs by `noise_floor` (up to 6e-6 on these models).
+    at::Tensor full = test::logits_of(parent, ids);
+    const double scale = std::max(1.0, full.abs().max().item<double>());
+    const double noise_floor = test::max_abs_diff(test::logits_of(parent, ids.narrow(0, 0, 1)), full.narrow(0, 0, 1));
+    for (auto& k : cases_for(c)) {
+      PrunePlan plan = make_plan(c, k.target, &scores);
+      CHECK_FALSE(plan.is_identity());
+      check_group_rules(plan, scores, k.target.mamba_head_criterion);
+      NemotronH pruned = prune_in_memory(parent, plan);
+      CHECK(pruned.num_parameters() < parent.num_parameters());
+      auto masks = plan.parent_masks();
+      ForwardOptions masked;
+      masked.masks = &masks;
+      masked.skip_layers = plan.parent_skip_layers();
+      double err = test::max_abs_diff(test::logits_of(pruned, ids), test::logits_of(parent, ids, masked));
+      INFO(model_name << ": " << k.name << ": max abs logit difference " << err << " (logit scale " << scale
+                      << ", fp32 noise floor of this model " << noise_floor << ")");
+      CHECK(err <= 1e-5 * scale);
+      // The masked parent must differ from the unmasked one, or the comparison proves nothing.
+      CHECK(test::max_abs_diff(test::logits_of(parent, ids), test::logits_of(parent, ids, masked)) > 1e-3);
+    }
+  }
+}
+
+TEST_CASE("a checkpoint streamed to disk holds the same model as the in-memory prune", "[pruning]") {
+  const std::string dir = test::temp_dir("prune_equiv_disk");
+  for (const auto& model_name : test::reference_model_names()) {
+    auto ck = Checkpoint::open(test::reference_model(model_name));
+    auto parent = NemotronH::load(ck, at::kCPU, at::kFloat);
+    Scores scores = test::make_random_scores(ck.config(), 3);
+    auto cases = cases_for(ck.config());
+    PrunePlan plan = make_plan(ck.config(), cases.back().target, &scores);  // everything but hidden
+    const std::string out = dir + "/" + model_name;
+    prune_checkpoint(ck, plan, out);
+    auto pruned_ck = Checkpoint::open(out);
+    CHECK(pruned_ck.config().pattern() == plan.target.pattern());
+    auto from_disk = NemotronH::load(pruned_ck, at::kCPU, at::kFloat);
+    NemotronH in_memory = prune_in_memory(parent, plan);
+    for (auto& [name, t] : in_memory.parameters()) {
+      INFO(model_name << " " << name);
+      CHECK(at::equal(t, from_disk.parameters().at(name)));
+    }
+  }
+}
