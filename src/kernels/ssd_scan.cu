@@ -163,40 +163,44 @@ __global__ void build_decayed_cb_kernel(SsdShape s, const float* CB, const float
   load_chunk_decay(s, acum, dt, b, c, h, sh);
   const float* cb = CB + ((b * nc + c) * s.groups + h / hpg) * Q * Q;
   bf16* m = M + ((b * nc + c) * H + h) * Q * Q;
-  for (int64_t e = threadIdx.x; e < Q * Q; e += blockDim.x) {
-    const int64_t l = e / Q, j = e % Q;
-    const float v = j <= l ? cb[e] * __expf(sh[l] - sh[j]) * sh[Q + j] : 0.f;
+  const int Qi = int(Q);
+  for (int e = threadIdx.x; e < Qi * Qi; e += blockDim.x) {
+    const int l = e / Qi, j = e - l * Qi;
+    const float v = j <= l ? cb[e] * __expf(sh[l] - sh[j]) * sh[Qi + j] : 0.f;
     m[e] = __float2bfloat16(v);
   }
 }
 
-// Index helpers for the [B,T,H,P] elementwise kernels.
-struct HeadElem {
-  int64_t b, t, h, p, c, l;
-  __device__ HeadElem(const SsdShape& s, int64_t i) {
-    p = i % s.head_dim;
-    h = (i / s.head_dim) % s.heads;
-    t = (i / (s.head_dim * s.heads)) % s.seqlen;
-    b = i / (s.head_dim * s.heads * s.seqlen);
-    c = t / s.chunk;
-    l = t % s.chunk;
+// The [B,T,H,P] elementwise kernels run one block per (b, t) row whose threads stride over the row's H*P columns
+// (column j = h*P + p): the row split is computed once per thread and the column split is a 32-bit division, which
+// keeps 64-bit integer division (tens of instructions) out of the per-element path.
+struct HeadRow {
+  int64_t row, b, t, c, l;
+  __device__ explicit HeadRow(const SsdShape& s) {
+    const unsigned r = blockIdx.x, T = unsigned(s.seqlen), Q = unsigned(s.chunk);
+    row = r;
+    b = r / T;
+    t = r % T;
+    c = unsigned(t) / Q;
+    l = unsigned(t) % Q;
   }
-  __device__ int64_t acum_row(const SsdShape& s) const { return ((b * s.heads + h) * s.chunks() + c) * s.chunk; }
+  __device__ int64_t acum_base(const SsdShape& s, int h) const {
+    return ((b * s.heads + h) * s.chunks() + c) * s.chunk;
+  }
+  __device__ float x_at(const SsdInputs& in, int j) const {
+    return __bfloat162float(static_cast<const bf16*>(in.x)[b * in.x_stride_b + t * in.x_stride_t + j]);
+  }
 };
-
-__device__ __forceinline__ float load_x(const SsdInputs& in, const SsdShape& s, const HeadElem& e) {
-  const bf16* x = static_cast<const bf16*>(in.x);
-  return __bfloat162float(x[e.b * in.x_stride_b + e.t * in.x_stride_t + e.h * s.head_dim + e.p]);
-}
 
 // Xw = x dt exp(acum[Q-1] - acum[l]) as bf16 [B,T,H,P].
 __global__ void weighted_x_kernel(SsdShape s, SsdInputs in, const float* acum, bf16* Xw) {
-  const int64_t n = s.batch * s.seqlen * s.heads * s.head_dim;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const HeadElem e(s, i);
-    const float* ac = acum + e.acum_row(s);
-    const float dt = in.dt[(e.b * s.seqlen + e.t) * s.heads + e.h];
-    Xw[i] = __float2bfloat16(load_x(in, s, e) * dt * __expf(ac[s.chunk - 1] - ac[e.l]));
+  const HeadRow r(s);
+  const int HP = int(s.heads * s.head_dim), P = int(s.head_dim);
+  for (int j = threadIdx.x; j < HP; j += blockDim.x) {
+    const int h = j / P;
+    const float* ac = acum + r.acum_base(s, h);
+    const float dt = in.dt[r.row * s.heads + h];
+    Xw[r.row * HP + j] = __float2bfloat16(r.x_at(in, j) * dt * __expf(ac[s.chunk - 1] - ac[r.l]));
   }
 }
 
@@ -216,23 +220,25 @@ __global__ void state_recurrence_kernel(SsdShape s, const float* acum, const flo
 
 // y = y_diag (already in y) + exp(acum[l]) y_off + D x.
 __global__ void output_epilogue_kernel(SsdShape s, SsdInputs in, const float* acum, const float* y_off, float* y) {
-  const int64_t n = s.batch * s.seqlen * s.heads * s.head_dim;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const HeadElem e(s, i);
-    const float ac = acum[e.acum_row(s) + e.l];
-    y[i] += __expf(ac) * y_off[i] + in.D[e.h] * load_x(in, s, e);
+  const HeadRow r(s);
+  const int HP = int(s.heads * s.head_dim), P = int(s.head_dim);
+  for (int j = threadIdx.x; j < HP; j += blockDim.x) {
+    const int h = j / P;
+    const int64_t i = r.row * HP + j;
+    y[i] += __expf(acum[r.acum_base(s, h) + r.l]) * y_off[i] + in.D[h] * r.x_at(in, j);
   }
 }
 
 // dy as bf16, and dy exp(acum[l]) as bf16 (the GEMM operands of the backward).
 __global__ void grad_output_prep_kernel(SsdShape s, const float* dy, const float* acum, bf16* dy_bf16,
                                         bf16* dy_decayed) {
-  const int64_t n = s.batch * s.seqlen * s.heads * s.head_dim;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const HeadElem e(s, i);
+  const HeadRow r(s);
+  const int HP = int(s.heads * s.head_dim), P = int(s.head_dim);
+  for (int j = threadIdx.x; j < HP; j += blockDim.x) {
+    const int64_t i = r.row * HP + j;
     const float g = dy[i];
     dy_bf16[i] = __float2bfloat16(g);
-    dy_decayed[i] = __float2bfloat16(g * __expf(acum[e.acum_row(s) + e.l]));
+    dy_decayed[i] = __float2bfloat16(g * __expf(acum[r.acum_base(s, j / P) + r.l]));
   }
 }
 
@@ -351,8 +357,10 @@ __global__ void final_grad_kernel(SsdShape s, SsdInputs in, const float* acum, c
   const bf16* x = static_cast<const bf16*>(in.x);
   float dD_part = 0.f;
   const int lane = threadIdx.x & 31;
-  for (int64_t e = threadIdx.x; e < Q * P; e += blockDim.x) {
-    const int64_t l = e / P, p = e % P, t = c * Q + l;
+  const int Pi = int(P);
+  for (int e = threadIdx.x; e < int(Q) * Pi; e += blockDim.x) {
+    const int l = e / Pi, p = e - l * Pi;
+    const int64_t t = c * Q + l;
     const int64_t idx = ((b * s.seqlen + t) * H + h) * P + p;
     const float xv = __bfloat162float(x[b * in.x_stride_b + t * in.x_stride_t + h * P + p]);
     const float g = dy[idx], dxw = dXw[idx];
@@ -405,11 +413,8 @@ __global__ void final_grad_kernel(SsdShape s, SsdInputs in, const float* acum, c
     if (err_ != cudaSuccess) return err_; \
   } while (0)
 
-unsigned elementwise_blocks(const SsdShape& s) {
-  const int64_t n = s.batch * s.seqlen * s.heads * s.head_dim;
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return unsigned(b < 65535 * 8 ? b : 65535 * 8);
-}
+// One block per (b, t) row of a [B,T,H,P] tensor (HeadRow).
+unsigned elementwise_blocks(const SsdShape& s) { return unsigned(s.batch * s.seqlen); }
 
 // The forward's intermediates: acum, CB, M, Xw, chunk states S, start states H. Shared by both directions.
 cudaError_t recompute_chunks(const SsdShape& s, const SsdInputs& in, const SsdWork& w, const GemmRunner& gemm) {
