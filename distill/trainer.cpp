@@ -69,7 +69,6 @@ class Job {
   DistillResult run();
 
  private:
-  at::Tensor micro_loss(const Batch& batch);
   json evaluate();
   void log(const json& j);
   std::vector<int64_t> window_ids(int64_t first, int64_t count);
@@ -90,35 +89,6 @@ std::vector<int64_t> Job::window_ids(int64_t first, int64_t count) {
   std::vector<int64_t> ids;
   for (int64_t b = 0; b < count; ++b) ids.push_back(order_->window_at(first + b));
   return ids;
-}
-
-at::Tensor Job::micro_loss(const Batch& batch) {
-  at::Tensor ids = batch.input_ids.to(device_);
-  at::Tensor labels = batch.labels.to(device_).reshape(-1);
-  const int64_t V = student_->config().vocab_size;
-  if (!teacher_) {
-    at::Tensor logits = student_->forward(ids);
-    return at::cross_entropy_loss(logits.view({-1, V}), labels);
-  }
-  if (device_.is_cuda() && o_.fused_lm_head) {
-    LinearKdOptions k;
-    k.temperature = o_.temperature;
-    k.kd_weight = o_.alpha;
-    k.ce_weight = 1.0 - o_.alpha;
-    at::Tensor hs = student_->forward_hidden(ids);
-    TeacherOutput t = teacher_->run(ids, /*want_hidden=*/true);
-    hs = hs.reshape({-1, hs.size(-1)});
-    if (t.logits.defined())
-      return linear_kd_from_teacher_logits(hs, student_->lm_head_weight(), t.logits.reshape({-1, V}), labels, k);
-    return linear_kd(hs, student_->lm_head_weight(), t.hidden.reshape({-1, t.hidden.size(-1)}), t.lm_head, labels, k);
-  }
-  KdOptions k;
-  k.temperature = o_.temperature;
-  k.kd_weight = o_.alpha;
-  k.ce_weight = 1.0 - o_.alpha;
-  at::Tensor s = student_->forward(ids);
-  TeacherOutput t = teacher_->run(ids, /*want_hidden=*/false);
-  return kd_loss(s.view({-1, V}), t.logits.reshape({-1, V}), labels, k);
 }
 
 // Validation: the first eval windows of the valid file in order, split over ranks; sums reduced over ranks.
@@ -227,6 +197,10 @@ DistillResult Job::run() {
   if (o_.resume && !resumed && rank_ == 0) log_warning("distill: --resume given but " + o_.out_dir + " has no checkpoint; starting fresh");
 
   GradientSync sync(comm_, optimizer.params(), o_.bucket_bytes);
+  LossOptions loss;
+  loss.alpha = o_.alpha;
+  loss.temperature = o_.temperature;
+  loss.fused_lm_head = o_.fused_lm_head;
   Progress progress("distill", (total_steps - st_.step) * tokens_per_step, "tok",
                     rank_ == 0 ? ProgressMode::Auto : ProgressMode::Off);
   auto save = [&] {
@@ -248,45 +222,34 @@ DistillResult Job::run() {
   while (st_.step < total_steps) {
     const auto t0 = std::chrono::steady_clock::now();
     const double lr = learning_rate(sched, st_.step);
-    for (auto& p : optimizer.params()) p.mutable_grad() = at::Tensor();
-    at::Tensor loss_sum = at::zeros({1}, at::TensorOptions().dtype(at::kDouble).device(device_));
-    for (int64_t k = 0; k < o_.grad_accum; ++k) {
-      const int64_t first = st_.cursor + (k * world_ + rank_) * o_.micro_batch;
-      Batch batch = make_batch(*train_, window_ids(first, o_.micro_batch));
-      sync.begin_backward(k == o_.grad_accum - 1);
-      at::Tensor loss = micro_loss(batch) / double(o_.grad_accum);
-      loss.backward();
-      loss_sum += loss.detach().to(at::kDouble);
-    }
-    sync.finish();
-    at::Tensor loss_cpu = loss_sum.cpu();
-    all_reduce_sum(comm_.get(), loss_cpu);
-    const double loss = loss_cpu.item<double>() / world_;
-    const double grad_norm = clip_grad_norm(optimizer.params(), o_.clip);
-    const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
+    std::vector<Batch> micro_batches;
+    for (int64_t k = 0; k < o_.grad_accum; ++k)
+      micro_batches.push_back(make_batch(*train_, window_ids(st_.cursor + (k * world_ + rank_) * o_.micro_batch, o_.micro_batch)));
+    const StepResult r = train_step(*student_, teacher_.get(), optimizer, sync, comm_.get(), micro_batches, lr, o_.clip, loss);
+    const double step_loss = r.loss, grad_norm = r.grad_norm;
+    const bool finite = r.applied;
     if (finite) {
-      optimizer.step(lr);
       st_.nonfinite_in_a_row = 0;
     } else {
       ++st_.nonfinite_in_a_row;
       ++st_.skipped_steps;
       if (rank_ == 0)
         log_warning("distill: step " + std::to_string(st_.step + 1) + " has a non-finite loss (" +
-                    std::to_string(loss) + ") or gradient norm (" + std::to_string(grad_norm) + "); step skipped");
+                    std::to_string(step_loss) + ") or gradient norm (" + std::to_string(grad_norm) + "); step skipped");
     }
     st_.step += 1;
     st_.cursor += global_batch;
     st_.tokens += tokens_per_step;
-    st_.train_loss.push_back(finite ? loss : NAN);
+    st_.train_loss.push_back(finite ? step_loss : NAN);
     st_.learning_rates.push_back(lr);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     json line{{"step", st_.step}, {"tokens", st_.tokens}, {"lr", lr}, {"step_s", seconds},
               {"tokens_per_s", tokens_per_step / seconds}};
-    line["loss"] = finite ? json(loss) : json(nullptr);
+    line["loss"] = finite ? json(step_loss) : json(nullptr);
     line["grad_norm"] = std::isfinite(grad_norm) ? json(grad_norm) : json(nullptr);
     if (!finite) line["skipped"] = true;
     log(line);
-    progress.advance(tokens_per_step, {{"loss", finite ? loss : NAN}, {"lr", lr}});
+    progress.advance(tokens_per_step, {{"loss", finite ? step_loss : NAN}, {"lr", lr}});
 
     if (st_.nonfinite_in_a_row >= o_.max_nonfinite) {
       save();  // the skipped steps left the weights at the last good update

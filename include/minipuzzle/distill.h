@@ -201,6 +201,27 @@ void all_reduce_sum(Communicator* comm, at::Tensor& tensor);
 void barrier(Communicator* comm);
 
 // ---------------------------------------------------------------------------------------------------------------
+// The step itself, shared by run_distillation and the benchmark.
+struct LossOptions {
+  double alpha = 1.0;          // loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE
+  double temperature = 1.0;
+  bool fused_lm_head = true;   // CUDA: linear_kd from hidden states (no [tokens, vocab] logits)
+};
+// The loss of one micro-batch, differentiable w.r.t. the student's parameters. teacher == nullptr: cross-entropy.
+at::Tensor micro_batch_loss(const NemotronH& student, Teacher* teacher, const Batch& batch, const LossOptions& options);
+
+struct StepResult {
+  double loss = 0;       // mean over all micro-batches and ranks
+  double grad_norm = 0;  // before clipping
+  bool applied = false;  // false: non-finite loss or gradient norm, the update was skipped
+};
+// One optimizer step: gradients cleared; per micro-batch, backward of loss / count (gradients synchronised on the
+// last); global loss; clipping; AdamW when everything is finite.
+StepResult train_step(const NemotronH& student, Teacher* teacher, AdamW& optimizer, GradientSync& sync,
+                      Communicator* comm, const std::vector<Batch>& micro_batches, double lr, double clip,
+                      const LossOptions& options);
+
+// ---------------------------------------------------------------------------------------------------------------
 struct DistillOptions {
   std::string teacher;         // HF checkpoint directory (empty with from_scratch)
   std::string student;         // HF checkpoint directory, or with from_scratch a config.json (or dir holding one)

@@ -240,7 +240,7 @@ TEST_CASE("distill: two gloo processes with micro-batch B equal one process with
   const int port = 29500 + int(getpid() % 20000);
   std::vector<pid_t> pids;
   for (int rank = 0; rank < 2; ++rank) {
-    std::string env = "RANK=" + std::to_string(rank) + " LOCAL_RANK=" + std::to_string(rank) +
+    std::string env = "env RANK=" + std::to_string(rank) + " LOCAL_RANK=" + std::to_string(rank) +
                       " WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " ";
     pids.push_back(spawn(env + distill_cmd(s, dp, args + "--micro-batch 4"),
                          s.dir + "/dp_rank" + std::to_string(rank) + ".log"));

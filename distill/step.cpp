@@ -1,0 +1,62 @@
+// One training step: micro-batch losses (mp::kd_loss on CPU, mp::linear_kd on CUDA, cross-entropy from scratch),
+// backward with gradient synchronisation on the last micro-batch, clipping and the AdamW update.
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "minipuzzle/distill.h"
+#include "minipuzzle/kd.h"
+
+namespace mp::distill {
+
+at::Tensor micro_batch_loss(const NemotronH& student, Teacher* teacher, const Batch& batch, const LossOptions& o) {
+  const c10::Device device = student.device();
+  at::Tensor ids = batch.input_ids.to(device);
+  at::Tensor labels = batch.labels.to(device).reshape(-1);
+  const int64_t V = student.config().vocab_size;
+  if (!teacher) return at::cross_entropy_loss(student.forward(ids).view({-1, V}), labels);
+  if (device.is_cuda() && o.fused_lm_head) {
+    LinearKdOptions k;
+    k.temperature = o.temperature;
+    k.kd_weight = o.alpha;
+    k.ce_weight = 1.0 - o.alpha;
+    at::Tensor hs = student.forward_hidden(ids);
+    hs = hs.reshape({-1, hs.size(-1)});
+    TeacherOutput t = teacher->run(ids, /*want_hidden=*/true);
+    if (t.logits.defined())
+      return linear_kd_from_teacher_logits(hs, student.lm_head_weight(), t.logits.reshape({-1, V}), labels, k);
+    return linear_kd(hs, student.lm_head_weight(), t.hidden.reshape({-1, t.hidden.size(-1)}), t.lm_head, labels, k);
+  }
+  KdOptions k;
+  k.temperature = o.temperature;
+  k.kd_weight = o.alpha;
+  k.ce_weight = 1.0 - o.alpha;
+  at::Tensor s = student.forward(ids);
+  TeacherOutput t = teacher->run(ids, /*want_hidden=*/false);
+  return kd_loss(s.view({-1, V}), t.logits.reshape({-1, V}), labels, k);
+}
+
+StepResult train_step(const NemotronH& student, Teacher* teacher, AdamW& optimizer, GradientSync& sync,
+                      Communicator* comm, const std::vector<Batch>& micro_batches, double lr, double clip,
+                      const LossOptions& options) {
+  for (auto& p : optimizer.params()) p.mutable_grad() = at::Tensor();
+  const int64_t count = int64_t(micro_batches.size());
+  at::Tensor loss_sum = at::zeros({1}, at::TensorOptions().dtype(at::kDouble).device(student.device()));
+  for (int64_t k = 0; k < count; ++k) {
+    sync.begin_backward(k == count - 1);
+    at::Tensor loss = micro_batch_loss(student, teacher, micro_batches[k], options) / double(count);
+    loss.backward();
+    loss_sum += loss.detach().to(at::kDouble);
+  }
+  sync.finish();
+  at::Tensor loss_cpu = loss_sum.cpu();
+  all_reduce_sum(comm, loss_cpu);
+  StepResult r;
+  r.loss = loss_cpu.item<double>() / communicator_size(comm);
+  r.grad_norm = clip_grad_norm(optimizer.params(), clip);
+  r.applied = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
+  if (r.applied) optimizer.step(lr);
+  return r;
+}
+
+}  // namespace mp::distill
