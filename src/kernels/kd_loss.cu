@@ -20,6 +20,7 @@
 //
 // No torch here (flashinfer's rule); the binding is kd_binding.cpp, the CPU twin kd_loss_cpu.cpp.
 #include "kernels/kd_loss_cuda.h"
+#include "kernels/kd_row_math.h"
 
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
@@ -41,8 +42,9 @@ constexpr int kMaxCluster = 8;
 constexpr int64_t kTargetSliceBytes = 72 * 1024;
 constexpr int64_t kMaxSliceBytes = 200 * 1024;
 constexpr int kSliceAlign = 8;
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;  // slice lengths are multiples of 8 elements: whole 16-byte vectors for any dtype
+static_assert(int(KdKind::forward_kl) == kKindForwardKl && int(KdKind::reverse_kl) == kKindReverseKl &&
+                  int(KdKind::jsd) == kKindJsd,
+              "kd_row_math.h's kind numbers follow KdKind");  // slice lengths are multiples of 8 elements: whole 16-byte vectors for any dtype
 
 // 16-byte vectors of logits <-> floats.
 template <typename T>
@@ -315,110 +317,48 @@ __global__ void __launch_bounds__(kThreads, 3)
   }
   block_reduce<2, true>(maxima, scratch);
   cluster_reduce<2, true>(maxima, slot_max, result_max, STAGED ? cluster_size : 1);
-  // Exponents in base 2 with one FMA each: exp(z/T - max/T) = exp2(z * c - max * c), c = log2(e) / T. The
-  // kernel is close to the memory floor, so the arithmetic per element is kept small (two MUFU ex2 per element
-  // pair in stage 2 and two in stage 4).
-  const float inv_t = 1.f / p.temperature;
-  const float c = inv_t * kLog2e;
-  const float max_zs = maxima[0], max_zt = maxima[1];
-  const float max_s2 = max_zs * c, max_t2 = max_zt * c;  // the maxima in base-2 units
-  const bool ce_own_sum = has_ce && p.temperature != 1.f;
-  const float max_z2 = max_zs * kLog2e;
+  // The arithmetic lives in kd_row_math.h (shared with the host test of these formulas).
+  KdRowMath<KIND> math;
+  math.begin(p.temperature, p.jsd_beta, maxima[0], maxima[1], has_ce);
 
-  // Stage 2: sums of exps and the cross term (in raw logit units; divided by T below).
+  // Stage 2: sums of exps and the cross term.
   float sums[4] = {0.f, 0.f, 0.f, 0.f};
   for (int64_t v = threadIdx.x; v < vectors; v += blockDim.x) {
     slice.load(v, zs, zt);
 #pragma unroll
-    for (int k = 0; k < W; ++k) {
-      const float es = exp2f(fmaf(zs[k], c, -max_s2)), et = exp2f(fmaf(zt[k], c, -max_t2));
-      sums[0] += es;
-      sums[1] += et;
-      // A zero weight times an infinite logit difference (teacher -inf) is a zero term, not NaN.
-      if (KIND == int(KdKind::forward_kl)) sums[2] += (et == 0.f) ? 0.f : et * (zt[k] - zs[k]);
-      if (KIND == int(KdKind::reverse_kl)) sums[2] += (es == 0.f) ? 0.f : es * (zs[k] - zt[k]);
-      if (ce_own_sum) sums[3] += exp2f(fmaf(zs[k], kLog2e, -max_z2));
-    }
+    for (int k = 0; k < W; ++k) math.accumulate_sums(zs[k], zt[k], sums);
   }
   block_reduce<4, false>(sums, scratch);
   cluster_reduce<4, false>(sums, slot_sum, result_sum, STAGED ? cluster_size : 1);
-  // log2 q = (z * c - max_s2) - log2 sum_s: the FMA is exact up to one rounding of a small number, and the
-  // rounding of max_s2 itself is a shift shared by every exponent and by the sum, so it cancels. Folding max and
-  // log-sum into one offset would round away (z - max) when |logits| is large (1e4).
-  const float log2_sum_s = __log2f(sums[0]), log2_sum_t = __log2f(sums[1]);
-  const float log2_sum_z = ce_own_sum ? __log2f(sums[3]) : log2_sum_s;  // CE at T = 1 (z = s when T = 1)
-  float divergence = 0.f, kl_q_m = 0.f;
-  const float beta = p.jsd_beta;
-  // ln sum exp(z c ln2) = ln2 (max_s2 + log2_sum_s) with the same rounded shift the sums used.
-  if (KIND == int(KdKind::forward_kl))
-    divergence = inv_t * (sums[2] / sums[1]) + kLn2 * ((max_s2 - max_t2) + (log2_sum_s - log2_sum_t));
-  if (KIND == int(KdKind::reverse_kl))
-    divergence = inv_t * (sums[2] / sums[0]) + kLn2 * ((max_t2 - max_s2) + (log2_sum_t - log2_sum_s));
+  math.finish_sums(sums);
 
-  if (KIND == int(KdKind::jsd)) {  // Stage 3: KL(p || m) and KL(q || m), m = beta p + (1 - beta) q
+  if (KIND == int(KdKind::jsd)) {  // Stage 3: KL(p || m) and KL(q || m), which need normalised probabilities
     float kl[2] = {0.f, 0.f};
     for (int64_t v = threadIdx.x; v < vectors; v += blockDim.x) {
       slice.load(v, zs, zt);
 #pragma unroll
-      for (int k = 0; k < W; ++k) {
-        const float log2_q = fmaf(zs[k], c, -max_s2) - log2_sum_s, log2_p = fmaf(zt[k], c, -max_t2) - log2_sum_t;
-        const float q = exp2f(log2_q), pt = exp2f(log2_p);
-        const float m = beta * pt + (1.f - beta) * q;
-        if (m > 0.f) {  // m can flush to 0 only when both terms are ~1e-38: their contribution is 0
-          const float log2_m = __log2f(m);
-          if (pt > 0.f) kl[0] += pt * (log2_p - log2_m);
-          if (q > 0.f) kl[1] += q * (log2_q - log2_m);
-        }
-      }
+      for (int k = 0; k < W; ++k) math.accumulate_jsd(zs[k], zt[k], kl);
     }
     block_reduce<2, false>(kl, scratch);
     cluster_reduce<2, false>(kl, slot_kl, result_kl, STAGED ? cluster_size : 1);
-    kl[0] *= kLn2;
-    kl[1] *= kLn2;
-    divergence = beta * kl[0] + (1.f - beta) * kl[1];
-    kl_q_m = kl[1];
+    math.finish_jsd(kl);
   }
   // No block reads another block's shared memory after this point; it must stay alive until all have read it.
   if (STAGED && cluster_size > 1) cluster_arrive();
 
-  const float t_value = p.temperature;
-  if (rank == 0 && threadIdx.x == 0) {
-    float loss = p.kd_weight * t_value * t_value * divergence;
-    if (has_ce) {
-      // CE = ln sum exp(z) - z_label; the sum used the rounded shift max_z2, whose exact residual the FMA gives.
-      const float shift_residual = fmaf(max_zs, kLog2e, -max_z2);
-      loss += p.ce_weight * ((max_zs - label_logit) + kLn2 * (log2_sum_z - shift_residual));
-    }
-    p.row_loss[row] = loss;
-  }
+  if (rank == 0 && threadIdx.x == 0) p.row_loss[row] = math.row_loss(p.kd_weight, p.ce_weight, has_ce, label_logit);
 
-  // Stage 4: the gradient, d loss / d z = kd_weight * T * dD/ds + ce_weight * (softmax(z) - onehot(label)).
+  // Stage 4: the gradient, written once.
   if (grad_slice) {
     const float scale = p.grad_scale ? *p.grad_scale : 1.f;
-    const float kd_factor = scale * p.kd_weight * t_value, ce_factor = scale * p.ce_weight;
+    const float kd_factor = scale * p.kd_weight * p.temperature, ce_factor = scale * p.ce_weight;
     const int64_t local_label = has_ce && label_in_range ? label - begin : -1;
     float g[W];
     for (int64_t v = threadIdx.x; v < vectors; v += blockDim.x) {
       slice.load(v, zs, zt);
 #pragma unroll
-      for (int k = 0; k < W; ++k) {
-        const float log2_q = fmaf(zs[k], c, -max_s2) - log2_sum_s, log2_p = fmaf(zt[k], c, -max_t2) - log2_sum_t;
-        const float q = exp2f(log2_q);
-        float d = 0.f;
-        if (KIND == int(KdKind::forward_kl)) d = q - exp2f(log2_p);
-        if (KIND == int(KdKind::reverse_kl)) d = q > 0.f ? q * (kLn2 * (log2_q - log2_p) - divergence) : 0.f;
-        if (KIND == int(KdKind::jsd)) {
-          const float m = beta * exp2f(log2_p) + (1.f - beta) * q;
-          d = (q > 0.f && m > 0.f) ? (1.f - beta) * q * (kLn2 * (log2_q - __log2f(m)) - kl_q_m) : 0.f;
-        }
-        float value = kd_factor * d;
-        if (has_ce) {
-          float softmax_z = ce_own_sum ? exp2f(fmaf(zs[k], kLog2e, -max_z2) - log2_sum_z) : q;
-          if (v * W + k == local_label) softmax_z -= 1.f;
-          value += ce_factor * softmax_z;
-        }
-        g[k] = value;
-      }
+      for (int k = 0; k < W; ++k)
+        g[k] = math.gradient(zs[k], zt[k], v * W + k == local_label, has_ce, kd_factor, ce_factor);
       store_vector(grad_slice, v * W, count, grad_vector_ok, g);
     }
   }
