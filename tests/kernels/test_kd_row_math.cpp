@@ -52,6 +52,8 @@ Emulated emulate_kernel(const at::Tensor& student, const at::Tensor& teacher, co
     for (int rank = 0; rank < cluster_size; ++rank) {  // per-slice partials, combined in rank order
       float part[4] = {0, 0, 0, 0};
       for (int64_t i = rank * slice; i < std::min(v, (rank + 1) * slice); ++i) math.accumulate_sums(zs[i], zt[i], part);
+      // The kernel pads each slice in shared memory to whole 16-byte vectors with -inf: they must add nothing.
+      for (int pad = 0; pad < 7; ++pad) math.accumulate_sums(-INFINITY, -INFINITY, part);
       for (int k = 0; k < 4; ++k) sums[k] += part[k];
     }
     math.finish_sums(sums);
@@ -60,6 +62,7 @@ Emulated emulate_kernel(const at::Tensor& student, const at::Tensor& teacher, co
       for (int rank = 0; rank < cluster_size; ++rank) {
         float part[2] = {0, 0};
         for (int64_t i = rank * slice; i < std::min(v, (rank + 1) * slice); ++i) math.accumulate_jsd(zs[i], zt[i], part);
+        for (int pad = 0; pad < 7; ++pad) math.accumulate_jsd(-INFINITY, -INFINITY, part);
         kl[0] += part[0];
         kl[1] += part[1];
       }
