@@ -1,4 +1,4 @@
-// bench_search_gpu: the search's memory model and roofline against a real GPU, as JSON on stdout.
+// bench_gpu_search: the search's memory model and roofline against a real GPU, as JSON on stdout.
 //  1. Memory: a small Nemotron-H's weights (NemotronH::random_init on CUDA, bf16), its KV cache and Mamba conv
 //     and SSM state for a context and batch are allocated; the CUDA caching allocator's allocated bytes per term
 //     are compared with the memory model (claim: within 5%). The peak of one prefill chunk is reported beside
@@ -6,7 +6,7 @@
 //  2. Roofline calibration: prefill (the model's forward) and decode (one token through every layer with the
 //     KV cache and state updates, written with ATen ops on the same weights) are timed for several shapes; the
 //     coefficients are fitted on some shapes and the held-out shapes' times predicted (claim: within 15%).
-// Usage: bench_search_gpu [TIMINGS_OUT.json]   (the timings, reusable with `minipuzzle bench-hw`)
+// Usage: bench_gpu_search [TIMINGS_OUT.json]   (the timings, reusable with `minipuzzle bench-hw`)
 // Exit 77 without a CUDA device.
 #include <chrono>
 #include <cmath>
@@ -20,6 +20,7 @@
 
 #ifdef MINIPUZZLE_WITH_CUDA
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <cuda_runtime_api.h>
@@ -162,8 +163,8 @@ json memory_check() {
   InferenceSetup u;
   u.context = context;
   u.batch = batch;
-  u.conv_state = DType::BF16;
-  u.ssm_state = DType::F32;
+  u.conv_state = search::DType::BF16;
+  u.ssm_state = search::DType::F32;
   u.prefill_chunk = chunk;
   MemoryBreakdown predicted = estimate_memory(c, u);
   double base = allocated_bytes();
@@ -200,7 +201,7 @@ json memory_check() {
   try {
     c10::cuda::CUDACachingAllocator::resetPeakStats(0);
     double before = allocated_bytes();
-    at::NoGradGuard ng;
+    c10::NoGradGuard ng;
     at::Tensor ids = at::randint(0, c.vocab_size, {batch, chunk}, at::TensorOptions().dtype(at::kLong).device(at::kCUDA));
     at::Tensor hs = model.forward_hidden(ids);
     c10::cuda::device_synchronize();
@@ -258,7 +259,7 @@ int main(int argc, char** argv) {
     ModelConfig c = small_config(sp.hidden, sp.units);
     try {
       NemotronH model = NemotronH::random_init(c, 2, at::Device(at::kCUDA, 0), at::kBFloat16);
-      at::NoGradGuard ng;
+      c10::NoGradGuard ng;
       auto record = [&](const std::string& phase, int64_t batch, int64_t n, double seconds) {
         TimingSample t;
         t.config = c;

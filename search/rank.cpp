@@ -256,17 +256,38 @@ class Searcher {
           for (int64_t hd : head_dims)
             for (int64_t na : attns) {
               s.hidden = hidden, s.mamba_heads = nh, s.mamba_head_dim = hd, s.attention_heads = na;
+              // The workload's time is affine in the FFN width (bytes and FLOPs both are), so two roofline
+              // evaluations per FFN run give every point of the run exactly.
+              bool have_line = false;
+              double time0 = 0, slope = 0;
+              auto workload_seconds = [&](int64_t ffn) {
+                if (!have_line) {
+                  Shape a = s, b = s;
+                  a.ffn = ffns[0];
+                  Throughput ta = predict_throughput(a, o_.setup, hw_, o_.workload);
+                  time0 = ta.prefill_s + ta.decode_s;
+                  if (ffns.size() > 1) {
+                    b.ffn = ffns[1];
+                    Throughput tb = predict_throughput(b, o_.setup, hw_, o_.workload);
+                    slope = (tb.prefill_s + tb.decode_s - time0) / static_cast<double>(ffns[1] - ffns[0]);
+                  }
+                  have_line = true;
+                }
+                return time0 + slope * static_cast<double>(ffn - ffns[0]);
+              };
+              const double output_tokens = static_cast<double>(o_.setup.batch * o_.workload.output_tokens);
               for (size_t fi = 0; fi < ffns.size(); ++fi) {
                 s.ffn = ffns[fi];
                 ++enumerated_;
                 Point p;
                 p.depth = static_cast<int32_t>(di);
                 p.shape = s;
-                p.memory = estimate_memory(s, o_.setup).total();
-                p.params = static_cast<double>(count_params(s).total());
+                MemoryBreakdown mem = estimate_memory(s, o_.setup);
+                p.memory = mem.total();
+                p.params = mem.weights / dtype_bytes(o_.setup.weights);  // exact: bytes per element is 2^k
                 auto why = judge(p.memory, p.params);
                 if (!why.empty()) {
-                  for (auto& w : why) ++reason_counts_[reason_key(w)];
+                  ++reason_counts_[reason_key(why.front())];  // each point counted once, under its first reason
                   keep_infeasible(p);
                   if (p.memory > budget_) {
                     // Wider FFNs only need more: count the rest of this run without costing it.
@@ -279,7 +300,7 @@ class Searcher {
                 }
                 ++feasible_;
                 p.proxy = proxy(d, s, p.memory);
-                p.tokens_per_s = predict_throughput(s, o_.setup, hw_, o_.workload).output_tokens_per_s;
+                p.tokens_per_s = output_tokens / workload_seconds(s.ffn);
                 for (size_t r = 0; r < ref_points_.size(); ++r) ref_better_[r] += p.proxy > ref_points_[r];
                 keep_feasible(p);
                 add_to_front(p);

@@ -8,10 +8,10 @@
 # About 1-2 minutes after the build.
 set -euo pipefail
 source scripts/gpu/env.sh
-gpu_build bench_search_gpu bench_search
+gpu_build bench_gpu_search bench_search
 set +e
-build-gpu/bench/bench_search_gpu "$OUT/search_timings.json" > "$OUT/search_gpu.json" 2> "$OUT/search_gpu.stderr"
-echo "bench_search_gpu exit $?"
+build-gpu/bench/bench_gpu_search "$OUT/search_timings.json" > "$OUT/search_gpu.json" 2> "$OUT/search_gpu.stderr"
+echo "bench_gpu_search exit $?"
 build-gpu/bench/bench_search > "$OUT/search_bench.json" 2> "$OUT/search_bench.stderr"
 echo "bench_search exit $?"
 if gpu_build minipuzzle > "$OUT/search_cli_build.log" 2>&1 && [ -x build-gpu/minipuzzle ]; then

@@ -8,6 +8,7 @@
 
 #include "catch.h"
 #include "minipuzzle/config.h"
+#include "minipuzzle/report.h"
 #include "minipuzzle/error.h"
 #include "minipuzzle/search.h"
 
@@ -287,4 +288,61 @@ TEST_CASE("speed: the full 12B default space and the 17,472-point 9B->7B space",
     CHECK(r.enumerated == 17472);
     CHECK(s < 6.0);
   }
+}
+
+TEST_CASE("scores.json of the scoring stage: pooled unit scores and layer importance", "[search]") {
+  // Two MLP layers with different neuron scores, one attention layer, one Mamba layer; depth by mse_logits.
+  json j = {{"format", "minipuzzle-scores"},
+            {"version", 1},
+            {"hidden", {{"scores", {4.0, 3.0, 2.0, 1.0}}}},
+            {"layers",
+             {{{"index", 0}, {"type", "mamba"}, {"depth", {{"mse_logits", 0.5}, {"kl", 9.0}}},
+               {"mamba", {{"heads", {1.0, 3.0}}, {"head_dim", {2.0, 2.0, 4.0}}}}},
+              {{"index", 1}, {"type", "mlp"}, {"depth", {{"mse_logits", 0.1}, {"kl", 8.0}}},
+               {"mlp", {{"neurons", {1.0, 1.0, 2.0}}}}},
+              {{"index", 2}, {"type", "attention"}, {"depth", {{"mse_logits", 0.7}, {"kl", 7.0}}},
+               {"attention", {{"heads", {5.0, 5.0}}}}},
+              {{"index", 3}, {"type", "mlp"}, {"depth", {{"mse_logits", 0.3}, {"kl", 6.0}}},
+               {"mlp", {{"neurons", {0.0, 3.0, 1.0}}}}}}},
+            {"iterative_removal", {{"criterion", "mse_logits"}, {"order", {1, 3}}, {"scores", {0.1, 0.2}}}}};
+  ImportanceScores s = ImportanceScores::from_json(j, "scores", "mse_logits");
+  CHECK(s.hidden == std::vector<double>{4, 3, 2, 1});
+  REQUIRE(s.ffn.size() == 3);
+  // Rank-wise mean of normalised sorted scores: layer 1 -> (.5,.25,.25), layer 3 -> (.75,.25,0).
+  CHECK(s.ffn[0] == Approx(0.625));
+  CHECK(s.ffn[1] == Approx(0.25));
+  CHECK(s.ffn[2] == Approx(0.125));
+  CHECK(s.layer == std::vector<double>{0.5, 0.1, 0.7, 0.3});
+  CHECK(s.mamba_heads.size() == 2);
+  CHECK(s.mamba_head_dim.size() == 3);
+  CHECK(s.attention_heads == std::vector<double>{0.5, 0.5});
+  // Iterative removal: removed first = least important; never removed = most.
+  ImportanceScores it = ImportanceScores::from_json(j, "scores", "");
+  CHECK(it.layer == std::vector<double>{3, 1, 3, 2});
+  CHECK_THROWS_AS(ImportanceScores::from_json(j, "scores", "no_such_criterion"), mp::Error);
+}
+
+TEST_CASE("the Pareto front flagged by the search equals a brute-force front over all feasible candidates", "[search]") {
+  ModelConfig parent = published("nemotron-nano-12b-v2");
+  HardwareProfile hw = load_hardware("a10g");
+  SearchOptions o = nano2_options(hw);
+  o.space.ffn = {13440, 20480, 1760};
+  o.keep_feasible = 1000000;  // every feasible candidate materialised (throughput computed directly)
+  o.references.clear();
+  SearchResult r = run_search(parent, hw, o);
+  std::vector<double> params, tps;
+  std::vector<const Candidate*> feasible;
+  for (auto& c : r.candidates)
+    if (c.feasible) {
+      feasible.push_back(&c);
+      params.push_back(double(c.params.total()));
+      tps.push_back(c.throughput.output_tokens_per_s);
+    }
+  REQUIRE(static_cast<int64_t>(feasible.size()) == r.feasible);
+  std::set<std::string> expected, flagged;
+  for (size_t i : report::pareto_front(params, tps, true, true)) expected.insert(feasible[i]->id);
+  for (auto* c : feasible)
+    if (c->pareto) flagged.insert(c->id);
+  CHECK(flagged == expected);
+  CHECK(expected.size() >= 3);
 }
