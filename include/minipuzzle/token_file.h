@@ -150,6 +150,7 @@ struct DataPrepResult {
   std::vector<TokenFileMetadata> metadata;      // one per path
   uint64_t input_bytes = 0;
   double seconds = 0.0;
+  int threads = 0;                              // encoding threads used
   bool interrupted = false;                     // stopped by SIGINT/SIGTERM; nothing was written
 };
 DataPrepResult prepare_token_files(const DataPrepOptions& options);

@@ -1,6 +1,7 @@
 // minipuzzle data FILES... --tokenizer tokenizer.json|byte -o NAME [--jsonl-field text] [--valid-fraction F]
 //                          [--documents paragraph|file] [--threads N] [--append-eos]
 // Text and JSONL in, token files out (format: include/minipuzzle/token_file.h).
+#include <cstdio>
 #include <memory>
 
 #include "minipuzzle/interrupt.h"
@@ -24,8 +25,10 @@ void run(const DataPrepOptions& options) {
              std::to_string(m.num_documents) + " documents (" + m.split + ")");
   }
   double mb = double(r.input_bytes) / 1e6;
-  log_info("tokenized " + std::to_string(mb) + " MB in " + std::to_string(r.seconds) + " s (" +
-           std::to_string(r.seconds > 0 ? mb / r.seconds : 0.0) + " MB/s)");
+  char line[160];
+  std::snprintf(line, sizeof line, "tokenized %.2f MB in %.2f s (%.1f MB/s, %d threads)", mb, r.seconds,
+                r.seconds > 0 ? mb / r.seconds : 0.0, r.threads);
+  log_info(line);
 }
 
 void add(CLI::App& app) {

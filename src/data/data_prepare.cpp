@@ -230,6 +230,7 @@ DataPrepResult prepare_token_files(const DataPrepOptions& options) {
   }
 
   int threads = options.threads > 0 ? options.threads : int(std::max(1u, std::thread::hardware_concurrency()));
+  result.threads = threads;
   WorkerPool pool(threads);
   Progress progress("tokenize", int64_t(total_bytes), "B", options.progress);
   std::vector<Document> batch;

@@ -30,7 +30,8 @@ static std::vector<uint32_t> read_ids(const fs::path& p) {
 static const fs::path kRefDir = fs::path(MINIPUZZLE_FIXTURES) / "tokenizers";
 // wikitext2_8192_llama3 has an NFC normalizer, which needs ICU in the build.
 static std::vector<const char*> configs() {
-  std::vector<const char*> c = {"shakespeare_512_gpt2", "shakespeare_8192_llama3", "wikitext2_512_gpt2_prefix"};
+  std::vector<const char*> c = {"shakespeare_512_gpt2", "shakespeare_8192_llama3", "wikitext2_512_gpt2_prefix",
+                                "shakespeare_8192_o200k"};
   if (MINIPUZZLE_TEST_HAVE_ICU) c.push_back("wikitext2_8192_llama3");
   else WARN("built without ICU: the NFC tokenizer wikitext2_8192_llama3 is not tested");
   return c;

@@ -20,7 +20,7 @@ static bool changes_text(const std::string& name) { return name == "wikitext2_81
 static std::vector<std::pair<std::string, mp::Tokenizer>> tokenizers_under_test() {
   std::vector<std::pair<std::string, mp::Tokenizer>> out;
   out.emplace_back("byte_level", mp::Tokenizer::byte_level());
-  std::vector<const char*> configs = {"shakespeare_512_gpt2", "shakespeare_8192_llama3"};
+  std::vector<const char*> configs = {"shakespeare_512_gpt2", "shakespeare_8192_llama3", "shakespeare_8192_o200k"};
   if (MINIPUZZLE_TEST_HAVE_ICU) configs.push_back("wikitext2_8192_llama3");
   for (const char* config : configs)
     out.emplace_back(config, mp::Tokenizer::from_file((kRefDir / config / "tokenizer.json").string()));

@@ -21,6 +21,10 @@ from tokenizers import AddedToken
 
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# The o200k-style split (case-aware words with attached contractions), as newer byte-level tokenizers use.
+O200K_PATTERN = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                 r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                 r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 SPECIALS = ["<eos>", "<pad>", "<|begin_of_text|>", "<|im_start|>", "<|im_end|>"]
 
 CORPORA = {
@@ -34,6 +38,7 @@ CONFIGS = {
     "shakespeare_8192_llama3": ("tinyshakespeare", 8192, "llama3", {"bos_template": True}),
     "wikitext2_512_gpt2_prefix": ("wikitext2", 512, "gpt2", {"add_prefix_space": True}),
     "wikitext2_8192_llama3": ("wikitext2", 8192, "llama3", {"nfc": True}),
+    "shakespeare_8192_o200k": ("tinyshakespeare", 8192, "o200k", {}),
 }
 
 EDGE_CASES = [
@@ -42,7 +47,8 @@ EDGE_CASES = [
     "<eos>", "<eos><eos>", "a<eos>b", " <eos> ", "<pad>hello<eos>", "<|im_start|>user\nhi<|im_end|>",
     "thee and thou, thee", "naïve café résumé", "Ünïcödé ŝtrïng — “quotes” … ‘single’", "日本語のテキスト",
     "emoji 😀👍🏽 mixed", "\u00a0non-breaking\u2003em-space\u3000ideographic", "e\u0301 composed vs é",
-    "ﬁ ligature ＡＢＣ fullwidth", "x" * 3000, " " * 100 + "y", "@-@ = = Heading = =\n",
+    "ﬁ ligature ＡＢＣ fullwidth", "CamelCaseWord HTTPServer don'T WE'LL iPhone", "path/to/file\n/x",
+    "\u0085nel\u2028line\u2029para\u180emongolian\u200bzwsp\ufeffbom", "x" * 3000, " " * 100 + "y", "@-@ = = Heading = =\n",
 ]
 
 
@@ -52,8 +58,9 @@ def train(name, corpus_files, vocab, style, opts):
     if style == "gpt2":
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=opts.get("add_prefix_space", False))
     else:
+        pattern = LLAMA3_PATTERN if style == "llama3" else O200K_PATTERN
         tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
         ])
     if opts.get("nfc"):
