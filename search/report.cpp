@@ -125,7 +125,8 @@ std::vector<std::string> write_search_report(const std::string& dir, const Model
                                                      : "memory used / budget (no scores given)"},
       {"search time", fixed(r.seconds * 1e3, 1) + " ms"}};
   for (auto& b : o.budget.reservations)
-    summary.emplace_back("reserved: " + b.name, fixed((b.fraction * o.budget.device_bytes + b.bytes) / kGiB, 3) + " GiB");
+    summary.emplace_back("reserved: " + b.name, fixed((b.fraction * o.budget.device_bytes + b.bytes) / kGiB, 3) + " GiB" +
+                                                    (o.budget.explicit_bytes ? " (not applied: explicit budget)" : ""));
   std::string reason_text;
   for (auto& [k, n] : r.infeasible_by_reason) reason_text += (reason_text.empty() ? "" : ", ") + k + ": " + std::to_string(n);
   summary.emplace_back("infeasible by reason", reason_text.empty() ? "none" : reason_text);
@@ -198,6 +199,15 @@ std::vector<std::string> write_search_report(const std::string& dir, const Model
       p.dimmed = !c.feasible;
       p.labelled = c.rank >= 1 && c.rank <= 3;
       if (p.labelled) p.label = "#" + std::to_string(c.rank);
+      pts.push_back(p);
+    }
+    {
+      report::ScatterPoint p;
+      p.x = by_proxy ? r.parent.proxy : double(r.parent.params.total()) / 1e9;
+      p.y = r.parent.throughput.output_tokens_per_s;
+      p.label = r.parent.feasible ? "parent" : "parent (does not fit)";
+      p.labelled = true;
+      p.dimmed = !r.parent.feasible;
       pts.push_back(p);
     }
     for (auto& ref : r.references) {
