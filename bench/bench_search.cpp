@@ -5,7 +5,11 @@
 //    FFN 10240-13824, Mamba heads 80-128, head_dim 56-80), enumerated, costed and ranked (claim: <= 2 s);
 //  - where the Nano-9B-v2 and Nemotron-H-47B shapes land in the paper-restricted spaces.
 // Usage: bench_search [CONFIGS_DIR]   (default: the source tree's configs/)
+//        bench_search --gpu SERVING.json: the GPU host's measurements (bench_model_serving) against the memory
+//        model (claim: weights, KV cache and Mamba state within 5%) and the roofline fitted on some shapes and
+//        predicting the held-out ones (claim: within 15%).
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -16,12 +20,92 @@
 using namespace mp;
 using namespace mp::search;
 
+// The GPU host's measurements (bench_model_serving) against the memory model and the calibrated roofline.
+static json analyse_gpu(const std::string& path) {
+  json in = read_json_file(path);
+  json out;
+  const std::string device = in.value("device", std::string("?"));
+  out["device"] = device;
+  if (in.contains("memory") && in["memory"].contains("allocated_bytes")) {
+    const json& m = in["memory"];
+    ModelConfig c = ModelConfig::from_json(m["config"], path + " memory config");
+    InferenceSetup u;
+    u.context = m["context"].get<int64_t>();
+    u.batch = m["batch"].get<int64_t>();
+    u.weights = parse_dtype(m["dtypes"]["weights"].get<std::string>());
+    u.kv_cache = parse_dtype(m["dtypes"]["kv_cache"].get<std::string>());
+    u.conv_state = parse_dtype(m["dtypes"]["conv_state"].get<std::string>());
+    u.ssm_state = parse_dtype(m["dtypes"]["ssm_state"].get<std::string>());
+    u.prefill_chunk = m["prefill_chunk"].get<int64_t>();
+    MemoryBreakdown p = estimate_memory(c, u);
+    const json& a = m["allocated_bytes"];
+    json terms = json::object();
+    bool pass = true;
+    auto term = [&](const char* name, double measured, double predicted, bool claim) {
+      double rel = (measured - predicted) / predicted;
+      terms[name] = {{"measured_gib", measured / kGiB}, {"model_gib", predicted / kGiB}, {"relative_error", rel}};
+      if (claim) {
+        terms[name]["within_5_percent"] = std::fabs(rel) <= 0.05;
+        pass = pass && std::fabs(rel) <= 0.05;
+      }
+    };
+    term("weights", a["weights"].get<double>(), p.weights, true);
+    term("kv_conv_ssm_allocated", a["kv_conv_ssm"].get<double>(), p.kv_cache + p.conv_state + p.ssm_state, true);
+    term("weights_kv_state_total", a["total"].get<double>(), p.weights + p.kv_cache + p.conv_state + p.ssm_state, true);
+    term("kv_tensors", a["kv_tensors"].get<double>(), p.kv_cache, true);
+    term("conv_tensors", a["conv_tensors"].get<double>(), p.conv_state, true);
+    term("ssm_tensors", a["ssm_tensors"].get<double>(), p.ssm_state, true);
+    if (a.contains("prefill_chunk_peak"))
+      term("prefill_chunk_peak_vs_activation_term (information)", a["prefill_chunk_peak"].get<double>(), p.activations,
+           false);
+    out["memory"] = {{"shape", c.pattern()}, {"hidden", c.hidden_size}, {"context", u.context}, {"batch", u.batch},
+                     {"terms", terms}, {"pass_5_percent", pass}};
+  } else {
+    out["memory"] = {{"error", in.contains("memory") ? in["memory"] : json("no memory measurements")}};
+  }
+  std::vector<TimingSample> all = load_timings(path), fit, held;
+  for (auto& t : all) (t.label.find("-heldout") != std::string::npos ? held : fit).push_back(t);
+  HardwareProfile hw = load_hardware(device.find("H200") != std::string::npos ? "h200" : "h100-80gb");
+  std::vector<double> before = relative_errors(held, hw);
+  CalibrationResult r = calibrate(fit, hw);
+  r.apply(hw);
+  std::vector<double> after = relative_errors(held, hw);
+  json rows = json::array();
+  double worst = 0, worst_before = 0;
+  for (size_t i = 0; i < held.size(); ++i) {
+    worst = std::max(worst, std::fabs(after[i]));
+    worst_before = std::max(worst_before, std::fabs(before[i]));
+    rows.push_back({{"label", held[i].label}, {"phase", held[i].phase}, {"batch", held[i].batch},
+                    {"n", held[i].phase == "decode" ? held[i].position : held[i].tokens},
+                    {"measured_ms", held[i].seconds * 1e3}, {"relative_error", after[i]},
+                    {"uncalibrated_relative_error", before[i]}});
+  }
+  out["calibration"] = {{"profile", hw.name},
+                        {"fit_samples", fit.size()},
+                        {"fit", r.to_json()},
+                        {"held_out", rows},
+                        {"held_out_max_abs_relative_error", worst},
+                        {"held_out_max_abs_relative_error_uncalibrated", worst_before},
+                        {"pass_15_percent", worst <= 0.15},
+                        {"calibrated_profile", hw.to_json()}};
+  return out;
+}
+
 static double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 int main(int argc, char** argv) {
   setenv("MINIPUZZLE_PROGRESS", "off", 0);
+  if (argc > 2 && std::string(argv[1]) == "--gpu") {
+    try {
+      std::printf("%s\n", analyse_gpu(argv[2]).dump(2).c_str());
+    } catch (const std::exception& e) {
+      std::printf("%s\n", json{{"error", e.what()}, {"input", argv[2]}}.dump(2).c_str());
+      return 1;
+    }
+    return 0;
+  }
   if (argc > 1) setenv("MINIPUZZLE_CONFIGS", argv[1], 1);
   auto model = [](const char* name) { return load_config(find_config_file("models", name)); };
   json out;

@@ -127,7 +127,7 @@ Throughput predict_throughput(const Shape& s, const InferenceSetup& u, const Har
 std::vector<TimingSample> load_timings(const std::string& path) {
   json j = read_json_file(path);
   MP_CHECK(j.is_object() && j.contains("samples") && j.at("samples").is_array(), path,
-           ": expected {\"samples\": [...]} (timings written by scripts/gpu/search.sh or bench_gpu_search)");
+           ": expected {\"samples\": [...]} (timings written by scripts/gpu/search.sh or bench_model_serving)");
   std::vector<TimingSample> out;
   for (auto& e : j.at("samples")) {
     TimingSample t;

@@ -1,6 +1,6 @@
 // minipuzzle bench-hw --hardware HW --timings T.json [--holdout LABEL...] -o PROFILE.json
 // Fits the roofline's efficiency coefficients (decode and prefill separately, non-negative least squares) to
-// steps timed on the device (bench_gpu_search writes T.json on the GPU host), reports the relative error of
+// steps timed on the device (bench_model_serving writes T.json on the GPU host), reports the relative error of
 // every sample (held-out ones are predicted, not fitted), and writes the calibrated hardware profile.
 #include <cmath>
 #include <cstdio>
@@ -52,7 +52,7 @@ void add(CLI::App& app) {
   CLI::App* c = app.add_subcommand(
       "bench-hw", "Calibrate a hardware profile's roofline coefficients by least squares from timed steps.");
   c->add_option("--hardware", a->hardware, "profile to calibrate (name or path)")->required();
-  c->add_option("--timings", a->timings, "timings JSON ({\"samples\": [...]}, e.g. from bench_gpu_search)")->required();
+  c->add_option("--timings", a->timings, "timings JSON ({\"samples\": [...]}, e.g. from bench_model_serving)")->required();
   c->add_option("--holdout", a->holdout, "sample labels left out of the fit and predicted instead");
   c->add_option("-o,--output", a->output, "calibrated profile JSON to write")->required();
   c->callback([a] { run(*a); });

@@ -1,13 +1,14 @@
-// bench_gpu_search: the search's memory model and roofline against a real GPU, as JSON on stdout.
-//  1. Memory: a small Nemotron-H's weights (NemotronH::random_init on CUDA, bf16), its KV cache and Mamba conv
-//     and SSM state for a context and batch are allocated; the CUDA caching allocator's allocated bytes per term
-//     are compared with the memory model (claim: within 5%). The peak of one prefill chunk is reported beside
-//     the activation term (information: the model's forward is not a serving engine's).
-//  2. Roofline calibration: prefill (the model's forward) and decode (one token through every layer with the
-//     KV cache and state updates, written with ATen ops on the same weights) are timed for several shapes; the
-//     coefficients are fitted on some shapes and the held-out shapes' times predicted (claim: within 15%).
-// Usage: bench_gpu_search [TIMINGS_OUT.json]   (the timings, reusable with `minipuzzle bench-hw`)
-// Exit 77 without a CUDA device.
+// bench_model_serving: what serving a small Nemotron-H costs on a real GPU, measured for the search's memory
+// model and roofline (scripts/gpu/search.sh; `bench_search --gpu FILE` compares and calibrates):
+//  1. Memory: the model's weights (NemotronH::random_init on CUDA, bf16), its KV cache (bf16) and Mamba conv
+//     (bf16) and SSM (fp32) state for a context and batch are allocated; the CUDA caching allocator's allocated
+//     bytes are recorded per term, and the peak of one prefill chunk through the model's forward.
+//  2. Timings: prefill (the model's forward) and decode (one token through every layer with the KV-cache and
+//     state updates, written with ATen ops on the same weights) for several shapes; shapes labelled
+//     "-heldout" are for prediction, not fitting.
+// Links only the model (bench_model*), so it builds whatever the other stages' state.
+// Usage: bench_model_serving > serving.json   (exit 77 without a CUDA device)
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -16,7 +17,7 @@
 #include <vector>
 
 #include "minipuzzle/config.h"
-#include "minipuzzle/search.h"
+#include "minipuzzle/json.h"
 
 #ifdef MINIPUZZLE_WITH_CUDA
 #include <ATen/ATen.h>
@@ -29,7 +30,6 @@
 #endif
 
 using namespace mp;
-using namespace mp::search;
 
 #ifdef MINIPUZZLE_WITH_CUDA
 namespace {
@@ -44,12 +44,13 @@ double peak_bytes() {
   return static_cast<double>(stats.allocated_bytes[0].peak);
 }
 
-// A small Nemotron-H: `units` repeats of "M-M*-" (2 Mamba, 2 MLP, 1 attention), expand 2, head_dim 64.
+// A small Nemotron-H: `units` repeats of "M-M*-" (2 Mamba, 2 MLP, 1 attention), expand 2, Mamba head_dim 64,
+// attention heads of 128 (a multiple of the 8 KV heads).
 ModelConfig small_config(int64_t hidden, int64_t units, int64_t vocab = 32768) {
   json j = {{"vocab_size", vocab},
             {"hidden_size", hidden},
             {"intermediate_size", 4 * hidden},
-            {"num_attention_heads", hidden / 128},
+            {"num_attention_heads", std::max<int64_t>(8, hidden / 128 / 8 * 8)},  // a multiple of the 8 KV heads
             {"num_key_value_heads", 8},
             {"head_dim", 128},
             {"mamba_num_heads", 2 * hidden / 64},
@@ -156,48 +157,33 @@ double time_it(F&& f, int warmup = 3, int reps = 10) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
 }
 
-json memory_check() {
-  // The test shape: 15 layers (6 Mamba, 3 attention, 6 MLP), hidden 2048, context 32768, batch 4.
+json measure_memory() {
+  // 15 layers (6 Mamba, 3 attention, 6 MLP), hidden 2048, context 32768, batch 4.
   ModelConfig c = small_config(2048, 3);
   const int64_t batch = 4, context = 32768, chunk = 2048;
-  InferenceSetup u;
-  u.context = context;
-  u.batch = batch;
-  u.conv_state = search::DType::BF16;
-  u.ssm_state = search::DType::F32;
-  u.prefill_chunk = chunk;
-  MemoryBreakdown predicted = estimate_memory(c, u);
   double base = allocated_bytes();
   NemotronH model = NemotronH::random_init(c, 1, at::Device(at::kCUDA, 0), at::kBFloat16);
-  double after_weights = allocated_bytes();
-  json terms = json::object();
-  auto term = [&](const char* name, double measured, double model_bytes) {
-    double rel = (measured - model_bytes) / model_bytes;
-    terms[name] = {{"measured_bytes", measured}, {"model_bytes", model_bytes}, {"relative_error", rel},
-                   {"within_5_percent", std::fabs(rel) <= 0.05}};
-  };
-  term("weights", after_weights - base, predicted.weights);
-  Caches caches;
-  {
-    double b = allocated_bytes();
-    caches = allocate_caches(c, batch, context);
-    double a = allocated_bytes();
-    double kv = 0, conv = 0, ssm = 0;
-    for (auto& t : caches.k) kv += static_cast<double>(t.nbytes());
-    for (auto& t : caches.v) kv += static_cast<double>(t.nbytes());
-    for (auto& t : caches.conv) conv += static_cast<double>(t.nbytes());
-    for (auto& t : caches.ssm) ssm += static_cast<double>(t.nbytes());
-    // The allocator's count for all three (rounded to its block sizes), and each term from the tensors' bytes.
-    term("kv_plus_state_allocated", a - b, predicted.kv_cache + predicted.conv_state + predicted.ssm_state);
-    term("kv_cache", kv, predicted.kv_cache);
-    term("conv_state", conv, predicted.conv_state);
-    term("ssm_state", ssm, predicted.ssm_state);
-  }
-  double total_measured = allocated_bytes() - base;
-  term("weights_kv_state_total", total_measured,
-       predicted.weights + predicted.kv_cache + predicted.conv_state + predicted.ssm_state);
-  // Information: the model forward's peak over one prefill chunk (its logits stay out: forward_hidden).
-  json activations;
+  double weights = allocated_bytes() - base;
+  double before_caches = allocated_bytes();
+  Caches caches = allocate_caches(c, batch, context);
+  double caches_allocated = allocated_bytes() - before_caches;
+  double kv = 0, conv = 0, ssm = 0;
+  for (auto& t : caches.k) kv += static_cast<double>(t.nbytes());
+  for (auto& t : caches.v) kv += static_cast<double>(t.nbytes());
+  for (auto& t : caches.conv) conv += static_cast<double>(t.nbytes());
+  for (auto& t : caches.ssm) ssm += static_cast<double>(t.nbytes());
+  json out = {{"config", c.to_json()},
+              {"context", context},
+              {"batch", batch},
+              {"prefill_chunk", chunk},
+              {"dtypes", {{"weights", "bfloat16"}, {"kv_cache", "bfloat16"}, {"conv_state", "bfloat16"}, {"ssm_state", "float32"}}},
+              {"allocated_bytes",
+               {{"weights", weights},
+                {"kv_conv_ssm", caches_allocated},
+                {"total", allocated_bytes() - base},
+                {"kv_tensors", kv},
+                {"conv_tensors", conv},
+                {"ssm_tensors", ssm}}}};
   try {
     c10::cuda::CUDACachingAllocator::resetPeakStats(0);
     double before = allocated_bytes();
@@ -205,26 +191,17 @@ json memory_check() {
     at::Tensor ids = at::randint(0, c.vocab_size, {batch, chunk}, at::TensorOptions().dtype(at::kLong).device(at::kCUDA));
     at::Tensor hs = model.forward_hidden(ids);
     c10::cuda::device_synchronize();
-    activations = {{"forward_peak_bytes", peak_bytes() - before},
-                   {"model_term_bytes", predicted.activations},
-                   {"note", "forward_hidden of the training-oriented model over batch x chunk tokens; not asserted"}};
+    out["allocated_bytes"]["prefill_chunk_peak"] = peak_bytes() - before;
   } catch (const std::exception& e) {
-    activations = {{"error", e.what()}};
+    out["prefill_error"] = e.what();
   }
-  return {{"shape", {{"hidden", c.hidden_size}, {"pattern", c.pattern()}, {"vocab", c.vocab_size}}},
-          {"context", context},
-          {"batch", batch},
-          {"terms", terms},
-          {"activations", activations},
-          {"pass", terms["weights"]["within_5_percent"].get<bool>() &&
-                       terms["kv_plus_state_allocated"]["within_5_percent"].get<bool>() &&
-                       terms["weights_kv_state_total"]["within_5_percent"].get<bool>()}};
+  return out;
 }
 
 }  // namespace
 #endif
 
-int main(int argc, char** argv) {
+int main() {
 #ifndef MINIPUZZLE_WITH_CUDA
   std::printf("{\"skipped\": \"built without CUDA\"}\n");
   return 77;
@@ -240,9 +217,9 @@ int main(int argc, char** argv) {
   json out;
   out["device"] = device;
   try {
-    out["memory_check"] = memory_check();
+    out["memory"] = measure_memory();
   } catch (const std::exception& e) {
-    out["memory_check"] = {{"error", e.what()}};
+    out["memory"] = {{"error", e.what()}};
   }
   c10::cuda::CUDACachingAllocator::emptyCache();
 
@@ -254,23 +231,16 @@ int main(int argc, char** argv) {
   const ShapeSpec shapes[] = {{1024, 2, false}, {2048, 2, false}, {2048, 4, false}, {3072, 3, false},
                               {4096, 2, false}, {2560, 3, true},  {1536, 5, true},  {3584, 2, true}};
   json samples = json::array();
-  std::vector<TimingSample> fit, held;
   for (auto& sp : shapes) {
     ModelConfig c = small_config(sp.hidden, sp.units);
     try {
       NemotronH model = NemotronH::random_init(c, 2, at::Device(at::kCUDA, 0), at::kBFloat16);
       c10::NoGradGuard ng;
+      const std::string label =
+          "h" + std::to_string(sp.hidden) + "x" + std::to_string(sp.units) + (sp.held_out ? "-heldout" : "");
       auto record = [&](const std::string& phase, int64_t batch, int64_t n, double seconds) {
-        TimingSample t;
-        t.config = c;
-        t.phase = phase;
-        t.batch = batch;
-        (phase == "decode" ? t.position : t.tokens) = n;
-        t.seconds = seconds;
-        t.label = "h" + std::to_string(sp.hidden) + "x" + std::to_string(sp.units) + (sp.held_out ? "-heldout" : "");
-        (sp.held_out ? held : fit).push_back(t);
         samples.push_back({{"config", c.to_json()}, {"phase", phase}, {"batch", batch},
-                           {phase == "decode" ? "position" : "tokens", n}, {"seconds", seconds}, {"label", t.label}});
+                           {phase == "decode" ? "position" : "tokens", n}, {"seconds", seconds}, {"label", label}});
       };
       using Pairs = std::vector<std::pair<int64_t, int64_t>>;
       for (const auto& bn : Pairs{{1, 2048}, {2, 4096}, {4, 1024}}) {
@@ -289,35 +259,7 @@ int main(int argc, char** argv) {
     }
     c10::cuda::CUDACachingAllocator::emptyCache();
   }
-  std::string profile = device.find("H200") != std::string::npos ? "h200" : "h100-80gb";
-  if (argc > 1) {
-    write_json_file(argv[1], {{"device", device}, {"profile", profile}, {"samples", samples}});
-    out["timings_file"] = argv[1];
-  }
-  try {
-    HardwareProfile hw = load_hardware(profile);
-    HardwareProfile uncalibrated = hw;
-    CalibrationResult r = calibrate(fit, hw);
-    r.apply(hw);
-    std::vector<double> held_err = relative_errors(held, hw), before = relative_errors(held, uncalibrated);
-    double worst = 0, worst_before = 0;
-    for (double e : held_err) worst = std::max(worst, std::fabs(e));
-    for (double e : before) worst_before = std::max(worst_before, std::fabs(e));
-    json held_rows = json::array();
-    for (size_t i = 0; i < held.size(); ++i)
-      held_rows.push_back({{"label", held[i].label}, {"phase", held[i].phase}, {"batch", held[i].batch},
-                           {"n", held[i].phase == "decode" ? held[i].position : held[i].tokens},
-                           {"measured_s", held[i].seconds}, {"relative_error", held_err[i]}});
-    out["calibration"] = {{"profile", profile},
-                          {"fit", r.to_json()},
-                          {"fit_samples", fit.size()},
-                          {"held_out", held_rows},
-                          {"held_out_max_abs_relative_error", worst},
-                          {"held_out_max_abs_relative_error_uncalibrated", worst_before},
-                          {"pass_15_percent", worst <= 0.15}};
-  } catch (const std::exception& e) {
-    out["calibration"] = {{"error", e.what()}};
-  }
+  out["samples"] = samples;
   std::printf("%s\n", out.dump(2).c_str());
   return 0;
 #endif
