@@ -346,3 +346,31 @@ TEST_CASE("the Pareto front flagged by the search equals a brute-force front ove
   CHECK(flagged == expected);
   CHECK(expected.size() >= 3);
 }
+
+TEST_CASE("default space follows NVIDIA's rules; ranges parse; foreign references are explained", "[search]") {
+  ModelConfig parent = published("nemotron-nano-12b-v2");
+  SearchSpace s = default_space(parent);
+  // At most 40% of each width pruned, on the stated steps; at most 20% of the 62 layers (12) dropped.
+  CHECK(s.hidden.values().front() == 3072);  // ceil(0.6 * 5120) = 3072, step 128
+  CHECK(s.hidden.values().back() == 5120);
+  CHECK(s.ffn.min == 12288);                 // 20480 - 16 * 512 >= 0.6 * 20480 = 12288
+  CHECK(s.mamba_heads.values() == std::vector<int64_t>{80, 88, 96, 104, 112, 120, 128});
+  CHECK(s.mamba_head_dim.values() == std::vector<int64_t>{48, 56, 64, 72, 80});
+  CHECK(s.attention_heads.values() == std::vector<int64_t>{24, 32, 40});
+  CHECK(s.drop_total.max == 12);
+  CHECK(s.drop_attention.max == 5);          // one attention layer always kept
+  IntRange r = parse_range("4480:5120:128");
+  CHECK(r.values().size() == 6);
+  CHECK(parse_range("4480-5120/320").values() == std::vector<int64_t>{4480, 4800, 5120});
+  CHECK(parse_range("80").values() == std::vector<int64_t>{80});
+  CHECK_THROWS_AS(parse_range("5120:4480"), mp::Error);
+  CHECK_THROWS_AS(parse_range("a:b"), mp::Error);
+
+  HardwareProfile hw = load_hardware("rtx5090");
+  SearchOptions o = minipuzzle_options(hw);
+  o.references = {{"Nano-9B-v2", published("nemotron-nano-9b-v2")}};
+  SearchResult res = run_search(published("nemotron-h-56b"), hw, o);
+  REQUIRE(res.references.size() == 1);
+  CHECK_FALSE(res.references[0].reachable);
+  CHECK(res.references[0].note.find("not a pruned form") != std::string::npos);
+}
