@@ -1,0 +1,16 @@
+// Small helpers shared by the subcommands: device choice and the precision that goes with it.
+#pragma once
+#include <ATen/ATen.h>
+#include <CLI/CLI.hpp>
+
+#include <string>
+
+namespace mp::cli {
+
+// "auto" (CUDA when available), "cpu", "cuda", "cuda:N". Throws a clear error for CUDA without a GPU.
+c10::Device parse_device(const std::string& text);
+// CPU runs in float32, CUDA in bfloat16 (the model's two supported precisions).
+at::ScalarType default_dtype(c10::Device device);
+void add_device_option(CLI::App* app, std::string* device);
+
+}  // namespace mp::cli
