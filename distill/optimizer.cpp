@@ -31,26 +31,31 @@ AdamW::AdamW(const std::map<std::string, at::Tensor>& params, AdamWOptions optio
 void AdamW::step(double lr) {
   at::NoGradGuard no_grad;
   ++steps_;
-  // Two groups (with and without weight decay), each per device; all on one device in practice.
+  // Two groups (with and without weight decay), each updated in chunks of about 512 MB of parameters so that the
+  // float32 copies of bf16 gradients exist for one chunk at a time (a 1B-parameter student would need 4 GB).
+  const int64_t chunk_elements = int64_t(128) << 20;
   for (bool decay : {true, false}) {
-    std::vector<at::Tensor> masters, grads, m, v, steps;
-    std::vector<size_t> idx;
-    for (size_t i = 0; i < params_.size(); ++i) {
-      if (decay_[i] != decay || !params_[i].grad().defined()) continue;
-      at::Tensor g = params_[i].grad();
-      masters.push_back(masters_[i]);
-      grads.push_back(g.scalar_type() == at::kFloat ? g : g.to(at::kFloat));
-      m.push_back(exp_avg_[i]);
-      v.push_back(exp_avg_sq_[i]);
-      steps.push_back(at::full({}, double(steps_), masters_[i].options()));
-      idx.push_back(i);
-    }
-    if (masters.empty()) continue;
-    at::_fused_adamw_(masters, grads, m, v, /*max_exp_avg_sqs=*/{}, steps, lr, options_.beta1, options_.beta2,
-                      decay ? options_.weight_decay : 0.0, options_.eps, /*amsgrad=*/false, /*maximize=*/false);
-    for (size_t k = 0; k < idx.size(); ++k) {
-      size_t i = idx[k];
-      if (!masters_[i].is_same(params_[i])) params_[i].copy_(masters_[i]);  // round the master into bf16
+    size_t i = 0;
+    while (i < params_.size()) {
+      std::vector<at::Tensor> masters, grads, m, v, steps;
+      std::vector<size_t> idx;
+      int64_t elements = 0;
+      for (; i < params_.size() && (elements == 0 || elements + params_[i].numel() <= chunk_elements); ++i) {
+        if (decay_[i] != decay || !params_[i].grad().defined()) continue;
+        at::Tensor g = params_[i].grad();
+        masters.push_back(masters_[i]);
+        grads.push_back(g.scalar_type() == at::kFloat ? g : g.to(at::kFloat));
+        m.push_back(exp_avg_[i]);
+        v.push_back(exp_avg_sq_[i]);
+        steps.push_back(at::full({}, double(steps_), masters_[i].options()));
+        idx.push_back(i);
+        elements += params_[i].numel();
+      }
+      if (masters.empty()) continue;
+      at::_fused_adamw_(masters, grads, m, v, /*max_exp_avg_sqs=*/{}, steps, lr, options_.beta1, options_.beta2,
+                        decay ? options_.weight_decay : 0.0, options_.eps, /*amsgrad=*/false, /*maximize=*/false);
+      for (size_t k : idx)
+        if (!masters_[k].is_same(params_[k])) params_[k].copy_(masters_[k]);  // round the master into bf16
     }
   }
 }

@@ -264,3 +264,22 @@ TEST_CASE("distill: two gloo processes with micro-batch B equal one process with
   const double va = a["evals"].back()["val_loss"], vb = b["evals"].back()["val_loss"];
   CHECK(std::abs(va - vb) <= 2e-5 * va);
 }
+
+TEST_CASE("distill: non-finite steps are skipped, and too many in a row stop the run with a checkpoint") {
+  const Setup& s = setup();
+  std::string out = s.dir + "/nonfinite";
+  // A learning rate of 1e30 makes the weights overflow after the first update: every later loss is NaN/inf.
+  auto r = test::run_command(distill_cmd(s, out, "--tokens 20480 --micro-batch 4 --lr 1e30 --min-lr 1e30 "
+                                                 "--clip 0 --eval-every 1000 --max-nonfinite 3"));
+  INFO(r.output);
+  CHECK(r.exit_code == 3);
+  CHECK_THAT(r.output, MP_CONTAINS("non-finite"));
+  json st = read_json(out + "/checkpoint/trainer.json");
+  CHECK(st["skipped_steps"].get<int>() == 3);
+  CHECK(st["nonfinite_in_a_row"].get<int>() == 3);
+  const auto& losses = st["train_loss"];
+  REQUIRE(losses.size() >= 4);
+  CHECK(losses[0].is_number());
+  for (size_t i = losses.size() - 3; i < losses.size(); ++i) CHECK(losses[i].is_null());
+  CHECK(!fs::exists(out + "/final"));
+}

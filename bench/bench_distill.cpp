@@ -1,0 +1,125 @@
+// One distillation step of the trainer (mp::distill::train_step: teacher forward, student forward + fused
+// lm_head/KD loss, backward, gradient clipping, AdamW on fp32 masters) for a ~1B student and a ~2B teacher with
+// random Nemotron-H weights in bf16; prints JSON (tokens/s, peak memory). bench/bench_distill_torch.py runs the
+// equivalent PyTorch loop (transformers models, eager KD) on the configs this program writes (--config-dir).
+// Usage: bench_distill [--batch 2] [--seq 2048] [--steps 4] [--warmup 2] [--device cuda|cpu] [--tiny]
+//        [--no-fused] [--config-dir DIR]
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#ifdef MINIPUZZLE_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+#include "bench/gpu_timer.h"
+#include "minipuzzle/checkpoint.h"
+#include "minipuzzle/distill.h"
+
+using namespace mp;
+
+namespace {
+
+// Nemotron-H-like shapes (vocabulary 131072, Mamba-2 heads of 64, 8 groups, state 128, GQA attention).
+ModelConfig make_config(int64_t hidden, int64_t ffn, const std::string& pattern, int64_t attn_heads, int64_t kv_heads,
+                        int64_t mamba_heads, int64_t vocab) {
+  json j{{"model_type", "nemotron_h"}, {"vocab_size", vocab}, {"hidden_size", hidden}, {"intermediate_size", ffn},
+         {"hybrid_override_pattern", pattern}, {"num_attention_heads", attn_heads},
+         {"num_key_value_heads", kv_heads}, {"head_dim", hidden / attn_heads}, {"mamba_num_heads", mamba_heads},
+         {"mamba_head_dim", 64}, {"n_groups", 8}, {"ssm_state_size", 128}, {"conv_kernel", 4},
+         {"chunk_size", 128}, {"tie_word_embeddings", false}, {"time_step_min", 0.001},
+         {"layer_norm_epsilon", 1e-5}, {"torch_dtype", "bfloat16"}};
+  return ModelConfig::from_json(j, "bench config");
+}
+
+double peak_gib(c10::Device device) {
+#ifdef MINIPUZZLE_WITH_CUDA
+  if (device.is_cuda()) {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    return double(stats.allocated_bytes[0].peak) / double(1ull << 30);
+  }
+#endif
+  return 0.0;
+}
+
+void reset_peak(c10::Device device) {
+#ifdef MINIPUZZLE_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+#endif
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int64_t batch = 2, seq = 2048;
+  int steps = 4, warmup = 2;
+  bool tiny = false, fused = true;
+  std::string device_name = at::hasCUDA() ? "cuda" : "cpu", config_dir;
+  for (int i = 1; i < argc; ++i) {
+    auto next = [&] { return std::string(argv[++i]); };
+    if (!std::strcmp(argv[i], "--batch")) batch = std::stoll(next());
+    else if (!std::strcmp(argv[i], "--seq")) seq = std::stoll(next());
+    else if (!std::strcmp(argv[i], "--steps")) steps = std::stoi(next());
+    else if (!std::strcmp(argv[i], "--warmup")) warmup = std::stoi(next());
+    else if (!std::strcmp(argv[i], "--device")) device_name = next();
+    else if (!std::strcmp(argv[i], "--tiny")) tiny = true;
+    else if (!std::strcmp(argv[i], "--no-fused")) fused = false;
+    else if (!std::strcmp(argv[i], "--config-dir")) config_dir = next();
+  }
+  c10::Device device(device_name);
+  const at::ScalarType dtype = device.is_cuda() ? at::kBFloat16 : at::kFloat;
+  // ~1.0B student (16 layers, hidden 2048) and ~2.1B teacher (20 layers, hidden 3072); --tiny for a CPU smoke run.
+  ModelConfig student_cfg = tiny ? make_config(128, 256, "M-M*", 4, 2, 8, 512)
+                                 : make_config(2048, 8192, "M-M-M*-M-M-M*-M-", 16, 4, 64, 131072);
+  ModelConfig teacher_cfg = tiny ? make_config(192, 384, "M-M*M-", 4, 2, 16, 512)
+                                 : make_config(3072, 12288, "M-M-M*-M-M-M-M*-M-M-", 24, 8, 96, 131072);
+  if (!config_dir.empty()) {
+    std::filesystem::create_directories(config_dir + "/student");
+    std::filesystem::create_directories(config_dir + "/teacher");
+    std::ofstream(config_dir + "/student/config.json") << student_cfg.to_json().dump(2);
+    std::ofstream(config_dir + "/teacher/config.json") << teacher_cfg.to_json().dump(2);
+  }
+
+  NemotronH student = NemotronH::random_init(student_cfg, 1, device, dtype);
+  distill::ModelTeacher teacher(NemotronH::random_init(teacher_cfg, 2, device, dtype));
+  student.set_requires_grad(true);
+  distill::AdamW optimizer(student.parameters(), {});
+  distill::GradientSync sync(nullptr, optimizer.params(), int64_t(25) << 20);
+  distill::LossOptions loss;
+  loss.alpha = 0.5;
+  loss.temperature = 1.0;
+  loss.fused_lm_head = fused;
+  at::Generator gen = at::detail::createCPUGenerator(3);
+  distill::Batch b;
+  b.input_ids = at::randint(0, student_cfg.vocab_size, {batch, seq}, gen, at::kLong);
+  b.labels = at::randint(0, student_cfg.vocab_size, {batch, seq}, gen, at::kLong);
+
+  std::vector<double> losses, times;
+  auto one_step = [&] {
+    auto t0 = std::chrono::steady_clock::now();
+    distill::StepResult r = distill::train_step(student, &teacher, optimizer, sync, nullptr, {b}, 1e-4, 1.0, loss);
+    bench::synchronize(device);
+    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    losses.push_back(r.loss);
+  };
+  for (int i = 0; i < warmup; ++i) one_step();
+  reset_peak(device);
+  times.clear();
+  for (int i = 0; i < steps; ++i) one_step();
+  std::vector<double> sorted = times;
+  std::sort(sorted.begin(), sorted.end());
+  const double step_s = sorted[sorted.size() / 2];
+  json out{{"bench", "distill_step"}, {"implementation", "minipuzzle"}, {"device", device.str()},
+           {"dtype", device.is_cuda() ? "bf16 params, fp32 masters + AdamW moments" : "float32"},
+           {"loss_path", device.is_cuda() && fused ? "linear_kd (fused lm_head + KD)" : "kd_loss on logits"},
+           {"student_params", count_parameters(student_cfg)}, {"teacher_params", count_parameters(teacher_cfg)},
+           {"batch", batch}, {"seq", seq}, {"tokens_per_step", batch * seq}, {"steps_timed", steps},
+           {"step_s_median", step_s}, {"tokens_per_s", double(batch * seq) / step_s},
+           {"peak_memory_gib", peak_gib(device)}, {"losses", losses}};
+  std::printf("%s\n", out.dump().c_str());
+  return 0;
+}
