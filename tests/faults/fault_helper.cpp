@@ -26,8 +26,6 @@
 #include "distill/trainer_state.h"
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/error.h"
-#include "minipuzzle/token_file.h"
-#include "minipuzzle/tokenizer.h"
 
 namespace {
 
@@ -105,22 +103,33 @@ void save_model(const std::string& out, bool with_nan) {
                        options);
 }
 
+// Written here from the format in token_file.h (not with TokenFileWriter), so the helper needs no data stage.
 void make_tokens(const std::string& name, int64_t count) {
-  mp::TokenFileMetadata meta;
-  meta.tokenizer_kind = "byte_level";
-  meta.tokenizer_sha256 = mp::sha256_hex("fault_helper");
-  meta.vocab_size = 300;
-  mp::TokenFileWriter writer(name, meta);
-  std::vector<uint32_t> doc;
+  std::vector<uint32_t> ids;
+  std::vector<uint64_t> offsets{0};
   for (int64_t i = 0; i < count; ++i) {
-    doc.push_back(static_cast<uint32_t>((i * 7919 + i / 13) % 300));
-    if (doc.size() * 4 >= static_cast<size_t>(count)) {
-      writer.add_document(doc);
-      doc.clear();
-    }
+    ids.push_back(static_cast<uint32_t>((i * 7919 + i / 13) % 300));
+    if ((i + 1) % (count / 4 > 0 ? count / 4 : 1) == 0 || i + 1 == count) offsets.push_back(uint64_t(i + 1));
   }
-  if (!doc.empty()) writer.add_document(doc);
-  writer.finish();
+  auto write = [](const std::string& path, const void* data, size_t n) {
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    MP_CHECK(f && std::fwrite(data, 1, n, f) == n && std::fclose(f) == 0, "cannot write ", path);
+  };
+  write(name + ".tokens", ids.data(), ids.size() * 4);  // little-endian host (x86-64, aarch64)
+  std::string index("MPTIDX1\0", 8);
+  auto put64 = [&](uint64_t v) {
+    for (int b = 0; b < 8; ++b) index.push_back(static_cast<char>(v >> (8 * b)));
+  };
+  put64(offsets.size() - 1);
+  for (uint64_t o : offsets) put64(o);
+  write(name + ".index", index.data(), index.size());
+  mp::json meta = {{"format", "minipuzzle-tokens"}, {"version", 1},
+                   {"tokenizer", {{"kind", "byte_level"}, {"path", ""}, {"sha256", std::string(64, '0')}}},
+                   {"vocab_size", 300}, {"eos_id", nullptr}, {"eos_appended", false},
+                   {"num_tokens", ids.size()}, {"num_documents", offsets.size() - 1},
+                   {"sources", {"fault_helper"}}, {"split", "all"}, {"dtype", "uint32_le"}};
+  std::string text = meta.dump(1);
+  write(name + ".json", text.data(), text.size());
 }
 
 }  // namespace
