@@ -4,6 +4,10 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
+#ifdef MINIPUZZLE_WITH_CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -135,6 +139,12 @@ DistillResult Job::run() {
   const DistributedEnv env = DistributedEnv::from_environment();
   device_ = o_.device == "cuda" ? c10::Device(c10::kCUDA, c10::DeviceIndex(env.local_rank)) : c10::Device(c10::kCPU);
   const at::ScalarType dtype = device_.is_cuda() ? at::kBFloat16 : at::kFloat;
+#ifdef MINIPUZZLE_WITH_CUDA
+  // Kernels launch on the current device's stream: make it this rank's GPU before anything touches CUDA.
+  if (device_.is_cuda()) c10::cuda::set_device(device_.index());
+#else
+  MP_CHECK(!device_.is_cuda(), "distill: --device cuda needs a build with CUDA (MINIPUZZLE_CUDA=ON)");
+#endif
   comm_ = make_communicator(env, device_);
   rank_ = env.rank;
   world_ = env.world_size;
