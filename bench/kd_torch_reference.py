@@ -11,6 +11,7 @@ during one call minus allocated before, minus the gradients kept (d logits, or d
 Writes one JSON file (--out) and prints it.
 """
 import argparse
+import inspect
 import json
 import statistics
 import sys
@@ -102,7 +103,11 @@ def bench_linear(n, hidden, v, iters, results):
             except Exception as e:  # noqa: BLE001 - older Liger: beta must be in (0, 1)
                 out[f"liger_fused_linear_jsd_beta_{beta}"] = {"error": repr(e)[:300]}
                 continue
-            candidates.append((f"liger_fused_linear_jsd_beta_{beta}", lambda a, b, c, d, m=module: m(a, b, c, d)))
+            # Liger >= 0.5 takes shift_labels (Optional, no default) after the four tensors; older ones do not.
+            takes_labels = "shift_labels" in inspect.signature(module.forward).parameters
+            candidates.append((f"liger_fused_linear_jsd_beta_{beta}",
+                               (lambda a, b, c, d, m=module: m(a, b, c, d, shift_labels=None)) if takes_labels
+                               else (lambda a, b, c, d, m=module: m(a, b, c, d))))
     except Exception as e:  # noqa: BLE001
         out["liger"] = {"error": "liger_kernel not importable: " + repr(e)[:300], "ran": False}
     for name, fn in candidates:

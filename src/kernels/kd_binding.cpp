@@ -8,6 +8,7 @@
 #include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -45,20 +46,32 @@ at::Tensor kd_grad_scale(const at::Tensor& labels, int64_t rows, const KdOptions
 
 namespace {
 
-// MINIPUZZLE_KD_KERNEL=two_pass|cluster_smem|auto overrides the automatic choice of kernel shape (e.g. to rule
-// the cluster kernel in or out when comparing runs). Read once.
+std::atomic<int> last_kernel{-1};  // a KdKernelVariant value, -1 before any CUDA call
+
+// MINIPUZZLE_KD_KERNEL=two_pass|cluster_smem|cluster_pipelined|auto overrides the automatic choice of kernel
+// shape (e.g. to rule a cluster kernel in or out when comparing runs). Read once.
 KdRowsVariant variant_from_environment() {
   static const KdRowsVariant variant = [] {
     const char* value = std::getenv("MINIPUZZLE_KD_KERNEL");
     if (!value || !*value || std::string(value) == "auto") return KdRowsVariant::automatic;
     if (std::string(value) == "two_pass") return KdRowsVariant::two_pass;
     if (std::string(value) == "cluster_smem") return KdRowsVariant::cluster_smem;
-    fail("MINIPUZZLE_KD_KERNEL is '", value, "'; expected auto, two_pass or cluster_smem");
+    if (std::string(value) == "cluster_pipelined") return KdRowsVariant::cluster_pipelined;
+    fail("MINIPUZZLE_KD_KERNEL is '", value, "'; expected auto, two_pass, cluster_smem or cluster_pipelined");
   }();
   return variant;
 }
 
 }  // namespace
+
+const char* kd_rows_last_kernel() {
+  switch (last_kernel.load()) {  // KdKernelVariant's values (kd_loss_cuda.h)
+    case 1: return "cluster_smem";
+    case 2: return "two_pass";
+    case 3: return "cluster_pipelined";
+    default: return "none";
+  }
+}
 
 void kd_rows(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& labels, const KdOptions& options,
              const at::Tensor& grad_scale, const at::Tensor& row_loss, const at::Tensor& grad,
@@ -97,11 +110,14 @@ void kd_rows(const at::Tensor& student, const at::Tensor& teacher, const at::Ten
   params.ce_weight = float(options.ce_weight);
   params.ignore_index = options.ignore_index;
   if (variant == KdRowsVariant::automatic) variant = variant_from_environment();
-  const k::KdKernelVariant kernel_variant = variant == KdRowsVariant::cluster_smem ? k::KdKernelVariant::cluster_smem
-                                            : variant == KdRowsVariant::two_pass   ? k::KdKernelVariant::two_pass
-                                                                                   : k::KdKernelVariant::automatic;
+  const k::KdKernelVariant kernel_variant = variant == KdRowsVariant::cluster_smem        ? k::KdKernelVariant::cluster_smem
+                                            : variant == KdRowsVariant::two_pass          ? k::KdKernelVariant::two_pass
+                                            : variant == KdRowsVariant::cluster_pipelined ? k::KdKernelVariant::cluster_pipelined
+                                                                                          : k::KdKernelVariant::automatic;
   const c10::cuda::CUDAGuard device_guard(student.device());
-  const cudaError_t err = k::kd_rows_launch(params, kernel_variant, c10::cuda::getCurrentCUDAStream());
+  k::KdKernelVariant used = kernel_variant;
+  const cudaError_t err = k::kd_rows_launch(params, kernel_variant, c10::cuda::getCurrentCUDAStream(), &used);
+  last_kernel = int(used);
   MP_CHECK(err == cudaSuccess, "kd_loss CUDA kernel launch failed: ", cudaGetErrorString(err), " (rows ", params.rows,
            ", vocab ", params.vocab, ", dtype ", student.scalar_type(), ")");
 #else

@@ -15,7 +15,11 @@ void check_kd_options(const KdOptions& options, bool has_labels);
 at::Tensor kd_grad_scale(const at::Tensor& labels, int64_t rows, const KdOptions& options, at::Device device);
 
 // Which CUDA kernel shape runs the rows (see src/kernels/kd_loss_cuda.h); ignored on CPU.
-enum class KdRowsVariant { automatic, cluster_smem, two_pass };
+enum class KdRowsVariant { automatic, cluster_smem, two_pass, cluster_pipelined };
+
+// The kernel shape the latest CUDA kd_rows call ran ("cluster_pipelined", "cluster_smem", "two_pass"; "none"
+// before any), so benchmarks can say what `automatic` chose.
+const char* kd_rows_last_kernel();
 
 // Row losses and, when `grad` is defined, d(sum of row losses * grad_scale) / d student, for rows of logits.
 //   student, teacher: [rows, V] with unit inner stride; labels: int64 [rows] or undefined;

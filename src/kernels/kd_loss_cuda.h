@@ -11,12 +11,15 @@ enum class KdDtype : int { f32 = 0, f16 = 1, bf16 = 2 };
 enum class KdKind : int { forward_kl = 0, reverse_kl = 1, jsd = 2 };
 
 // Which kernel shape runs the rows.
-//   automatic    : cluster_smem when a row fits the cluster's shared memory (and the device can co-schedule the
-//                  cluster), otherwise two_pass.
+//   automatic    : cluster_pipelined, else cluster_smem when a row fits the cluster's shared memory (and the
+//                  device can co-schedule the cluster), otherwise two_pass.
 //   cluster_smem : a cluster of up to 8 blocks holds one row in shared memory: logits are read from HBM once and
 //                  the gradient written once (the bandwidth-optimal shape on Hopper).
 //   two_pass     : one block per row reading the row from global memory in each stage (any size; the fallback).
-enum class KdKernelVariant : int { automatic = 0, cluster_smem = 1, two_pass = 2 };
+//   cluster_pipelined : cluster_smem made persistent: each block keeps several slice buffers and copies the next
+//                  rows while computing the current one (memory and arithmetic overlap). automatic takes it when
+//                  at least two buffers fit (16-bit logits up to V ~ 230k, fp32 ~ 115k), else cluster_smem, else two_pass.
+enum class KdKernelVariant : int { automatic = 0, cluster_smem = 1, two_pass = 2, cluster_pipelined = 3 };
 
 struct KdRowParams {
   const void* student = nullptr;   // [rows, vocab] logits, row stride student_stride elements

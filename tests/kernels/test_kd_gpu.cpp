@@ -27,7 +27,10 @@ using mp::json;
 using mp::detail::KdRowsVariant;
 
 const char* variant_name(KdRowsVariant v) {
-  return v == KdRowsVariant::cluster_smem ? "cluster_smem" : v == KdRowsVariant::two_pass ? "two_pass" : "automatic";
+  return v == KdRowsVariant::cluster_smem        ? "cluster_smem"
+         : v == KdRowsVariant::two_pass          ? "two_pass"
+         : v == KdRowsVariant::cluster_pipelined ? "cluster_pipelined"
+                                                 : "automatic";
 }
 
 double grad_tolerance(at::ScalarType t) {
@@ -62,6 +65,7 @@ json check_kd(const std::string& name, const Inputs& in, mp::KdOptions o, KdRows
             {"ce_weight", o.ce_weight}};
   try {
     const auto got = mp::detail::kd_loss_and_grad(in.student, in.teacher, in.labels, o, true, variant);
+    r["kernel_ran"] = mp::detail::kd_rows_last_kernel();
     const double count = in.labels.defined() ? std::max<double>(1, in.labels.ne(o.ignore_index).sum().item<double>()) : n;
     mp::KdOptions summed = o;
     summed.reduction = mp::KdReduction::sum;
@@ -161,7 +165,8 @@ int main(int argc, char** argv) {
     std::cerr << r.dump() << std::endl;
     results.push_back(std::move(r));
   };
-  const KdRowsVariant variants[] = {KdRowsVariant::automatic, KdRowsVariant::cluster_smem, KdRowsVariant::two_pass};
+  const KdRowsVariant variants[] = {KdRowsVariant::automatic, KdRowsVariant::cluster_smem, KdRowsVariant::two_pass,
+                                    KdRowsVariant::cluster_pipelined};
   mp::KdOptions fkl;
   fkl.temperature = 2.0;
   // The shapes: N up to 16384, V = 131072 and 256000, bf16.
