@@ -18,6 +18,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -199,6 +200,16 @@ int communicator_size(const Communicator* comm);
 // In-place sum over ranks of a small tensor (losses, flags), blocking; a no-op for a single process.
 void all_reduce_sum(Communicator* comm, at::Tensor& tensor);
 void barrier(Communicator* comm);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Activation checkpointing: fn(input) runs without keeping its intermediate activations; backward runs it again
+// with autograd and differentiates that. `params` are the tensors fn reads that need gradients (a layer's
+// weights): their gradients reach .grad through this node, so gradient hooks (GradientSync) still fire. fn must be
+// deterministic (the model has no dropout). The trainer can wrap each student layer with it once the model exposes
+// its layers one at a time (NemotronH has forward/forward_hidden only, so --activation-checkpointing is not a
+// CLI option yet).
+at::Tensor checkpointed(const std::function<at::Tensor(const at::Tensor&)>& fn, const at::Tensor& input,
+                        const std::vector<at::Tensor>& params);
 
 // ---------------------------------------------------------------------------------------------------------------
 // The step itself, shared by run_distillation and the benchmark.
