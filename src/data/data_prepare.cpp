@@ -199,6 +199,16 @@ DataPrepResult prepare_token_files(const DataPrepOptions& options) {
     MP_CHECK(fs::is_regular_file(in), "input ", in, " is not a readable file");
     total_bytes += fs::file_size(in);
   }
+  // Inputs are never modified: refuse an output name whose files would replace one (e.g. -o data for data.json).
+  std::vector<std::string> bases = {options.output};
+  if (options.valid_fraction > 0) bases = {options.output + ".train", options.output + ".valid"};
+  for (const std::string& base : bases)
+    for (const char* ext : {".tokens", ".index", ".json"})
+      for (const std::string& in : options.inputs) {
+        std::error_code ec;
+        MP_CHECK(!fs::equivalent(base + ext, in, ec), "output ", base, ext, " would overwrite the input ", in,
+                 "; choose another -o name");
+      }
   Tokenizer tokenizer = Tokenizer::from_file(options.tokenizer);
   std::optional<uint32_t> eos = tokenizer.eos_id();
   MP_CHECK(!options.append_eos || eos, "--append-eos: tokenizer ", options.tokenizer,

@@ -229,6 +229,11 @@ TEST_CASE("data preparation: JSONL, whole-file documents, errors", "[data]") {
   o.output = (dir / "bad").string();
   CHECK_THROWS_WITH(mp::prepare_token_files(o), Catch::Contains("bad.jsonl:2") && Catch::Contains("\"text\""));
   CHECK_FALSE(fs::exists(dir / "bad.tokens"));
+  write_file(dir / "corpus.json", "{\"text\": \"x\"}\n");
+  o.inputs = {(dir / "corpus.json").string()};
+  o.output = (dir / "corpus").string();
+  CHECK_THROWS_WITH(mp::prepare_token_files(o), Catch::Contains("would overwrite the input"));
+  CHECK(read_file(dir / "corpus.json") == "{\"text\": \"x\"}\n");
   o.inputs = {(dir / "missing.txt").string()};
   CHECK_THROWS_WITH(mp::prepare_token_files(o), Catch::Contains("missing.txt"));
 }
