@@ -246,7 +246,8 @@ int64_t parse_token_count(const std::string& text) {
   else if (unit == "m" || unit == "mi") scale = 1024.0 * 1024.0;
   else MP_CHECK(unit.empty(), "token count \"", text, "\": unknown suffix \"", unit, "\" (k = 1024, M = 1024^2)");
   double n = v * scale;
-  MP_CHECK(n >= 1 && n < 1e12 && std::floor(n) == n, "token count \"", text, "\" must be a positive whole number");
+  MP_CHECK(n >= 1 && std::floor(n) == n, "token count \"", text, "\" must be a positive whole number");
+  MP_CHECK(n < 1e12, "token count \"", text, "\" is above the supported 10^12 tokens (byte counts would overflow)");
   return static_cast<int64_t>(n);
 }
 
