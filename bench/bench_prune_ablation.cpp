@@ -37,17 +37,17 @@ namespace {
 ModelConfig ablation_config() {
   json j{{"hybrid_override_pattern", "M-M*M-M-"},
          {"vocab_size", 256},
-         {"hidden_size", 128},
-         {"intermediate_size", 256},
+         {"hidden_size", 96},
+         {"intermediate_size", 192},
          {"num_attention_heads", 4},
          {"num_key_value_heads", 2},
-         {"head_dim", 32},
+         {"head_dim", 24},
          {"mamba_num_heads", 16},
-         {"mamba_head_dim", 16},
+         {"mamba_head_dim", 8},
          {"n_groups", 4},
          {"ssm_state_size", 16},
          {"conv_kernel", 4},
-         {"chunk_size", 64},
+         {"chunk_size", 32},
          {"tie_word_embeddings", false},
          {"time_step_min", 0.001},
          {"layer_norm_epsilon", 1e-5}};
@@ -117,7 +117,7 @@ struct AdamW {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int64_t steps = 300;
+  int64_t steps = 200;
   uint64_t seed = 0;
   const char* shared = std::getenv("MINIPUZZLE_SHARED_DATA");
   std::string data_path = std::string(shared ? shared : "/work/shared/data") + "/tinyshakespeare.txt";
@@ -146,14 +146,14 @@ int main(int argc, char** argv) {
   auto t0 = std::chrono::steady_clock::now();
   double last_loss = 0;
   for (int64_t s = 0; s < steps; ++s) {
-    at::Tensor w = sample_windows(train, 16, 128, gen);
-    at::Tensor logits = model.forward(w.narrow(1, 0, 128));
-    at::Tensor loss = at::cross_entropy_loss(logits.reshape({-1, 256}), w.narrow(1, 1, 128).reshape(-1));
+    at::Tensor w = sample_windows(train, 16, 64, gen);
+    at::Tensor logits = model.forward(w.narrow(1, 0, 64));
+    at::Tensor loss = at::cross_entropy_loss(logits.reshape({-1, 256}), w.narrow(1, 1, 64).reshape(-1));
     loss.backward();
     const double warm = std::min(1.0, (s + 1) / 30.0), decay = 0.5 * (1 + std::cos(M_PI * s / steps));
     opt.step(3e-3 * warm * (0.1 + 0.9 * decay));
     last_loss = loss.item<double>();
-    if (s % 50 == 0) std::fprintf(stderr, "step %lld loss %.3f\n", static_cast<long long>(s), last_loss);
+    if (s % 25 == 0) std::fprintf(stderr, "step %lld loss %.3f\n", static_cast<long long>(s), last_loss);
   }
   const double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   model.set_requires_grad(false);
@@ -211,7 +211,7 @@ int main(int argc, char** argv) {
   }
 
   at::Generator eval_gen = at::detail::createCPUGenerator(seed + 4);
-  at::Tensor eval = sample_windows(held_out, 64, 256, eval_gen);
+  at::Tensor eval = sample_windows(held_out, 64, 128, eval_gen);
   json loss{{"parent", lm_loss(model, eval)},
             {"group_aware", lm_loss(prune_in_memory(model, aware), eval)},
             {"naive_global_topk", lm_loss(prune_in_memory(model, naive), eval)},
@@ -220,9 +220,9 @@ int main(int argc, char** argv) {
            {"model", {{"pattern", config.pattern()}, {"hidden", config.hidden_size}, {"mamba_heads", 16},
                       {"n_groups", 4}, {"parameters", count_parameters(config)}}},
            {"pruned", {{"mamba_heads", 8}, {"parameters", count_parameters(aware.target)}}},
-           {"train", {{"steps", steps}, {"batch", 16}, {"seq_len", 128}, {"seconds", train_seconds},
+           {"train", {{"steps", steps}, {"batch", 16}, {"seq_len", 64}, {"seconds", train_seconds},
                       {"final_batch_loss", last_loss}}},
-           {"eval", {{"windows", 64}, {"seq_len", 256}, {"text", "last 10% of tinyshakespeare"}}},
+           {"eval", {{"windows", 64}, {"seq_len", 128}, {"text", "last 10% of tinyshakespeare"}}},
            {"lm_loss_nats_per_byte", loss},
            {"naive_heads_reading_another_groups_BC", moved},
            {"naive_heads_kept", total_kept},

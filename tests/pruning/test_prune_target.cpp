@@ -7,6 +7,7 @@
 #include "catch.h"
 #include "fixtures.h"
 #include "minipuzzle/checkpoint.h"
+#include "minipuzzle/error.h"
 #include "minipuzzle/safetensors.h"
 #include "prune_test_util.h"
 #include "run_command.h"
