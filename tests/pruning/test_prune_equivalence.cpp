@@ -3,6 +3,8 @@
 // model implements independently of the pruner) and dropped layers skipped. fp32, tolerance 1e-5 of the logit
 // scale (measured: 0 for MLP / attention / depth, up to 1.5e-5 absolute on logits of magnitude 4 for Mamba).
 // Also checks, by brute force over the scores, that the plan keeps the best units by the group-aware rules.
+#include <ATen/Context.h>
+
 #include <algorithm>
 #include <set>
 
@@ -163,5 +165,22 @@ TEST_CASE("a checkpoint streamed to disk holds the same model as the in-memory p
       INFO(model_name << " " << name);
       CHECK(at::equal(t, from_disk.parameters().at(name)));
     }
+  }
+}
+
+TEST_CASE("pruning in memory on CUDA cuts the same tensors as on the CPU", "[pruning][cuda]") {
+  if (!at::hasCUDA()) {
+    SUCCEED("no CUDA device here; runs on the GPU host (scripts/gpu/pruning.sh)");
+    return;
+  }
+  auto ck = Checkpoint::open(test::reference_model("hybrid_g4_sharded"));
+  Scores scores = test::make_random_scores(ck.config(), 5);
+  PrunePlan plan = make_plan(ck.config(), cases_for(ck.config()).back().target, &scores);
+  NemotronH cpu = prune_in_memory(NemotronH::load(ck, at::kCPU, at::kBFloat16), plan);
+  NemotronH gpu = prune_in_memory(NemotronH::load(ck, at::kCUDA, at::kBFloat16), plan);
+  for (auto& [name, t] : cpu.parameters()) {
+    INFO(name);
+    CHECK(gpu.parameters().at(name).is_cuda());
+    CHECK(at::equal(gpu.parameters().at(name).cpu(), t));
   }
 }
