@@ -108,6 +108,12 @@ PruneTarget PruneTarget::from_json(const json& j, const std::string& what) {
   return t;
 }
 
+PruneTarget target_from_config(const ModelConfig& student, const std::vector<int64_t>& dropped_layers) {
+  json j = student.to_json();
+  j["dropped_layers"] = dropped_layers;
+  return PruneTarget::from_json(j, "candidate " + student.pattern());
+}
+
 static std::string read_text(const std::string& path) {
   std::ifstream f(path);
   MP_CHECK(f.good(), path, ": cannot read the target file");

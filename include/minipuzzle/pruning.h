@@ -55,6 +55,8 @@ struct PruneTarget {
 // TARGET as given on the command line: a JSON file, inline JSON text ("{...}"), or REPORT.json#<candidate id>
 // (a `minipuzzle search` report; the candidate's config and dropped layers).
 PruneTarget load_target(const std::string& text);
+// A student config (e.g. a search candidate's) plus the parent layers it drops, as a target.
+PruneTarget target_from_config(const ModelConfig& student, const std::vector<int64_t>& dropped_layers);
 
 // ---------------------------------------------------------------- plan
 // Kept units of one layer of the pruned model, as parent indices in ascending order.

@@ -168,6 +168,9 @@ TEST_CASE("targets parse from flags, JSON, a full config and a search report can
   CHECK(plan.target.pattern() == "M-M*M-");
   CHECK(plan.target.mamba_num_heads == 4);
   CHECK_THROWS_WITH(load_target(dir + "/report.json#c-zzz"), MP_CONTAINS("no candidate with id \"c-zzz\""));
+  // The same student handed over in memory (the search's zero-shot ranking path).
+  PrunePlan from_config = make_plan(parent, target_from_config(student, {1, 4}), &scores);
+  CHECK(from_config.to_json() == plan.to_json());
   // A candidate whose pattern does not follow from its dropped layers is refused.
   report["candidates"][0]["dropped_layers"] = {1, 3};
   write_json_file(dir + "/report.json", report);
