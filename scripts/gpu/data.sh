@@ -36,5 +36,6 @@ for line in open(sys.argv[1]):
     hf, mp = r["tokenizers"], r["minipuzzle"]
     print(f"{r['tokenizer'].split('/')[-2]:26s} threads {r['threads']}: tokenizers {hf['warm_mb_per_s']:7.2f} MB/s warm "
           f"({hf['cold_mb_per_s']:.2f} cold) | minipuzzle {mp['warm_mb_per_s']:7.2f} MB/s warm ({mp['cold_mb_per_s']:.2f} cold)"
-          f" | speedup {r['speedup_warm']:.2f}x warm, {r['speedup_cold']:.2f}x cold | same tokens: {r['same_token_count']}")
+          f" | speedup {r['speedup_warm']:.2f}x warm, {r['speedup_cold']:.2f}x cold"
+          f" (vs encode_batch_fast {r.get('speedup_warm_vs_encode_batch_fast', float('nan')):.2f}x) | same tokens: {r['same_token_count']}")
 PY
