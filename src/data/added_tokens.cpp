@@ -59,9 +59,9 @@ void AddedTokenMatcher::build(const std::vector<const AddedToken*>& tokens) {
   nodes_.assign(1, Node());
   first_byte_.fill(false);
   for (const AddedToken* t : tokens) {
-    if (t->content.empty()) continue;
+    if (t->pattern.empty()) continue;
     int32_t node = 0;
-    for (unsigned char c : t->content) {
+    for (unsigned char c : t->pattern) {
       auto it = nodes_[node].next.find(c);
       if (it == nodes_[node].next.end()) {
         int32_t fresh = int32_t(nodes_.size());
@@ -72,11 +72,11 @@ void AddedTokenMatcher::build(const std::vector<const AddedToken*>& tokens) {
         node = it->second;
       }
     }
-    if (nodes_[node].token < 0) {  // the same content twice: the first wins
+    if (nodes_[node].token < 0) {  // the same pattern twice: the first wins
       nodes_[node].token = int32_t(tokens_.size());
       tokens_.push_back(t);
     }
-    first_byte_[static_cast<unsigned char>(t->content[0])] = true;
+    first_byte_[static_cast<unsigned char>(t->pattern[0])] = true;
   }
 }
 

@@ -136,6 +136,10 @@ static std::optional<uint32_t> find_eos(const TokenizerImpl& t) {
 }
 
 static void build_matchers(TokenizerImpl& t) {
+  for (AddedToken& a : t.added) {
+    a.pattern = a.content;
+    if (a.normalized && t.normalizer && !a.content.empty()) t.normalizer->normalize(a.pattern);
+  }
   std::vector<const AddedToken*> raw, normalized;
   for (const AddedToken& a : t.added) (a.normalized ? normalized : raw).push_back(&a);
   t.raw_matcher.build(raw);
@@ -258,7 +262,7 @@ std::string Tokenizer::decode(const uint32_t* ids, size_t count) const {
     MP_CHECK(id < t.vocab_size, "decode: token id ", id, " at position ", i, " is outside the vocabulary (size ",
              t.vocab_size, ")");
     if (auto it = t.added_by_id.find(id); it != t.added_by_id.end()) {
-      out += t.added[it->second].content;
+      out += t.added[it->second].pattern;  // a normalized token reads as its normalized text, as in `tokenizers`
       continue;
     }
     if (t.kind == "byte_level") {
@@ -303,7 +307,7 @@ std::optional<uint32_t> Tokenizer::token_id(std::string_view token) const {
 std::string Tokenizer::id_to_token(uint32_t id) const {
   const TokenizerImpl& t = *impl_;
   MP_CHECK(id < t.vocab_size, "token id ", id, " is outside the vocabulary (size ", t.vocab_size, ")");
-  if (auto it = t.added_by_id.find(id); it != t.added_by_id.end()) return t.added[it->second].content;
+  if (auto it = t.added_by_id.find(id); it != t.added_by_id.end()) return t.added[it->second].pattern;
   if (t.kind == "byte_level") {
     char name[16];
     std::snprintf(name, sizeof name, "<0x%02X>", id);

@@ -44,6 +44,9 @@ struct ByteLevelMap {
 struct AddedToken {
   uint32_t id = 0;
   std::string content;
+  // What the text is searched for: the content, or for a normalized token the content after the normalizer
+  // (as `tokenizers` does, so with a Prepend("^") normalizer "thee" is found as "^thee").
+  std::string pattern;
   bool single_word = false, lstrip = false, rstrip = false, normalized = false, special = false;
 };
 

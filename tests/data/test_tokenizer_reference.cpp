@@ -116,6 +116,24 @@ TEST_CASE("encoder matches tokenizers on edge cases, with and without the post-p
   }
 }
 
+TEST_CASE("other pipeline pieces match tokenizers: Split behaviours, invert, Digits, normalizers", "[tokenizer][reference]") {
+  std::vector<const char*> variants = {"variant_removed", "variant_merged_previous_digits", "variant_merged_next",
+                                       "variant_contiguous_invert_digits"};
+  if (MINIPUZZLE_TEST_HAVE_ICU) variants.push_back("variant_normalizers");  // NFKC and Lowercase need ICU
+  for (const char* variant : variants) {
+    mp::Tokenizer tok = mp::Tokenizer::from_file((kRefDir / variant / "tokenizer.json").string());
+    mp::json ref = mp::json::parse(read_file(kRefDir / variant / "cases.json"));
+    for (const mp::json& c : ref.at("cases")) {
+      std::string text = c.at("text").get<std::string>();
+      INFO(variant << ": " << mp::json(text).dump().substr(0, 80));
+      std::vector<uint32_t> ids = tok.encode(text);
+      require_same_ids(ids, c.at("ids").get<std::vector<uint32_t>>(), tok, variant);
+      CHECK(tok.encode(text, true) == c.at("ids_with_special").get<std::vector<uint32_t>>());
+      CHECK(tok.decode(ids) == c.at("decoded").get<std::string>());
+    }
+  }
+}
+
 TEST_CASE("tokenizer hash and vocabulary lookups", "[tokenizer]") {
   fs::path path = kRefDir / "shakespeare_512_gpt2" / "tokenizer.json";
   mp::Tokenizer tok = mp::Tokenizer::from_file(path.string());

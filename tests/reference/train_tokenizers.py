@@ -86,6 +86,52 @@ def train(name, corpus_files, vocab, style, opts):
     return Tokenizer.from_str(json.dumps(spec)), spec
 
 
+# Small tokenizers exercising the other pipeline pieces (Split behaviours, String patterns, invert, Digits,
+# normalizers) on the edge cases and corpus excerpts only: name -> (pre_tokenizer, normalizer).
+def variant_specs():
+    bl = lambda use_regex: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=use_regex)
+    return {
+        "variant_removed": (pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\s+"), "removed"), bl(False)]), None),
+        "variant_merged_previous_digits": (pre_tokenizers.Sequence([
+            pre_tokenizers.Split(" ", "merged_with_previous"), pre_tokenizers.Digits(individual_digits=True),
+            bl(False)]), None),
+        "variant_merged_next": (pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(r"[,.!?;:]"), "merged_with_next"), bl(True)]), None),
+        "variant_contiguous_invert_digits": (pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(r"\p{L}+"), "contiguous", invert=True),
+            pre_tokenizers.Digits(individual_digits=False), bl(False)]), None),
+        "variant_normalizers": (bl(True), normalizers.Sequence([
+            normalizers.NFKC(), normalizers.Lowercase(), normalizers.Replace("``", '"'),
+            normalizers.Replace(Regex(r"@-@"), "-"), normalizers.Strip(), normalizers.Prepend("^")])),
+    }
+
+
+def train_variant(pre_tokenizer, normalizer, text):
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizer
+    if normalizer is not None:
+        tok.normalizer = normalizer
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS[:2], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([text], trainer)
+    tok.add_tokens([AddedToken("thee", normalized=True)])
+    return tok
+
+
+def write_cases(tok, texts, path):
+    cases = []
+    for text in texts:
+        plain = tok.encode(text, add_special_tokens=False).ids
+        cases.append({"text": text, "ids": plain, "ids_with_special": tok.encode(text).ids,
+                      "decoded": tok.decode(plain, skip_special_tokens=False)})
+    meta = {"vocab_size_with_added": tok.get_vocab_size(with_added_tokens=True),
+            "specials": {s: tok.token_to_id(s) for s in SPECIALS if tok.token_to_id(s) is not None},
+            "cases": cases}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(meta, f, ensure_ascii=False)
+
+
 def with_specials(text):
     """The corpus with special tokens placed between paragraphs and inside some lines."""
     paragraphs = text.split("\n\n")
@@ -134,6 +180,14 @@ def main():
                 "specials": {s: tok.token_to_id(s) for s in SPECIALS}, "cases": cases}
         with open(os.path.join(d, "cases.json"), "w", encoding="utf-8") as f:
             json.dump(meta, f, ensure_ascii=False)
+        print(f"{name}: vocab {tok.get_vocab_size()} saved")
+    excerpts = [corpora["tinyshakespeare"][:20000], corpora["wikitext2"][:20000]]
+    for name, (pre, norm) in variant_specs().items():
+        d = os.path.join(args.out, name)
+        os.makedirs(d, exist_ok=True)
+        tok = train_variant(pre, norm, corpora["tinyshakespeare"][:200000])
+        tok.save(os.path.join(d, "tokenizer.json"))
+        write_cases(tok, EDGE_CASES + excerpts, os.path.join(d, "cases.json"))
         print(f"{name}: vocab {tok.get_vocab_size()} saved")
     with open(stamp, "w") as f:
         f.write(stamp_key)
