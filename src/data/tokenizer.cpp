@@ -21,8 +21,8 @@ PostProcessor PostProcessor::from_json(const json& spec, const std::string& what
   std::string type = spec.value("type", std::string());
   auto id_of_pair = [&](const char* key) {
     const json& pair = spec.at(key);
-    MP_CHECK(pair.is_array() && pair.size() == 2 && pair[1].is_number_unsigned(), what, ": post_processor.", key,
-             " must be [token, id]");
+    MP_CHECK(pair.is_array() && pair.size() == 2 && pair[1].is_number_unsigned() && pair[1].get<uint64_t>() < (1u << 31),
+             what, ": post_processor.", key, " must be [token, id]");
     return pair[1].get<uint32_t>();
   };
   if (type == "ByteLevel") return p;  // only adjusts offsets
@@ -45,8 +45,11 @@ PostProcessor PostProcessor::from_json(const json& spec, const std::string& what
       std::string name = item.at("SpecialToken").at("id").get<std::string>();
       MP_CHECK(specials.contains(name), what, ": post_processor template uses ", json(name).dump(),
                ", which is missing from its special_tokens");
-      for (const json& id : specials.at(name).at("ids"))
+      for (const json& id : specials.at(name).at("ids")) {
+        MP_CHECK(id.is_number_unsigned() && id.get<uint64_t>() < (1u << 31), what, ": post_processor special token ",
+                 json(name).dump(), " has id ", id.dump(), ", expected a non-negative integer");
         (seen_sequence ? p.suffix : p.prefix).push_back(id.get<uint32_t>());
+      }
     }
     return p;
   }
