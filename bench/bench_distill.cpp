@@ -36,10 +36,19 @@ ModelConfig make_config(int64_t hidden, int64_t ffn, const std::string& pattern,
   return ModelConfig::from_json(j, "bench config");
 }
 
+#ifdef MINIPUZZLE_WITH_CUDA
+// The caching allocator knows a device only after its first allocation, and "cuda" has no index (-1):
+// allocate once and ask for the current device, or the stats calls abort with "Invalid device argument".
+c10::DeviceIndex allocator_device(c10::Device device) {
+  (void)at::empty({1}, at::TensorOptions().device(device));
+  return device.has_index() ? device.index() : c10::cuda::current_device();
+}
+#endif
+
 double peak_gib(c10::Device device) {
 #ifdef MINIPUZZLE_WITH_CUDA
   if (device.is_cuda()) {
-    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(allocator_device(device));
     return double(stats.allocated_bytes[0].peak) / double(1ull << 30);
   }
 #endif
@@ -48,7 +57,7 @@ double peak_gib(c10::Device device) {
 
 void reset_peak(c10::Device device) {
 #ifdef MINIPUZZLE_WITH_CUDA
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(allocator_device(device));
 #endif
 }
 
