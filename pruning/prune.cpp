@@ -9,7 +9,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
+#include <cstring>
 
 #include "minipuzzle/error.h"
 #include "minipuzzle/progress.h"
@@ -31,8 +34,31 @@ void release_pages(const void* begin, size_t nbytes) {
   if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
 }
 
-at::Tensor index_tensor(const std::vector<int64_t>& idx, int64_t begin, int64_t end) {
-  return at::tensor(at::ArrayRef<int64_t>(idx.data() + begin, static_cast<size_t>(end - begin)), at::kLong);
+// Output rows [r0, r1) of a cut, copied with plain loops: ATen's index_select along dim 1 on bf16 costs several
+// times a copy, which made pruning 4-5x slower than `cp`. Columns go as runs of consecutive kept indices (memcpy).
+void cut_rows_raw(const at::Tensor& source, const TensorCut& cut, const std::vector<std::pair<int64_t, int64_t>>& col_runs,
+                  at::Tensor& out, int64_t r0, int64_t r1) {
+  const int64_t rows = source.size(0);
+  const size_t elem = source.element_size();
+  const size_t src_row = static_cast<size_t>(source.numel() / rows) * elem;
+  const size_t dst_row = static_cast<size_t>(out.numel() / std::max<int64_t>(1, out.size(0))) * elem;
+  const char* src = static_cast<const char*>(source.data_ptr());
+  char* dst = static_cast<char*>(out.data_ptr());
+  at::parallel_for(r0, r1, 64, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t from = cut.rows.empty() ? r : cut.rows[static_cast<size_t>(r)];
+      const char* s = src + static_cast<size_t>(from) * src_row;
+      char* d = dst + static_cast<size_t>(r) * dst_row;
+      if (col_runs.empty()) {
+        std::memcpy(d, s, src_row);
+        continue;
+      }
+      for (auto& [c, n] : col_runs) {
+        std::memcpy(d, s + static_cast<size_t>(c) * elem, static_cast<size_t>(n) * elem);
+        d += static_cast<size_t>(n) * elem;
+      }
+    }
+  });
 }
 
 // Cuts a memory-mapped parent tensor block by block of output rows, releasing parent pages behind it.
@@ -40,7 +66,7 @@ at::Tensor cut_streamed(const at::Tensor& source, const TensorCut& cut) {
   const int64_t rows = source.dim() == 0 ? 1 : source.size(0);
   const int64_t row_bytes = rows ? static_cast<int64_t>(source.nbytes()) / rows : 0;
   const int64_t block = std::max<int64_t>(1, kBlockBytes / std::max<int64_t>(1, row_bytes));
-  if (source.dim() == 0 || rows <= block) {
+  if (source.dim() == 0) {
     at::Tensor out = cut_tensor(source, cut);
     release_pages(source.data_ptr(), source.nbytes());
     return out;
@@ -48,13 +74,17 @@ at::Tensor cut_streamed(const at::Tensor& source, const TensorCut& cut) {
   const bool ascending = std::is_sorted(cut.rows.begin(), cut.rows.end());
   const int64_t out_rows = cut.rows.empty() ? rows : static_cast<int64_t>(cut.rows.size());
   at::Tensor out = at::empty(cut.out.shape, source.options());
-  at::Tensor cols = cut.cols.empty() ? at::Tensor() : at::tensor(cut.cols, at::kLong);
+  MP_CHECK(source.is_contiguous() && (cut.cols.empty() || source.dim() == 2), "pruning: cannot stream-cut ",
+           cut.source_name);
+  std::vector<std::pair<int64_t, int64_t>> col_runs;  // (first column, count) of consecutive kept columns
+  for (int64_t c : cut.cols) {
+    if (!col_runs.empty() && col_runs.back().first + col_runs.back().second == c) ++col_runs.back().second;
+    else col_runs.push_back({c, 1});
+  }
   const char* base = static_cast<const char*>(source.data_ptr());
   for (int64_t r0 = 0; r0 < out_rows; r0 += block) {
     const int64_t r1 = std::min(out_rows, r0 + block);
-    at::Tensor part = cut.rows.empty() ? source.narrow(0, r0, r1 - r0) : source.index_select(0, index_tensor(cut.rows, r0, r1));
-    if (cols.defined()) part = part.index_select(1, cols);
-    out.narrow(0, r0, r1 - r0).copy_(part);
+    cut_rows_raw(source, cut, col_runs, out, r0, r1);
     if (ascending) {  // everything before the last row read is done with
       const int64_t last = cut.rows.empty() ? r1 : cut.rows[static_cast<size_t>(r1 - 1)] + 1;
       release_pages(base, static_cast<size_t>(last * row_bytes));
