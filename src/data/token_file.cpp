@@ -45,23 +45,32 @@ json TokenFileMetadata::to_json() const {
   return j;
 }
 
+// A non-negative integer field no larger than `max`. nlohmann's get<int>() on a float or an out-of-range value is
+// an unchecked (for floats, undefined) conversion, so outside input is checked first.
+static uint64_t unsigned_field(const json& j, const char* key, uint64_t max, const std::string& what) {
+  const json& v = j.at(key);
+  MP_CHECK(v.is_number_integer() && (v.is_number_unsigned() || v.get<int64_t>() >= 0) && v.get<uint64_t>() <= max, what, ": \"", key,
+           "\" must be an integer from 0 to ", max, ", found ", v.dump());
+  return v.get<uint64_t>();
+}
+
 TokenFileMetadata TokenFileMetadata::from_json(const json& j, const std::string& what) {
   TokenFileMetadata m;
   try {
     MP_CHECK(j.is_object() && j.value("format", std::string()) == kTokenFileFormat, what,
              ": not minipuzzle token-file metadata (expected \"format\": \"", kTokenFileFormat, "\")");
-    int version = j.at("version").get<int>();
+    int version = static_cast<int>(unsigned_field(j, "version", 1u << 30, what));
     MP_CHECK(version == kTokenFileVersion, what, ": token-file version ", version, ", this build reads version ",
              kTokenFileVersion);
     const json& tok = j.at("tokenizer");
     m.tokenizer_kind = tok.at("kind").get<std::string>();
     m.tokenizer_path = tok.value("path", std::string());
     m.tokenizer_sha256 = tok.at("sha256").get<std::string>();
-    m.vocab_size = j.at("vocab_size").get<uint32_t>();
-    if (!j.at("eos_id").is_null()) m.eos_id = j.at("eos_id").get<uint32_t>();
+    m.vocab_size = static_cast<uint32_t>(unsigned_field(j, "vocab_size", UINT32_MAX, what));
+    if (!j.at("eos_id").is_null()) m.eos_id = static_cast<uint32_t>(unsigned_field(j, "eos_id", UINT32_MAX, what));
     m.eos_appended = j.value("eos_appended", false);
-    m.num_tokens = j.at("num_tokens").get<uint64_t>();
-    m.num_documents = j.at("num_documents").get<uint64_t>();
+    m.num_tokens = unsigned_field(j, "num_tokens", UINT64_MAX, what);
+    m.num_documents = unsigned_field(j, "num_documents", UINT64_MAX, what);
     m.sources = j.value("sources", std::vector<std::string>());
     m.split = j.value("split", std::string("all"));
   } catch (const json::exception& e) {
