@@ -100,7 +100,7 @@ json Scores::to_json() const {
 }
 
 Scores Scores::from_json(const json& j, const std::string& what) {
-  MP_CHECK(j.is_object() && j.value("format", "") == "minipuzzle-scores", what,
+  MP_CHECK(j.is_object() && j.contains("format") && j.at("format") == "minipuzzle-scores", what,
            ": not a minipuzzle scores file (missing \"format\": \"minipuzzle-scores\")");
   MP_CHECK(j.contains("version") && j.at("version") == 1, what, ": unsupported scores version ",
            j.contains("version") ? j.at("version").dump() : std::string("(none)"));

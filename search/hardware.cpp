@@ -122,32 +122,36 @@ static Reservation reservation_from_json(const json& e, const std::string& what)
 }
 
 HardwareProfile HardwareProfile::from_json(const json& j, const std::string& what) {
-  MP_CHECK(j.is_object(), what, ": a hardware profile must be a JSON object");
-  HardwareProfile h;
-  h.name = j.value("name", std::string());
-  MP_CHECK(!h.name.empty(), what, ": missing field \"name\"");
-  h.description = j.value("description", std::string());
-  h.source = j.value("_source", std::string());
-  h.memory_bytes = positive(j, "memory_gib", what, true) * kGiB;
-  h.bandwidth_bytes_per_s = positive(j, "bandwidth_gb_per_s", what, true) * 1e9;
-  h.bf16_flops = positive(j, "bf16_tflops", what, true) * 1e12;
-  h.fp8_flops = positive(j, "fp8_tflops", what, false) * 1e12;
-  h.fp4_flops = positive(j, "fp4_tflops", what, false) * 1e12;
-  if (j.contains("reservations")) {
-    MP_CHECK(j.at("reservations").is_array(), what, ": \"reservations\" must be a list");
-    for (auto& e : j.at("reservations")) h.reservations.push_back(reservation_from_json(e, what));
-  }
-  if (j.contains("efficiency")) {
-    // {"decode": {...}, "prefill": {...}}, or one set for both.
-    const json& e = j.at("efficiency");
-    if (e.contains("decode") || e.contains("prefill")) {
-      if (e.contains("decode")) h.decode_efficiency = efficiency_from_json(e.at("decode"), what, h.decode_efficiency);
-      if (e.contains("prefill")) h.prefill_efficiency = efficiency_from_json(e.at("prefill"), what, h.prefill_efficiency);
-    } else {
-      h.decode_efficiency = h.prefill_efficiency = efficiency_from_json(e, what, Efficiency{});
+  try {
+    MP_CHECK(j.is_object(), what, ": a hardware profile must be a JSON object");
+    HardwareProfile h;
+    h.name = j.value("name", std::string());
+    MP_CHECK(!h.name.empty(), what, ": missing field \"name\"");
+    h.description = j.value("description", std::string());
+    h.source = j.value("_source", std::string());
+    h.memory_bytes = positive(j, "memory_gib", what, true) * kGiB;
+    h.bandwidth_bytes_per_s = positive(j, "bandwidth_gb_per_s", what, true) * 1e9;
+    h.bf16_flops = positive(j, "bf16_tflops", what, true) * 1e12;
+    h.fp8_flops = positive(j, "fp8_tflops", what, false) * 1e12;
+    h.fp4_flops = positive(j, "fp4_tflops", what, false) * 1e12;
+    if (j.contains("reservations")) {
+      MP_CHECK(j.at("reservations").is_array(), what, ": \"reservations\" must be a list");
+      for (auto& e : j.at("reservations")) h.reservations.push_back(reservation_from_json(e, what));
     }
+    if (j.contains("efficiency")) {
+      // {"decode": {...}, "prefill": {...}}, or one set for both.
+      const json& e = j.at("efficiency");
+      if (e.contains("decode") || e.contains("prefill")) {
+        if (e.contains("decode")) h.decode_efficiency = efficiency_from_json(e.at("decode"), what, h.decode_efficiency);
+        if (e.contains("prefill")) h.prefill_efficiency = efficiency_from_json(e.at("prefill"), what, h.prefill_efficiency);
+      } else {
+        h.decode_efficiency = h.prefill_efficiency = efficiency_from_json(e, what, Efficiency{});
+      }
+    }
+    return h;
+  } catch (const json::exception& e) {
+    fail(what, ": malformed hardware profile (", e.what(), ")");
   }
-  return h;
 }
 
 std::string find_config_file(const std::string& kind, const std::string& name_or_path) {

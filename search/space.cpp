@@ -206,26 +206,30 @@ static ImportanceScores from_minipuzzle_scores(const json& j, const std::string&
 }
 
 ImportanceScores ImportanceScores::from_json(const json& j, const std::string& what, const std::string& depth_criterion) {
-  MP_CHECK(j.is_object(), what, ": a scores file must be a JSON object");
-  if (j.value("format", std::string()) == "minipuzzle-scores") return from_minipuzzle_scores(j, what, depth_criterion);
-  ImportanceScores s;
-  const json& units = j.contains("units") ? j.at("units") : j;
-  auto read = [&](const json& src, std::initializer_list<const char*> keys, std::vector<double>& dst) {
-    for (const char* k : keys)
-      if (src.contains(k) && !src.at(k).is_null()) {
-        dst = score_list(src.at(k), what + " \"" + k + "\"");
-        return;
-      }
-  };
-  read(j, {"layer_importance", "layers", "depth"}, s.layer);
-  read(units, {"hidden", "hidden_size", "embedding"}, s.hidden);
-  read(units, {"ffn", "mlp", "intermediate_size"}, s.ffn);
-  read(units, {"mamba_heads", "mamba_num_heads"}, s.mamba_heads);
-  read(units, {"mamba_head_dim"}, s.mamba_head_dim);
-  read(units, {"attention_heads", "num_attention_heads"}, s.attention_heads);
-  MP_CHECK(!s.empty(), what, ": no known score fields (layer_importance, hidden, ffn, mamba_heads, mamba_head_dim, ",
-           "attention_heads)");
-  return s;
+  try {
+    MP_CHECK(j.is_object(), what, ": a scores file must be a JSON object");
+    if (j.value("format", std::string()) == "minipuzzle-scores") return from_minipuzzle_scores(j, what, depth_criterion);
+    ImportanceScores s;
+    const json& units = j.contains("units") ? j.at("units") : j;
+    auto read = [&](const json& src, std::initializer_list<const char*> keys, std::vector<double>& dst) {
+      for (const char* k : keys)
+        if (src.contains(k) && !src.at(k).is_null()) {
+          dst = score_list(src.at(k), what + " \"" + k + "\"");
+          return;
+        }
+    };
+    read(j, {"layer_importance", "layers", "depth"}, s.layer);
+    read(units, {"hidden", "hidden_size", "embedding"}, s.hidden);
+    read(units, {"ffn", "mlp", "intermediate_size"}, s.ffn);
+    read(units, {"mamba_heads", "mamba_num_heads"}, s.mamba_heads);
+    read(units, {"mamba_head_dim"}, s.mamba_head_dim);
+    read(units, {"attention_heads", "num_attention_heads"}, s.attention_heads);
+    MP_CHECK(!s.empty(), what, ": no known score fields (layer_importance, hidden, ffn, mamba_heads, mamba_head_dim, ",
+             "attention_heads)");
+    return s;
+  } catch (const json::exception& e) {
+    fail(what, ": malformed scores (", e.what(), ")");
+  }
 }
 
 // ------------------------------------------------------------------------------------------- depth choice
