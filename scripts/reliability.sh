@@ -7,7 +7,7 @@
 #      2 cores; the fault-injection tests (tests/faults) run in the ordinary build's ctest, and
 #      RELIABILITY_ASAN_DIRS="io;data;fuzz;faults" adds them here (that builds the whole CLI with ASan);
 #   2. a clang libFuzzer build (-fsanitize=fuzzer,address,undefined) of every fuzz target, each run for
-#      MINIPUZZLE_FUZZ_SECONDS (default 60) from its seed corpus; any crash, leak, timeout, sanitizer report or
+#      MINIPUZZLE_FUZZ_SECONDS (default 20) from its seed corpus; any crash, leak, timeout, sanitizer report or
 #      non-mp::Error exception fails the run, and the reproducer is left in BUILD/tests/fuzz/artifacts/.
 # Environment: ASAN_BUILD_DIR (default build-asan), FUZZ_BUILD_DIR (default build-fuzz), MINIPUZZLE_FUZZ_SECONDS,
 # RELIABILITY_SKIP=asan|fuzz to run only the other half. Needs clang-14 and its compiler-rt (scripts/setup.sh).
@@ -15,7 +15,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 asan_build="${ASAN_BUILD_DIR:-$root/build-asan}"
 fuzz_build="${FUZZ_BUILD_DIR:-$root/build-fuzz}"
-fuzz_seconds="${MINIPUZZLE_FUZZ_SECONDS:-60}"
+fuzz_seconds="${MINIPUZZLE_FUZZ_SECONDS:-20}"
 skip="${RELIABILITY_SKIP:-}"
 jobs="$(nproc)"
 venv="$("$root/scripts/setup.sh")"

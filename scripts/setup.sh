@@ -10,7 +10,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 req="$here/requirements-test.txt"
 
 apt_packages=(build-essential cmake ninja-build ccache python3-venv libeigen3-dev libcli11-dev
-              nlohmann-json3-dev catch2 libpcre2-dev
+              nlohmann-json3-dev catch2 libpcre2-dev libicu-dev
               clang-14 libclang-rt-14-dev)  # clang + libFuzzer/ASan runtimes: scripts/reliability.sh
 missing=()
 for p in "${apt_packages[@]}"; do
