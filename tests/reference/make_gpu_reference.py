@@ -10,6 +10,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import NemotronHConfig, NemotronHForCausalLM
 
+from make_tiny_models import perturb  # same weight perturbation as the CPU references
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -20,17 +22,7 @@ def main():
                           intermediate_size=768, num_attention_heads=8, num_key_value_heads=2, head_dim=32,
                           mamba_num_heads=16, mamba_head_dim=32, n_groups=4, ssm_state_size=64, conv_kernel=4,
                           chunk_size=128, tie_word_embeddings=False)
-    model = NemotronHForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("A_log"):
-                p.copy_(torch.log(torch.rand_like(p) * 15 + 1))
-            elif name.endswith("dt_bias"):
-                p.copy_(torch.randn_like(p) * 0.5 - 1.0)
-            elif name.endswith(".D") or "norm" in name:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            else:
-                p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
+    model = perturb(NemotronHForCausalLM(cfg).eval())
     model.save_pretrained(a.out)
     ref = {}
     gen = torch.Generator().manual_seed(3)

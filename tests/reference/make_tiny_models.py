@@ -34,10 +34,8 @@ CONFIGS = {
 SEQ_LENS = (1, 7, 300)
 
 
-def build(name, cfg, seed):
-    torch.manual_seed(seed)
-    config = NemotronHConfig(**cfg, time_step_min=0.001, layer_norm_epsilon=1e-5)
-    model = NemotronHForCausalLM(config).eval()
+def perturb(model):
+    """Moves every parameter away from its initial value (seeded by the caller's torch.manual_seed)."""
     with torch.no_grad():
         for pname, p in model.named_parameters():
             if pname.endswith("A_log"):
@@ -51,6 +49,12 @@ def build(name, cfg, seed):
             else:
                 p.copy_(torch.randn_like(p) * (1.0 / p.shape[-1] ** 0.5))
     return model
+
+
+def build(name, cfg, seed):
+    torch.manual_seed(seed)
+    config = NemotronHConfig(**cfg, time_step_min=0.001, layer_norm_epsilon=1e-5)
+    return perturb(NemotronHForCausalLM(config).eval())
 
 
 def main():
