@@ -6,6 +6,7 @@ build="${1:-$root/build}"; shift || true
 venv="$("$root/scripts/setup.sh")"
 py="$venv/bin/python"
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/minipuzzle/ccache}"
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$root}"  # cache hits across clones at different paths
 export CCACHE_SLOPPINESS="pch_defines,time_macros,include_file_mtime,include_file_ctime"
 export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
 if [ ! -f "$build/build.ninja" ]; then

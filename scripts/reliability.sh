@@ -22,6 +22,7 @@ venv="$("$root/scripts/setup.sh")"
 py="$venv/bin/python"
 torch_prefix="$("$py" -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/minipuzzle/ccache}"
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$root}"
 export CCACHE_SLOPPINESS="pch_defines,time_macros,include_file_mtime,include_file_ctime"
 export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
 # halt_on_error: a UBSan report fails the test instead of scrolling by. Leak checking stays on.
