@@ -23,10 +23,7 @@ struct EvalArgs {
 
 void run(const EvalArgs& a) {
   auto ck = Checkpoint::open(a.checkpoint);
-  std::string tok = a.tokenizer;
-  if (tok.empty() && std::filesystem::exists(a.checkpoint + "/tokenizer.json")) tok = a.checkpoint + "/tokenizer.json";
-  std::unique_ptr<Tokenizer> tokenizer;
-  if (!tok.empty() && tok != "byte") tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(tok));
+  auto tokenizer = tokenizer_for_text(a.tokenizer, a.checkpoint);
   TokenFile tokens = read_tokens_for_eval(a.data, tokenizer.get());
   c10::Device device = parse_device(a.device);
   auto model = NemotronH::load(ck, device, default_dtype(device));

@@ -22,18 +22,10 @@ struct ScoreArgs {
   bool no_depth = false;
 };
 
-// The tokenizer for text input: --tokenizer, else the checkpoint's tokenizer.json, else byte-level (nullptr).
-std::unique_ptr<Tokenizer> pick_tokenizer(const std::string& explicit_path, const std::string& checkpoint) {
-  std::string path = explicit_path;
-  if (path.empty() && std::filesystem::exists(checkpoint + "/tokenizer.json")) path = checkpoint + "/tokenizer.json";
-  if (path.empty() || path == "byte") return nullptr;
-  return std::make_unique<Tokenizer>(Tokenizer::from_file(path));
-}
-
 void run(const ScoreArgs& a) {
   check_output_dir(a.output, /*overwrite=*/true);
   auto ck = Checkpoint::open(a.checkpoint);
-  auto tokenizer = pick_tokenizer(a.tokenizer, a.checkpoint);
+  auto tokenizer = tokenizer_for_text(a.tokenizer, a.checkpoint);
   TokenFile tokens = read_tokens_for_eval(a.calib, tokenizer.get());
   MP_CHECK(tokens.vocab_size() <= uint64_t(ck.config().vocab_size), a.calib, ": token ids go up to ",
            tokens.vocab_size(), " but the model's vocabulary has ", ck.config().vocab_size, " entries");

@@ -2,6 +2,8 @@
 
 #include <ATen/Context.h>
 
+#include <filesystem>
+
 #include "minipuzzle/error.h"
 #include "src/cli/command.h"
 
@@ -22,6 +24,13 @@ at::ScalarType default_dtype(c10::Device device) { return device.is_cuda() ? at:
 
 void add_device_option(CLI::App* app, std::string* device) {
   app->add_option("--device", *device, "auto | cpu | cuda | cuda:N (CPU runs fp32, CUDA bf16)")->capture_default_str();
+}
+
+std::unique_ptr<Tokenizer> tokenizer_for_text(const std::string& explicit_path, const std::string& checkpoint) {
+  std::string path = explicit_path;
+  if (path.empty() && std::filesystem::exists(checkpoint + "/tokenizer.json")) path = checkpoint + "/tokenizer.json";
+  if (path.empty() || path == "byte") return nullptr;
+  return std::make_unique<Tokenizer>(Tokenizer::from_file(path));
 }
 
 }  // namespace mp::cli

@@ -3,7 +3,10 @@
 #include <ATen/ATen.h>
 #include <CLI/CLI.hpp>
 
+#include <memory>
 #include <string>
+
+#include "minipuzzle/tokenizer.h"
 
 namespace mp::cli {
 
@@ -12,5 +15,8 @@ c10::Device parse_device(const std::string& text);
 // CPU runs in float32, CUDA in bfloat16 (the model's two supported precisions).
 at::ScalarType default_dtype(c10::Device device);
 void add_device_option(CLI::App* app, std::string* device);
+// The tokenizer for text input: --tokenizer, else the checkpoint's tokenizer.json, else byte-level (nullptr;
+// also for --tokenizer byte).
+std::unique_ptr<Tokenizer> tokenizer_for_text(const std::string& explicit_path, const std::string& checkpoint);
 
 }  // namespace mp::cli
