@@ -10,6 +10,7 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <iostream>
 
 #include "bench/kd_bench_common.h"
@@ -68,9 +69,15 @@ json run_gpu(int64_t tokens, int64_t vocab, int iters) {
 
   {  // The fused kernel, gradient into a new buffer (the default), each kernel shape.
     using V = mp::detail::KdRowsVariant;
-    for (auto [name, variant] : {std::pair{"ours_out_of_place", V::automatic},
+    // cluster_tma twice: its choice (512 workers, one block per SM) and 256 workers (MINIPUZZLE_KD_TMA_WORKERS).
+    for (auto [name, variant] : {std::pair{"ours_out_of_place", V::automatic}, std::pair{"ours_cluster_tma", V::cluster_tma},
+                                 std::pair{"ours_cluster_tma_256", V::cluster_tma},
                                  std::pair{"ours_cluster_pipelined", V::cluster_pipelined},
                                  std::pair{"ours_cluster_smem", V::cluster_smem}, std::pair{"ours_two_pass", V::two_pass}}) {
+      if (std::string(name) == "ours_cluster_tma_256")
+        setenv("MINIPUZZLE_KD_TMA_WORKERS", "256", 1);
+      else
+        unsetenv("MINIPUZZLE_KD_TMA_WORKERS");
       try {
         auto call = [&, variant = variant] { return mp::detail::kd_loss_and_grad(student, teacher, {}, o, true, variant); };
         const auto t = kd_bench::time_cuda(3, iters, [&] { call(); });

@@ -25,8 +25,11 @@
 // Logits may be float32, float16 or bfloat16 (student and teacher the same dtype); all math is float32; the
 // gradient has the student logits' dtype. CUDA tensors run the CUDA kernels, CPU tensors the ATen path.
 // On CUDA a cluster of blocks holds each row in shared memory (one HBM read of both logits, one write of the
-// gradient), persistent and copying the next rows while computing the current one where the buffers fit.
-// MINIPUZZLE_KD_KERNEL=cluster_pipelined|cluster_smem|two_pass forces one kernel shape (auto is the default).
+// gradient). Forward KL on 16-bit logits (CE only at T = 1) takes cluster_tma: persistent blocks streaming rows
+// in with TMA copies and keeping the exponentials for the gradient; other cases take cluster_smem (two_pass
+// for rows too long for shared memory).
+// MINIPUZZLE_KD_KERNEL=cluster_tma|cluster_pipelined|cluster_smem|two_pass forces one kernel shape (auto is the
+// default).
 #pragma once
 #include <ATen/core/Tensor.h>
 

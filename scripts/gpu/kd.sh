@@ -91,7 +91,7 @@ s["kd_loss"] = {
     "meets_target": (best.get("ratio_to_hbm_limit_measured_bw") or 99) <= 1.3,
     "default_kernel": kd.get("default_kernel"),
     "ms_by_kernel": {k: r.get("ours_" + k, {}).get("median_ms", r.get("ours_" + k, {}).get("error"))
-                     for k in ("cluster_pipelined", "cluster_smem", "two_pass")},
+                     for k in ("cluster_tma", "cluster_tma_256", "cluster_pipelined", "cluster_smem", "two_pass")},
     "extra_memory_mib_out_of_place": best.get("extra_memory_mib"),
     "extra_memory_mib_in_place": r.get("ours_in_place", {}).get("extra_memory_mib"),
     "eager_aten_fp32_ms": r.get("eager_aten_fp32_upcast", {}).get("median_ms"),

@@ -48,7 +48,7 @@ namespace {
 
 std::atomic<int> last_kernel{-1};  // a KdKernelVariant value, -1 before any CUDA call
 
-// MINIPUZZLE_KD_KERNEL=two_pass|cluster_smem|cluster_pipelined|auto overrides the automatic choice of kernel
+// MINIPUZZLE_KD_KERNEL=two_pass|cluster_smem|cluster_pipelined|cluster_tma|auto overrides the automatic choice of kernel
 // shape (e.g. to rule a cluster kernel in or out when comparing runs). Read once.
 KdRowsVariant variant_from_environment() {
   static const KdRowsVariant variant = [] {
@@ -57,7 +57,9 @@ KdRowsVariant variant_from_environment() {
     if (std::string(value) == "two_pass") return KdRowsVariant::two_pass;
     if (std::string(value) == "cluster_smem") return KdRowsVariant::cluster_smem;
     if (std::string(value) == "cluster_pipelined") return KdRowsVariant::cluster_pipelined;
-    fail("MINIPUZZLE_KD_KERNEL is '", value, "'; expected auto, two_pass, cluster_smem or cluster_pipelined");
+    if (std::string(value) == "cluster_tma") return KdRowsVariant::cluster_tma;
+    fail("MINIPUZZLE_KD_KERNEL is '", value,
+         "'; expected auto, two_pass, cluster_smem, cluster_pipelined or cluster_tma");
   }();
   return variant;
 }
@@ -69,6 +71,7 @@ const char* kd_rows_last_kernel() {
     case 1: return "cluster_smem";
     case 2: return "two_pass";
     case 3: return "cluster_pipelined";
+    case 4: return "cluster_tma";
     default: return "none";
   }
 }
@@ -113,6 +116,7 @@ void kd_rows(const at::Tensor& student, const at::Tensor& teacher, const at::Ten
   const k::KdKernelVariant kernel_variant = variant == KdRowsVariant::cluster_smem        ? k::KdKernelVariant::cluster_smem
                                             : variant == KdRowsVariant::two_pass          ? k::KdKernelVariant::two_pass
                                             : variant == KdRowsVariant::cluster_pipelined ? k::KdKernelVariant::cluster_pipelined
+                                            : variant == KdRowsVariant::cluster_tma ? k::KdKernelVariant::cluster_tma
                                                                                           : k::KdKernelVariant::automatic;
   const c10::cuda::CUDAGuard device_guard(student.device());
   k::KdKernelVariant used = kernel_variant;

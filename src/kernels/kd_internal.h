@@ -15,9 +15,10 @@ void check_kd_options(const KdOptions& options, bool has_labels);
 at::Tensor kd_grad_scale(const at::Tensor& labels, int64_t rows, const KdOptions& options, at::Device device);
 
 // Which CUDA kernel shape runs the rows (see src/kernels/kd_loss_cuda.h); ignored on CPU.
-enum class KdRowsVariant { automatic, cluster_smem, two_pass, cluster_pipelined };
+enum class KdRowsVariant { automatic, cluster_smem, two_pass, cluster_pipelined, cluster_tma };
 
-// The kernel shape the latest CUDA kd_rows call ran ("cluster_pipelined", "cluster_smem", "two_pass"; "none"
+// The kernel shape the latest CUDA kd_rows call ran ("cluster_tma", "cluster_pipelined", "cluster_smem",
+// "two_pass"; "none"
 // before any), so benchmarks can say what `automatic` chose.
 const char* kd_rows_last_kernel();
 

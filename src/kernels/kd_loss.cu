@@ -22,6 +22,7 @@
 //
 // No torch here (flashinfer's rule); the binding is kd_binding.cpp, the CPU twin kd_loss_cpu.cpp.
 #include "kernels/kd_loss_cuda.h"
+#include "kernels/kd_device.cuh"
 #include "kernels/kd_row_math.h"
 
 #include <cooperative_groups.h>
@@ -38,6 +39,8 @@ namespace cg = cooperative_groups;
 namespace mp::kernels {
 namespace {
 
+using namespace kd_device;
+
 constexpr int kThreads = 256;
 constexpr int kMaxCluster = 8;
 // A slice pair (student + teacher) of at most this many bytes lets 3 blocks share an SM (227 KiB per SM), so
@@ -48,92 +51,6 @@ constexpr int kSliceAlign = 8;
 static_assert(int(KdKind::forward_kl) == kKindForwardKl && int(KdKind::reverse_kl) == kKindReverseKl &&
                   int(KdKind::jsd) == kKindJsd,
               "kd_row_math.h's kind numbers follow KdKind");  // slice lengths are multiples of 8 elements: whole 16-byte vectors for any dtype
-
-// 16-byte vectors of logits <-> floats.
-template <typename T>
-struct Io;
-
-template <>
-struct Io<float> {
-  static constexpr int width = 4;
-  __device__ static float to_float(float x) { return x; }
-  __device__ static float from_float(float x) { return x; }
-  __device__ static void unpack(const uint4& v, float* out) {
-    out[0] = __uint_as_float(v.x);
-    out[1] = __uint_as_float(v.y);
-    out[2] = __uint_as_float(v.z);
-    out[3] = __uint_as_float(v.w);
-  }
-  __device__ static uint4 pack(const float* in) {
-    return make_uint4(__float_as_uint(in[0]), __float_as_uint(in[1]), __float_as_uint(in[2]), __float_as_uint(in[3]));
-  }
-};
-
-template <typename Half, typename Half2>
-struct Io16 {
-  static constexpr int width = 8;
-  union Vec {
-    uint4 raw;
-    Half2 pair[4];
-  };
-  __device__ static void unpack(const uint4& v, float* out) {
-    Vec u;
-    u.raw = v;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      float2 f = to_float2(u.pair[i]);
-      out[2 * i] = f.x;
-      out[2 * i + 1] = f.y;
-    }
-  }
-  __device__ static uint4 pack(const float* in) {
-    Vec u;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) u.pair[i] = from_float2(in[2 * i], in[2 * i + 1]);
-    return u.raw;
-  }
-  __device__ static float2 to_float2(const Half2& h);
-  __device__ static Half2 from_float2(float a, float b);
-};
-
-template <>
-struct Io<__nv_bfloat16> : Io16<__nv_bfloat16, __nv_bfloat162> {
-  __device__ static float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-  __device__ static __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
-  // A bf16 is the high half of its float: one shift or mask per element (the generic unpack spends 1.5).
-  __device__ static void unpack(const uint4& v, float* out) {
-    const unsigned w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      out[2 * i] = __uint_as_float(w[i] << 16);
-      out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    }
-  }
-};
-template <>
-__device__ float2 Io16<__nv_bfloat16, __nv_bfloat162>::to_float2(const __nv_bfloat162& h) {
-  return __bfloat1622float2(h);
-}
-template <>
-__device__ __nv_bfloat162 Io16<__nv_bfloat16, __nv_bfloat162>::from_float2(float a, float b) {
-  return __floats2bfloat162_rn(a, b);
-}
-
-template <>
-struct Io<__half> : Io16<__half, __half2> {
-  __device__ static float to_float(__half x) { return __half2float(x); }
-  __device__ static __half from_float(float x) { return __float2half_rn(x); }
-};
-template <>
-__device__ float2 Io16<__half, __half2>::to_float2(const __half2& h) {
-  return __half22float2(h);
-}
-template <>
-__device__ __half2 Io16<__half, __half2>::from_float2(float a, float b) {
-  return __floats2half2_rn(a, b);
-}
-
-__device__ inline bool is_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // The student and teacher logits of one row slice, in shared memory (padded with -inf to whole vectors) or in
 // global memory (read element by element where a whole aligned vector is not available).
@@ -161,19 +78,6 @@ struct RowSlice {
     }
   }
 };
-
-template <typename T>
-__device__ void store_vector(T* dst, int64_t e, int64_t count, bool vector_ok, const float* values) {
-  constexpr int W = Io<T>::width;
-  if (vector_ok && e + W <= count) {
-    // Streaming store: the gradient is not read again by this kernel, keep L2 for the loads.
-    __stcs(reinterpret_cast<uint4*>(dst + e), Io<T>::pack(values));
-  } else {
-#pragma unroll
-    for (int k = 0; k < W; ++k)
-      if (e + k < count) dst[e + k] = Io<T>::from_float(values[k]);
-  }
-}
 
 __device__ inline void cp_async16(void* smem_dst, const void* global_src) {
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
@@ -203,11 +107,6 @@ __device__ void stage_slice(const T* student, const T* teacher, int64_t count, i
   }
   cp_async_wait_all();
   __syncthreads();
-}
-
-template <bool IS_MAX>
-__device__ inline float combine(float a, float b) {
-  return IS_MAX ? fmaxf(a, b) : a + b;
 }
 
 // Reduces K values over the block; every thread gets the result. scratch holds 32*K floats.
@@ -392,98 +291,6 @@ __global__ void __launch_bounds__(kThreads, 3)
 constexpr int kPipelinedThreads = 512;
 constexpr int kMaxStages = 4;
 constexpr int kLossThread = 32;  // reads the label logit and writes the row loss: not thread 0 (see below)
-
-// Running maxima of the raw logits over 16-byte vectors: packed pairs for 16-bit types (max is exact, no
-// conversion needed; NaN handling as fmaxf: the other operand wins).
-template <typename T>
-struct VectorMax {
-  float m = -INFINITY;
-  __device__ void add(const uint4& v) {
-    m = fmaxf(m, fmaxf(fmaxf(__uint_as_float(v.x), __uint_as_float(v.y)), fmaxf(__uint_as_float(v.z), __uint_as_float(v.w))));
-  }
-  __device__ float value() const { return m; }
-};
-template <typename Half, typename Half2>
-struct VectorMax16 {
-  union Vec {
-    uint4 raw;
-    Half2 pair[4];
-  };
-  Half2 m;
-  __device__ VectorMax16() : m(Io16<Half, Half2>::from_float2(-INFINITY, -INFINITY)) {}
-  __device__ void add(const uint4& v) {
-    Vec u;
-    u.raw = v;
-    m = __hmax2(m, __hmax2(__hmax2(u.pair[0], u.pair[1]), __hmax2(u.pair[2], u.pair[3])));
-  }
-  __device__ float value() const {
-    const float2 f = Io16<Half, Half2>::to_float2(m);
-    return fmaxf(f.x, f.y);
-  }
-};
-template <>
-struct VectorMax<__nv_bfloat16> : VectorMax16<__nv_bfloat16, __nv_bfloat162> {};
-template <>
-struct VectorMax<__half> : VectorMax16<__half, __half2> {};
-
-// Block-wide combine of K values with one __syncthreads: warps reduce by butterfly, lane 0 of each warp writes
-// `scratch` (32*K floats, owned by this call site), then every warp reduces the partials the same way, so every
-// thread of the block holds bitwise the same result. The caller guarantees a block barrier between two uses of
-// the same scratch.
-template <int K, bool IS_MAX>
-__device__ void block_combine(float (&v)[K], float* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-#pragma unroll
-  for (int k = 0; k < K; ++k)
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) v[k] = combine<IS_MAX>(v[k], __shfl_xor_sync(0xffffffffu, v[k], offset));
-  if (lane == 0)
-#pragma unroll
-    for (int k = 0; k < K; ++k) scratch[warp * K + k] = v[k];
-  __syncthreads();
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    float x = lane < warps ? scratch[lane * K + k] : (IS_MAX ? -INFINITY : 0.f);
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) x = combine<IS_MAX>(x, __shfl_xor_sync(0xffffffffu, x, offset));
-    v[k] = x;
-  }
-}
-
-// A cluster barrier without a memory fence in every thread. cg's cluster.sync() arrives with .release, which
-// compiles to MEMBAR.ALL.GPU in every thread: each would first wait for its own in-flight gradient stores (and
-// possibly its prefetch copies), serialising exactly what the pipeline overlaps. Only thread 0 publishes data
-// across the cluster (the slots), so only it fences; it issues no copies or global stores (warp 0 sits out of
-// those), so its fence is cheap. The wait keeps its default .acquire semantics.
-__device__ inline void cluster_barrier_publishing_thread0() {
-  if (threadIdx.x == 0) asm volatile("fence.acq_rel.cluster;\n" ::: "memory");
-  __syncwarp();
-  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
-  asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
-}
-
-// Cluster-wide combine of block totals: thread 0 publishes them in `slot` (this call site's own array), one
-// cluster barrier, then lane r of every warp reads rank r's slot through distributed shared memory and the warp
-// reduces by butterfly (same order everywhere: every block gets bitwise the same result). A slot is rewritten
-// only for the next row, after at least one more cluster barrier, which every reader reaches after its reads.
-template <int K, bool IS_MAX>
-__device__ void cluster_combine(float (&v)[K], float* slot, int cluster_size) {
-  if (cluster_size == 1) return;
-  cg::cluster_group cluster = cg::this_cluster();
-  if (threadIdx.x == 0)
-#pragma unroll
-    for (int k = 0; k < K; ++k) slot[k] = v[k];
-  cluster_barrier_publishing_thread0();
-  const int lane = threadIdx.x & 31;
-  const float* remote = lane < cluster_size ? cluster.map_shared_rank(slot, lane) : nullptr;
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    float x = remote ? remote[k] : (IS_MAX ? -INFINITY : 0.f);
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) x = combine<IS_MAX>(x, __shfl_xor_sync(0xffffffffu, x, offset));
-    v[k] = x;
-  }
-}
 
 // Issues the copies of one row slice into a stage buffer (cp.async for whole aligned vectors, plain loads for the
 // rest and the -inf padding); the caller commits the group.
@@ -742,6 +549,14 @@ cudaError_t launch_pipelined(const KdRowParams& p, int min_stages, cudaStream_t 
 
 template <typename T>
 cudaError_t launch_typed(const KdRowParams& p, KdKernelVariant variant, cudaStream_t stream, KdKernelVariant* used) {
+  if (variant == KdKernelVariant::automatic || variant == KdKernelVariant::cluster_tma) {
+    const cudaError_t err = kd_rows_tma_launch(p, stream);
+    if (err != cudaErrorNotSupported) {
+      if (used) *used = KdKernelVariant::cluster_tma;
+      return err;
+    }
+    if (variant == KdKernelVariant::cluster_tma) return cudaErrorInvalidValue;
+  }
   if (variant == KdKernelVariant::cluster_pipelined) {
     // Only when asked for: on the H100 it measured 4.54 ms against cluster_smem's 3.42 ms (N 8192, V 131072,
     // bf16), so the automatic choice starts with cluster_smem. Any plan, one stage included (tests run all).

@@ -51,6 +51,7 @@ struct KdRowMath {
   // Set by finish_sums() / finish_jsd().
   float log2_sum_s = 0, log2_sum_t = 0, log2_sum_z = 0, divergence = 0, kl_q_m = 0;
   float reverse_kl2 = 0;  // reverse KL in base-2 units
+  float inv_sum_s = 0, inv_sum_t = 0;  // 1 / sums of exps: q = es inv_sum_s, p = et inv_sum_t
 
   MP_KD_HD void begin(float temperature_, float jsd_beta, float max_student, float max_teacher, bool has_ce) {
     temperature = temperature_;
@@ -66,8 +67,15 @@ struct KdRowMath {
 
   // Stage 2, per element: sums of exps and the divergence's cross term (raw logit units).
   MP_KD_HD void accumulate_sums(float zs, float zt, float* sums) const {
+    float es, et;
+    accumulate_sums_keeping_exps(zs, zt, sums, es, et);
+  }
+  // The same, handing back the two exponentials: es = 2^(zs c - max_s2), et = 2^(zt c - max_t2). A kernel that
+  // keeps them (kd_loss_tma.cu) writes the forward-KL gradient without exponentiating again.
+  MP_KD_HD void accumulate_sums_keeping_exps(float zs, float zt, float* sums, float& es, float& et) const {
     const float a = kd_fma(zs, c, -max_s2), b = kd_fma(zt, c, -max_t2);
-    const float es = kd_exp2(a), et = kd_exp2(b);
+    es = kd_exp2(a);
+    et = kd_exp2(b);
     sums[0] += es;
     sums[1] += et;
     // A zero weight times an infinite logit difference (teacher -inf) is a zero term, not NaN.
@@ -83,6 +91,8 @@ struct KdRowMath {
   // so it cancels; folding max and log-sum into one offset would round away (z - max) at |logits| ~ 1e4.
   // ln sum exp(z c ln2) = ln2 (max_s2 + log2 sum_s), with the same rounded shift the sums used.
   MP_KD_HD void finish_sums(const float* sums) {
+    inv_sum_s = 1.f / sums[0];
+    inv_sum_t = 1.f / sums[1];
     log2_sum_s = kd_log2(sums[0]);
     log2_sum_t = kd_log2(sums[1]);
     log2_sum_z = ce_own_sum ? kd_log2(sums[3]) : log2_sum_s;  // CE at T = 1 (z = s when T = 1)
@@ -147,6 +157,43 @@ struct KdRowMath {
       value += ce_factor * softmax_z;
     }
     return value;
+  }
+
+  // Stage 4 of forward KL from exponentials kept from stage 2 (no exp here): q = es q_scale, p = et p_scale,
+  // d loss / d z = kd_factor (q - p) + ce_factor (q - [is label]). CE shares q only at T = 1 (no own sum).
+  // q_scale = inv_sum_s for exps taken at the row maximum; exps taken at a part's own maximum (KdOnlinePart)
+  // also carry that part's rescale factor.
+  MP_KD_HD float forward_kl_gradient_from_exps(float es, float et, bool is_label, bool has_ce, float kd_factor,
+                                                float ce_factor, float q_scale, float p_scale) const {
+    const float q = es * q_scale;
+    float value = kd_factor * (q - et * p_scale);
+    if (has_ce) value += ce_factor * (is_label ? q - 1.f : q);
+    return value;
+  }
+};
+
+// Stage 2 of forward KL in online form (cluster_tma): a part of a row (one thread's elements, then a block's,
+// then the cluster's) keeps its own maxima and its sums relative to them, so the row needs one round of
+// reductions instead of two (maxima, then sums). Parts merge by rescaling to the larger maximum; the merged
+// sums are those KdRowMath::finish_sums takes, with the row maxima given to begin().
+struct KdOnlinePart {
+  float max_s = -INFINITY, max_t = -INFINITY;  // raw-logit maxima of the part
+  float sum_s = 0.f, sum_t = 0.f, cross = 0.f;  // sum 2^(zs c - shift(max_s)), the same for t, sum et (zt - zs)
+
+  // The base-2 shift KdRowMath::begin uses for a maximum (max c, rounded once); 0 for an empty part (all -inf),
+  // whose exponents are then -inf and exps 0, never -inf - -inf.
+  MP_KD_HD static float shift(float max, float c) { return max == -INFINITY ? 0.f : max * c; }
+  // Factor taking sums relative to maximum `from` to sums relative to `to` >= from; 0 for an empty part.
+  MP_KD_HD static float factor(float from, float to, float c) {
+    return from == -INFINITY ? 0.f : kd_exp2(shift(from, c) - shift(to, c));
+  }
+  MP_KD_HD void rescale_to(float new_max_s, float new_max_t, float c) {
+    const float fs = factor(max_s, new_max_s, c), ft = factor(max_t, new_max_t, c);
+    sum_s *= fs;
+    sum_t *= ft;
+    cross *= ft;
+    max_s = new_max_s;
+    max_t = new_max_t;
   }
 };
 

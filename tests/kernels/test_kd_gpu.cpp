@@ -12,6 +12,7 @@
 #include <c10/cuda/CUDAFunctions.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <string>
@@ -30,6 +31,7 @@ const char* variant_name(KdRowsVariant v) {
   return v == KdRowsVariant::cluster_smem        ? "cluster_smem"
          : v == KdRowsVariant::two_pass          ? "two_pass"
          : v == KdRowsVariant::cluster_pipelined ? "cluster_pipelined"
+         : v == KdRowsVariant::cluster_tma ? "cluster_tma"
                                                  : "automatic";
 }
 
@@ -95,12 +97,13 @@ json check_kd(const std::string& name, const Inputs& in, mp::KdOptions o, KdRows
   return r;
 }
 
-json check_in_place(int64_t n, int64_t v) {
-  json r = {{"test", "in_place_equals_out_of_place"}, {"tokens", n}, {"vocab", v}};
+// In-place gradient equals the out-of-place one, through the automatic kernel choice for these options.
+json check_in_place(int64_t n, int64_t v, double temperature = 2.0) {
+  json r = {{"test", "in_place_equals_out_of_place"}, {"tokens", n}, {"vocab", v}, {"temperature", temperature}};
   try {
     const Inputs in = make_inputs(n, v, at::kBFloat16, 77, true, false);
     mp::KdOptions o;
-    o.temperature = 2.0;
+    o.temperature = temperature;
     o.ce_weight = 0.1;
     const auto out_of_place = mp::kd_loss_and_grad(in.student, in.teacher, in.labels, o);
     at::Tensor buffer = in.student.clone();
@@ -167,6 +170,30 @@ int main(int argc, char** argv) {
   };
   const KdRowsVariant variants[] = {KdRowsVariant::automatic, KdRowsVariant::cluster_smem, KdRowsVariant::two_pass,
                                     KdRowsVariant::cluster_pipelined};
+  // cluster_tma applies to forward KL on 16-bit logits (CE only at T = 1), V a multiple of 8 up to 16 x 16384:
+  // its own cases beside the automatic choice above (which takes it for the plain forward-KL ones), with its
+  // own choice of block (512 workers) and with 256 workers asked for (V up to 131072; 512 beyond).
+  for (const char* workers : {"auto", "256"}) {
+    if (std::string(workers) == "256") setenv("MINIPUZZLE_KD_TMA_WORKERS", "256", 1);
+    mp::KdOptions plain, hot, ce_t1;
+    hot.temperature = 2.0;
+    ce_t1.ce_weight = 0.25;
+    ce_t1.kd_weight = 0.75;
+    // A whole number of blocks, a last block partly past V, two blocks, one block, a 16-block cluster.
+    for (int64_t v : {int64_t(131072), int64_t(50264), int64_t(32000), int64_t(4096), int64_t(256000)}) {
+      add(check_kd("tma_forward_kl", make_inputs(512, v, at::kBFloat16, 11, true, false), hot, KdRowsVariant::cluster_tma));
+      add(check_kd("tma_ce_t1_mask", make_inputs(512, v, at::kBFloat16, 12, true, false), ce_t1, KdRowsVariant::cluster_tma));
+    }
+    // Fewer rows than resident clusters, and many rows per cluster (the ring of buffers wraps many times).
+    add(check_kd("tma_few_rows", make_inputs(3, 131072, at::kBFloat16, 16, true, false), ce_t1, KdRowsVariant::cluster_tma));
+    add(check_kd("tma_many_rows", make_inputs(16384, 32000, at::kBFloat16, 17, true, false), ce_t1, KdRowsVariant::cluster_tma));
+    add(check_kd("tma_teacher_minus_inf", make_inputs(512, 131072, at::kBFloat16, 13, true, true), ce_t1, KdRowsVariant::cluster_tma));
+    add(check_kd("tma_fp16", make_inputs(1024, 131072, at::kHalf, 14, false, false), plain, KdRowsVariant::cluster_tma));
+    add(check_in_place(2048, 131072, 1.0));  // T = 1 with CE: the automatic choice is cluster_tma
+    results.back()["kernel_ran"] = mp::detail::kd_rows_last_kernel();
+    results.back()["tma_workers"] = workers;
+  }
+  unsetenv("MINIPUZZLE_KD_TMA_WORKERS");
   mp::KdOptions fkl;
   fkl.temperature = 2.0;
   // The shapes: N up to 16384, V = 131072 and 256000, bf16.

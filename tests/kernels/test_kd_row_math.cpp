@@ -21,9 +21,53 @@ struct Emulated {
   at::Tensor grad;
 };
 
+// One row the way kd_loss_tma.cu computes it: parts of 32 elements (a thread's) take exps at their own maxima
+// (KdOnlinePart), merge in order into the row's statistics, and the gradient uses the kept exps rescaled.
+void emulate_online_row(KdRowMath<mp::kernels::kKindForwardKl>& math, const float* zs, const float* zt, int64_t v,
+                        const mp::KdOptions& o, float max_s, float max_t, bool has_ce, int64_t label, float scale,
+                        double& loss_sum, float* grad) {
+  using mp::kernels::KdOnlinePart;
+  constexpr int64_t kPart = 32;
+  const float c = math.c;  // the row math was begun with the row maxima: same temperature, same rounding
+  std::vector<float> es(v), et(v);
+  std::vector<KdOnlinePart> parts;
+  for (int64_t begin = 0; begin < v; begin += kPart) {
+    KdOnlinePart part;
+    for (int64_t i = begin; i < std::min(v, begin + kPart); ++i) {
+      part.max_s = std::fmax(part.max_s, zs[i]);
+      part.max_t = std::fmax(part.max_t, zt[i]);
+    }
+    KdRowMath<mp::kernels::kKindForwardKl> local;
+    local.begin(float(o.temperature), 0.5f, part.max_s == -INFINITY ? 0.f : part.max_s,
+                part.max_t == -INFINITY ? 0.f : part.max_t, has_ce);
+    float sums[4] = {0, 0, 0, 0};
+    for (int64_t i = begin; i < std::min(v, begin + kPart); ++i) local.accumulate_sums_keeping_exps(zs[i], zt[i], sums, es[i], et[i]);
+    part.sum_s = sums[0];
+    part.sum_t = sums[1];
+    part.cross = sums[2];
+    parts.push_back(part);
+  }
+  float sums[4] = {0, 0, 0, 0};
+  for (KdOnlinePart part : parts) {  // merged at the row maxima, in order
+    part.rescale_to(max_s, max_t, c);
+    sums[0] += part.sum_s;
+    sums[1] += part.sum_t;
+    sums[2] += part.cross;
+  }
+  math.finish_sums(sums);
+  loss_sum += math.row_loss(float(o.kd_weight), float(o.ce_weight), has_ce, has_ce ? zs[label] : 0.f);
+  const float kd_factor = scale * float(o.kd_weight * o.temperature), ce_factor = scale * float(o.ce_weight);
+  for (size_t k = 0; k < parts.size(); ++k) {
+    const float q_scale = KdOnlinePart::factor(parts[k].max_s, max_s, c) * math.inv_sum_s;
+    const float p_scale = KdOnlinePart::factor(parts[k].max_t, max_t, c) * math.inv_sum_t;
+    for (int64_t i = int64_t(k) * kPart; i < std::min(v, int64_t(k + 1) * kPart); ++i)
+      grad[i] = math.forward_kl_gradient_from_exps(es[i], et[i], i == label, has_ce, kd_factor, ce_factor, q_scale, p_scale);
+  }
+}
+
 template <int KIND>
 Emulated emulate_kernel(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& labels,
-                        const mp::KdOptions& o, int cluster_size) {
+                        const mp::KdOptions& o, int cluster_size, bool keep_exps) {
   const int64_t n = student.size(0), v = student.size(1);
   const at::Tensor s = student.contiguous(), t = teacher.contiguous();
   const float* zs_all = s.data_ptr<float>();
@@ -49,6 +93,12 @@ Emulated emulate_kernel(const at::Tensor& student, const at::Tensor& teacher, co
     KdRowMath<KIND> math;
     math.begin(float(o.temperature), float(o.jsd_beta), max_s, max_t, has_ce);
     float sums[4] = {0, 0, 0, 0};
+    if constexpr (KIND == mp::kernels::kKindForwardKl) {
+      if (keep_exps) {  // cluster_tma's online form: its own emulation, above
+        emulate_online_row(math, zs, zt, v, o, max_s, max_t, has_ce, label, scale, loss_sum, g_all + r * v);
+        continue;
+      }
+    }
     for (int rank = 0; rank < cluster_size; ++rank) {  // per-slice partials, combined in rank order
       float part[4] = {0, 0, 0, 0};
       for (int64_t i = rank * slice; i < std::min(v, (rank + 1) * slice); ++i) math.accumulate_sums(zs[i], zt[i], part);
@@ -77,18 +127,22 @@ Emulated emulate_kernel(const at::Tensor& student, const at::Tensor& teacher, co
 }
 
 Emulated emulate(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& labels,
-                 const mp::KdOptions& o, int cluster_size = 8) {
+                 const mp::KdOptions& o, int cluster_size = 8, bool keep_exps = false) {
   switch (o.divergence) {
-    case mp::KdDivergence::forward_kl: return emulate_kernel<mp::kernels::kKindForwardKl>(student, teacher, labels, o, cluster_size);
-    case mp::KdDivergence::reverse_kl: return emulate_kernel<mp::kernels::kKindReverseKl>(student, teacher, labels, o, cluster_size);
-    case mp::KdDivergence::jsd: return emulate_kernel<mp::kernels::kKindJsd>(student, teacher, labels, o, cluster_size);
+    case mp::KdDivergence::forward_kl:
+      return emulate_kernel<mp::kernels::kKindForwardKl>(student, teacher, labels, o, cluster_size, keep_exps);
+    case mp::KdDivergence::reverse_kl:
+      return emulate_kernel<mp::kernels::kKindReverseKl>(student, teacher, labels, o, cluster_size, false);
+    case mp::KdDivergence::jsd: return emulate_kernel<mp::kernels::kKindJsd>(student, teacher, labels, o, cluster_size, false);
   }
   return {};
 }
 
-void check(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& labels, const mp::KdOptions& o) {
+// keep_exps: the cluster_tma kernel's path (forward KL; CE only at T = 1), gradient from the stage-2 exponentials.
+void check(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& labels, const mp::KdOptions& o,
+           bool keep_exps = false) {
   const auto ref = kd_test::reference_kd(student, teacher, labels, o);
-  const auto got = emulate(student, teacher, labels, o);
+  const auto got = emulate(student, teacher, labels, o, keep_exps ? 16 : 8, keep_exps);
   const double ref_loss = ref.loss.item<double>();
   INFO("divergence " << int(o.divergence) << " T " << o.temperature << " ce " << o.ce_weight << " loss " << got.loss
                      << " reference " << ref_loss);
@@ -153,4 +207,31 @@ TEST_CASE("the CUDA kernel's formulas at logits of +-1e4 and teacher logits of -
     o.ce_weight = 0.5;
     check(plain_student, masked_teacher, labels, o);
   }
+}
+
+TEST_CASE("the cluster_tma kernel's forward-KL gradient from kept exponentials equals the reference", "[kd][kernel_math]") {
+  at::manual_seed(7);
+  const int64_t n = 10, v = 2053;
+  at::Tensor student = at::randn({n, v}) * 3.0;
+  at::Tensor teacher = student * 0.5 + at::randn({n, v}) * 3.0;
+  at::Tensor labels = at::randint(0, v, {n}, at::kLong);
+  labels[3] = -100;
+  for (double t : {1.0, 2.5, 0.6}) {
+    mp::KdOptions o;
+    o.temperature = t;
+    check(student, teacher, labels, o, true);
+  }
+  mp::KdOptions with_ce;  // CE shares the student softmax only at T = 1: the kernel takes that case alone
+  with_ce.ce_weight = 0.3;
+  with_ce.kd_weight = 0.7;
+  check(student, teacher, labels, with_ce, true);
+  // Extreme logits and masked teacher entries, as the other kernels.
+  student.index_put_({at::indexing::Slice(), 5}, 1e4);
+  student.index_put_({at::indexing::Slice(), 6}, -1e4);
+  teacher.index_put_({at::indexing::Slice(), 7}, 1e4);
+  teacher.index_put_({at::indexing::Slice(), at::indexing::Slice(100, 400)}, -INFINITY);
+  check(student, teacher, labels, with_ce, true);
+  mp::KdOptions hot;
+  hot.temperature = 3.0;
+  check(student, teacher, at::Tensor(), hot, true);
 }
