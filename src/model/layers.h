@@ -29,15 +29,19 @@ struct LayerContext {
   bool wants(Tap t) const { return options.observer && options.observer->wants(t, layer); }
 };
 
-// RMSNorm as transformers computes it: in float32, weight applied in float32, cast back to the input dtype.
+// The dtype of norm statistics and of the SSD scan: float32 for bf16 / fp16 / fp32 models (as transformers), float64
+// for float64 models, so that a float64 forward is float64 throughout (the pruner's exactness test relies on it).
+inline at::ScalarType statistics_type(at::ScalarType t) { return at::promote_types(t, at::kFloat); }
+
+// RMSNorm as transformers computes it: in float32 (statistics_type), weight applied there, cast back to input dtype.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 // Mamba's gated RMSNorm: y * silu(z), normalised within each of n_groups groups, then times the weight.
 // With a channel mask, masked channels are zero and the mean runs over kept channels only.
 at::Tensor gated_rms_norm(const at::Tensor& y, const at::Tensor& z, const at::Tensor& weight, int64_t n_groups,
                           double eps, const at::Tensor& channel_mask);
 
-// Chunked SSD scan of Mamba-2 (float32). x [B,T,H,P], dt [B,T,H] (after softplus and clamp), A [H] (negative),
-// Bm, Cm [B,T,G,N], D [H]. Returns y [B,T,H,P] float32.
+// Chunked SSD scan of Mamba-2 in statistics_type(x) (float32 but for float64 inputs). x [B,T,H,P], dt [B,T,H] (after
+// softplus and clamp), A [H] (negative), Bm, Cm [B,T,G,N], D [H]. Returns y [B,T,H,P] in that dtype.
 at::Tensor ssd_chunk_scan(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& Bm,
                           const at::Tensor& Cm, const at::Tensor& D, int64_t chunk_size);
 

@@ -30,7 +30,7 @@ at::Tensor mamba2_mixer(const LayerContext& ctx, const Params& p, const at::Tens
   at::Tensor Bm = xBC.narrow(-1, d_inner, G * N);
   at::Tensor Cm = xBC.narrow(-1, d_inner + G * N, G * N);
 
-  at::Tensor A = -at::exp(p.get("A_log").to(at::kFloat));
+  at::Tensor A = -at::exp(p.get("A_log").to(statistics_type(h.scalar_type())));
   dt = at::softplus(dt + p.get("dt_bias").to(dt.scalar_type()));
   // transformers clamps dt to [time_step_min, inf), not to config.time_step_limit.
   dt = at::clamp_min(dt, c.time_step_min);

@@ -1,17 +1,19 @@
-// The two normalisations of Nemotron-H, with transformers' dtype flow (statistics in float32).
+// The two normalisations of Nemotron-H, with transformers' dtype flow (statistics in float32; float64 models: float64).
 #include "src/model/layers.h"
 
 namespace mp::model {
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  at::Tensor h = x.to(at::kFloat);
+  const at::ScalarType stat = statistics_type(x.scalar_type());
+  at::Tensor h = x.to(stat);
   at::Tensor inv = at::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps);
-  return (weight.to(at::kFloat) * (h * inv)).to(x.scalar_type());
+  return (weight.to(stat) * (h * inv)).to(x.scalar_type());
 }
 
 at::Tensor gated_rms_norm(const at::Tensor& y, const at::Tensor& z, const at::Tensor& weight, int64_t n_groups,
                           double eps, const at::Tensor& channel_mask) {
-  at::Tensor h = y.to(at::kFloat) * at::silu(z.to(at::kFloat));
+  const at::ScalarType stat = statistics_type(y.scalar_type());
+  at::Tensor h = y.to(stat) * at::silu(z.to(stat));
   auto sizes = h.sizes().vec();
   const int64_t channels = sizes.back();
   const int64_t group_size = channels / n_groups;
@@ -22,7 +24,7 @@ at::Tensor gated_rms_norm(const at::Tensor& y, const at::Tensor& z, const at::Te
   at::Tensor variance;
   if (channel_mask.defined()) {
     // Removing channels shrinks each group; the statistic is the mean over the channels that remain.
-    at::Tensor m = channel_mask.to(at::kFloat).view({n_groups, group_size});
+    at::Tensor m = channel_mask.to(stat).view({n_groups, group_size});
     g = g * m;
     variance = g.pow(2).sum(-1, true) / m.sum(-1, true).clamp_min(1.0);
   } else {

@@ -15,9 +15,10 @@ at::Tensor ssd_chunk_scan(const at::Tensor& x, const at::Tensor& dt, const at::T
   const int64_t heads_per_group = H / G;
   const int64_t pad = (Q - T % Q) % Q, Tp = T + pad, chunks = Tp / Q;
 
-  at::Tensor xf = x.to(at::kFloat);
-  at::Tensor dtf = dt.to(at::kFloat);
-  at::Tensor skip = D.to(at::kFloat).view({1, 1, H, 1}) * xf;  // the D x_t term
+  const at::ScalarType stat = statistics_type(x.scalar_type());
+  at::Tensor xf = x.to(stat);
+  at::Tensor dtf = dt.to(stat);
+  at::Tensor skip = D.to(stat).view({1, 1, H, 1}) * xf;  // the D x_t term
 
   auto pad_time = [&](const at::Tensor& t) {
     if (pad == 0) return t;
@@ -27,9 +28,9 @@ at::Tensor ssd_chunk_scan(const at::Tensor& x, const at::Tensor& dt, const at::T
     return at::constant_pad_nd(t, p, 0.0);
   };
   at::Tensor xc = pad_time(xf * dtf.unsqueeze(-1)).view({batch, chunks, Q, H, P});
-  at::Tensor a = pad_time(A.to(at::kFloat).view({1, 1, H}) * dtf).view({batch, chunks, Q, H}).permute({0, 3, 1, 2});
-  at::Tensor Bc = pad_time(Bm.to(at::kFloat)).view({batch, chunks, Q, G, N});
-  at::Tensor Cc = pad_time(Cm.to(at::kFloat)).view({batch, chunks, Q, G, N});
+  at::Tensor a = pad_time(A.to(stat).view({1, 1, H}) * dtf).view({batch, chunks, Q, H}).permute({0, 3, 1, 2});
+  at::Tensor Bc = pad_time(Bm.to(stat)).view({batch, chunks, Q, G, N});
+  at::Tensor Cc = pad_time(Cm.to(stat)).view({batch, chunks, Q, G, N});
 
   at::Tensor a_cum = a.cumsum(-1);  // [B,H,c,Q]
   // 1. Within chunks: L[l,s] = exp(a_cum[l] - a_cum[s]) for s <= l, else 0.

@@ -49,8 +49,10 @@ inline Scores make_random_scores(const ModelConfig& c, uint64_t seed) {
   return s;
 }
 
+// float32 logits; float64 for a float64 model (whose forward runs in float64 throughout).
 inline at::Tensor logits_of(const NemotronH& model, const at::Tensor& ids, const ForwardOptions& options = {}) {
   c10::AutoGradMode no_grad(false);
+  if (model.dtype() == at::kDouble) return at::linear(model.forward_hidden(ids, options), model.lm_head_weight());
   return model.forward(ids, options);
 }
 
