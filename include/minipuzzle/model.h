@@ -63,6 +63,18 @@ class NemotronH {
   at::Tensor forward_hidden(const at::Tensor& input_ids, const ForwardOptions& options = {}) const;
   at::Tensor lm_head_weight() const;
 
+  // The same stack one piece at a time, for callers that run the layers themselves (activation checkpointing):
+  //   forward_hidden(ids, o) == final_norm(forward_layer(L-1, ... forward_layer(0, embed(ids), o) ..., o))
+  //   forward(ids, o)        == logits(forward_hidden(ids, o))
+  // bit for bit: forward_hidden and forward are written with these functions.
+  at::Tensor embed(const at::Tensor& input_ids) const;  // [B,T] token ids -> [B,T,H] residual stream
+  // Layer `layer`: pre-norm, mixer, residual add; taps, skip_layers and masks of `options` apply to it.
+  at::Tensor forward_layer(int64_t layer, const at::Tensor& hidden, const ForwardOptions& options = {}) const;
+  at::Tensor final_norm(const at::Tensor& hidden) const;    // norm_f, in the model dtype (no FinalHidden tap)
+  at::Tensor logits(const at::Tensor& final_hidden) const;  // lm_head, as float32
+  // The tensors forward_layer(layer, ...) reads (its norm and mixer weights), in name order.
+  std::vector<at::Tensor> layer_parameters(int64_t layer) const;
+
   // Parameters by Hugging Face name (`backbone.*`, `lm_head.weight`; tied models share one tensor for both).
   const std::map<std::string, at::Tensor>& parameters() const { return params_; }
   std::map<std::string, at::Tensor>& parameters() { return params_; }

@@ -101,46 +101,74 @@ at::Tensor NemotronH::lm_head_weight() const {
   return params_.at("lm_head.weight");
 }
 
-at::Tensor NemotronH::forward_hidden(const at::Tensor& input_ids, const ForwardOptions& options) const {
+at::Tensor NemotronH::embed(const at::Tensor& input_ids) const {
   MP_CHECK(input_ids.dim() == 2, "model: input_ids must be [batch, seq], found ", input_ids.sizes());
+  return at::embedding(params_.at("backbone.embeddings.weight"), input_ids.to(device(), at::kLong));
+}
+
+at::Tensor NemotronH::forward_layer(int64_t i, const at::Tensor& h, const ForwardOptions& options) const {
+  MP_CHECK(i >= 0 && i < config_.num_layers(), "model: layer ", i, " does not exist; the model has ",
+           config_.num_layers(), " layers");
   MP_CHECK(options.skip_layers.empty() || (int64_t)options.skip_layers.size() == config_.num_layers(),
            "model: skip_layers has ", options.skip_layers.size(), " entries for ", config_.num_layers(), " layers");
-  at::Tensor ids = input_ids.to(device(), at::kLong);
-  at::Tensor h = at::embedding(params_.at("backbone.embeddings.weight"), ids);
-  for (int64_t i = 0; i < config_.num_layers(); ++i) {
-    const LayerMask* mask = nullptr;
-    if (options.masks) {
-      auto it = options.masks->find(i);
-      if (it != options.masks->end()) mask = &it->second;
-    }
-    model::LayerContext ctx{config_, i, options, mask};
-    ctx.tap(Tap::LayerInput, h);
-    if (!options.skip_layers.empty() && options.skip_layers[i]) {
-      ctx.tap(Tap::LayerOutput, h);
-      continue;
-    }
-    std::string prefix = "backbone.layers." + std::to_string(i) + ".";
-    at::Tensor norm_w = params_.at(prefix + "norm.weight");
-    at::Tensor normed = model::rms_norm(h.to(norm_w.scalar_type()), norm_w, config_.layer_norm_epsilon);
-    ctx.tap(Tap::NormOutput, normed);
-    model::Params p{params_, prefix + "mixer."};
-    at::Tensor out;
-    switch (config_.layers[i]) {
-      case LayerType::Mamba: out = model::mamba2_mixer(ctx, p, normed); break;
-      case LayerType::Attention: out = model::attention_mixer(ctx, p, normed); break;
-      case LayerType::Mlp: out = model::mlp_mixer(ctx, p, normed); break;
-      case LayerType::Moe: fail("model: mixture-of-experts layers are not supported");
-    }
-    h = h + out;
-    ctx.tap(Tap::LayerOutput, h);
+  const LayerMask* mask = nullptr;
+  if (options.masks) {
+    auto it = options.masks->find(i);
+    if (it != options.masks->end()) mask = &it->second;
   }
-  h = model::rms_norm(h, params_.at("backbone.norm_f.weight"), config_.layer_norm_epsilon);
+  model::LayerContext ctx{config_, i, options, mask};
+  ctx.tap(Tap::LayerInput, h);
+  if (!options.skip_layers.empty() && options.skip_layers[i]) {
+    ctx.tap(Tap::LayerOutput, h);
+    return h;
+  }
+  std::string prefix = "backbone.layers." + std::to_string(i) + ".";
+  at::Tensor norm_w = params_.at(prefix + "norm.weight");
+  at::Tensor normed = model::rms_norm(h.to(norm_w.scalar_type()), norm_w, config_.layer_norm_epsilon);
+  ctx.tap(Tap::NormOutput, normed);
+  model::Params p{params_, prefix + "mixer."};
+  at::Tensor out;
+  switch (config_.layers[i]) {
+    case LayerType::Mamba: out = model::mamba2_mixer(ctx, p, normed); break;
+    case LayerType::Attention: out = model::attention_mixer(ctx, p, normed); break;
+    case LayerType::Mlp: out = model::mlp_mixer(ctx, p, normed); break;
+    case LayerType::Moe: fail("model: mixture-of-experts layers are not supported");
+  }
+  at::Tensor next = h + out;
+  ctx.tap(Tap::LayerOutput, next);
+  return next;
+}
+
+at::Tensor NemotronH::final_norm(const at::Tensor& h) const {
+  return model::rms_norm(h, params_.at("backbone.norm_f.weight"), config_.layer_norm_epsilon);
+}
+
+at::Tensor NemotronH::logits(const at::Tensor& final_hidden) const {
+  return at::linear(final_hidden, lm_head_weight()).to(at::kFloat);
+}
+
+std::vector<at::Tensor> NemotronH::layer_parameters(int64_t i) const {
+  MP_CHECK(i >= 0 && i < config_.num_layers(), "model: layer ", i, " does not exist; the model has ",
+           config_.num_layers(), " layers");
+  const std::string prefix = "backbone.layers." + std::to_string(i) + ".";
+  std::vector<at::Tensor> out;
+  for (auto it = params_.lower_bound(prefix); it != params_.end() && it->first.compare(0, prefix.size(), prefix) == 0; ++it)
+    out.push_back(it->second);
+  return out;
+}
+
+at::Tensor NemotronH::forward_hidden(const at::Tensor& input_ids, const ForwardOptions& options) const {
+  MP_CHECK(options.skip_layers.empty() || (int64_t)options.skip_layers.size() == config_.num_layers(),
+           "model: skip_layers has ", options.skip_layers.size(), " entries for ", config_.num_layers(), " layers");
+  at::Tensor h = embed(input_ids);
+  for (int64_t i = 0; i < config_.num_layers(); ++i) h = forward_layer(i, h, options);
+  h = final_norm(h);
   if (options.observer && options.observer->wants(Tap::FinalHidden, -1)) options.observer->observe(Tap::FinalHidden, -1, h);
   return h;
 }
 
 at::Tensor NemotronH::forward(const at::Tensor& input_ids, const ForwardOptions& options) const {
-  return at::linear(forward_hidden(input_ids, options), lm_head_weight()).to(at::kFloat);
+  return logits(forward_hidden(input_ids, options));
 }
 
 void NemotronH::set_requires_grad(bool requires_grad) {
