@@ -1,5 +1,6 @@
 // One training step: micro-batch losses (mp::kd_loss on CPU, mp::linear_kd on CUDA, cross-entropy from scratch),
-// backward with gradient synchronisation on the last micro-batch, clipping and the AdamW update.
+// backward with gradient synchronisation on the last micro-batch, clipping and the AdamW update. With activation
+// checkpointing the student's layers run through mp::distill::checkpointed (distill/recompute.cpp).
 #include <ATen/ATen.h>
 
 #include <cmath>
@@ -9,18 +10,26 @@
 
 namespace mp::distill {
 
+namespace {
+// The student's final hidden state; with activation checkpointing its layers are recomputed in backward.
+at::Tensor student_hidden(const NemotronH& student, const at::Tensor& ids, const LossOptions& o) {
+  return o.checkpoint_layers > 0 ? checkpointed_forward_hidden(student, ids, o.checkpoint_layers)
+                                 : student.forward_hidden(ids);
+}
+}  // namespace
+
 at::Tensor micro_batch_loss(const NemotronH& student, Teacher* teacher, const Batch& batch, const LossOptions& o) {
   const c10::Device device = student.device();
   at::Tensor ids = batch.input_ids.to(device);
   at::Tensor labels = batch.labels.to(device).reshape(-1);
   const int64_t V = student.config().vocab_size;
-  if (!teacher) return at::cross_entropy_loss(student.forward(ids).view({-1, V}), labels);
+  if (!teacher) return at::cross_entropy_loss(student.logits(student_hidden(student, ids, o)).view({-1, V}), labels);
   if (device.is_cuda() && o.fused_lm_head) {
     LinearKdOptions k;
     k.temperature = o.temperature;
     k.kd_weight = o.alpha;
     k.ce_weight = 1.0 - o.alpha;
-    at::Tensor hs = student.forward_hidden(ids);
+    at::Tensor hs = student_hidden(student, ids, o);
     hs = hs.reshape({-1, hs.size(-1)});
     TeacherOutput t = teacher->run(ids, /*want_hidden=*/true);
     if (t.logits.defined())
@@ -31,7 +40,7 @@ at::Tensor micro_batch_loss(const NemotronH& student, Teacher* teacher, const Ba
   k.temperature = o.temperature;
   k.kd_weight = o.alpha;
   k.ce_weight = 1.0 - o.alpha;
-  at::Tensor s = student.forward(ids);
+  at::Tensor s = student.logits(student_hidden(student, ids, o));
   TeacherOutput t = teacher->run(ids, /*want_hidden=*/false);
   return kd_loss(s.view({-1, V}), t.logits.reshape({-1, V}), labels, k);
 }

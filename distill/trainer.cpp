@@ -40,6 +40,7 @@ void check_options(const DistillOptions& o) {
            "distill: need 0 <= --min-lr <= --lr and --lr > 0, found lr ", o.schedule.lr, ", min-lr ", o.schedule.min_lr);
   MP_CHECK(o.device == "cpu" || o.device == "cuda", "distill: --device must be cpu or cuda, found \"", o.device, "\"");
   MP_CHECK(o.max_nonfinite > 0, "distill: --max-nonfinite must be positive");
+  MP_CHECK(o.checkpoint_layers > 0, "distill: --checkpoint-layers must be positive, found ", o.checkpoint_layers);
 }
 
 DType save_dtype(const DistillOptions& o, const Checkpoint* student_ck) {
@@ -203,7 +204,9 @@ DistillResult Job::run() {
   }
   log({{"event", resumed ? "resume" : "start"}, {"total_steps", total_steps}, {"tokens_per_step", tokens_per_step},
        {"world_size", world_}, {"student_parameters", student_->num_parameters()}, {"settings", st_.settings},
-       {"resumed_at_step", st_.step}});
+       {"resumed_at_step", st_.step},
+       // Not a setting: checkpointing changes memory and time, not the step sequence, so a resume may switch it.
+       {"activation_checkpointing", o_.activation_checkpointing ? json(o_.checkpoint_layers) : json(false)}});
   if (o_.resume && !resumed && rank_ == 0) log_warning("distill: --resume given but " + o_.out_dir + " has no checkpoint; starting fresh");
 
   GradientSync sync(comm_, optimizer.params(), o_.bucket_bytes);
@@ -211,6 +214,7 @@ DistillResult Job::run() {
   loss.alpha = o_.alpha;
   loss.temperature = o_.temperature;
   loss.fused_lm_head = o_.fused_lm_head;
+  loss.checkpoint_layers = o_.activation_checkpointing ? o_.checkpoint_layers : 0;
   Progress progress("distill", (total_steps - st_.step) * tokens_per_step, "tok",
                     rank_ == 0 ? ProgressMode::Auto : ProgressMode::Off);
   auto save = [&] {

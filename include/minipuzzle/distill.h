@@ -205,11 +205,14 @@ void barrier(Communicator* comm);
 // Activation checkpointing: fn(input) runs without keeping its intermediate activations; backward runs it again
 // with autograd and differentiates that. `params` are the tensors fn reads that need gradients (a layer's
 // weights): their gradients reach .grad through this node, so gradient hooks (GradientSync) still fire. fn must be
-// deterministic (the model has no dropout). The trainer can wrap each student layer with it once the model exposes
-// its layers one at a time (NemotronH has forward/forward_hidden only, so --activation-checkpointing is not a
-// CLI option yet).
+// deterministic (the model has no dropout, so there is no RNG state to replay); the autocast state of forward is
+// restored for the recomputation (distill/recompute.cpp).
 at::Tensor checkpointed(const std::function<at::Tensor(const at::Tensor&)>& fn, const at::Tensor& input,
                         const std::vector<at::Tensor>& params);
+// model.forward_hidden(input_ids) with the layers in checkpointed segments of layers_per_segment layers: autograd
+// keeps only each segment's input [B,T,H] (plus the embedding and norm_f), and backward recomputes one segment
+// at a time. Same values and gradients as forward_hidden (tests/distill/test_distill_checkpointing.cpp).
+at::Tensor checkpointed_forward_hidden(const NemotronH& model, const at::Tensor& input_ids, int64_t layers_per_segment);
 
 // ---------------------------------------------------------------------------------------------------------------
 // The step itself, shared by run_distillation and the benchmark.
@@ -217,6 +220,7 @@ struct LossOptions {
   double alpha = 1.0;          // loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE
   double temperature = 1.0;
   bool fused_lm_head = true;   // CUDA: linear_kd from hidden states (no [tokens, vocab] logits)
+  int64_t checkpoint_layers = 0;  // > 0: the student's layers run checkpointed, this many per segment; 0: off
 };
 // The loss of one micro-batch, differentiable w.r.t. the student's parameters. teacher == nullptr: cross-entropy.
 at::Tensor micro_batch_loss(const NemotronH& student, Teacher* teacher, const Batch& batch, const LossOptions& options);
@@ -253,6 +257,8 @@ struct DistillOptions {
   int threads = 0;             // CPU threads (0: ATen's default); fix it for bit-exact resume
   bool resume = false;
   bool fused_lm_head = true;   // CUDA: linear_kd (no full logits); CPU always uses kd_loss on logits
+  bool activation_checkpointing = false;  // recompute the student's layers in backward instead of keeping them
+  int64_t checkpoint_layers = 1;          // layers per checkpointed segment (with activation_checkpointing)
   int64_t max_nonfinite = 5;
   int64_t bucket_bytes = int64_t(25) << 20;
   std::string save_dtype;      // "float32" | "bfloat16"; empty: the student's storage (float32 from scratch)

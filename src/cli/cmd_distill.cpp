@@ -53,6 +53,13 @@ void add(CLI::App& app) {
   c->add_option("--save-dtype", o.save_dtype, "dtype of OUT/final: float32 | bfloat16 (default: the student's)");
   c->add_flag("--no-fused-lm-head", [&o](int64_t) { o.fused_lm_head = false; },
               "CUDA: materialise full logits (kd_loss) instead of the fused lm_head + KD (linear_kd)");
+  c->add_flag("--activation-checkpointing", o.activation_checkpointing,
+              "keep only each student layer's input during forward and recompute the layer in backward: less "
+              "activation memory for about one more student forward per step; same losses and gradients");
+  c->add_option("--checkpoint-layers", o.checkpoint_layers,
+                "with --activation-checkpointing: layers per recomputed segment (more: less memory kept, larger "
+                "recompute peak)")
+      ->capture_default_str();
   c->add_flag("--resume", o.resume, "continue from OUT/checkpoint");
   c->callback([a] {
     a->o.schedule.kind = distill::lr_schedule_from_name(a->schedule);

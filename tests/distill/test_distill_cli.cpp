@@ -5,7 +5,9 @@
 //     final weights byte for byte;
 //   - SIGTERM: the step finishes, a checkpoint is written, the exit code is 130;
 //   - two gloo processes with micro-batch B == one process with micro-batch 2B, within 2e-5 (relative) on every
-//     step's loss: only the order of float sums differs.
+//     step's loss: only the order of float sums differs;
+//   - --activation-checkpointing (1 and 2 layers per segment): the same losses, evaluations and final weights as
+//     without it, bit for bit.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -263,6 +265,34 @@ TEST_CASE("distill: two gloo processes with micro-batch B equal one process with
   }
   const double va = a["evals"].back()["val_loss"], vb = b["evals"].back()["val_loss"];
   CHECK(std::abs(va - vb) <= 2e-5 * va);
+}
+
+TEST_CASE("distill: --activation-checkpointing gives the same losses, evaluations and weights") {
+  const Setup& s = setup();
+  const std::string args = "--tokens 5120 --micro-batch 4 --grad-accum 2 --lr 2e-3 --warmup 2 --eval-every 5 ";
+  std::string plain = s.dir + "/ckpt_plain", ckpt = s.dir + "/ckpt_on", ckpt2 = s.dir + "/ckpt_on2";
+  auto r1 = test::run_command(distill_cmd(s, plain, args));
+  INFO(r1.output);
+  REQUIRE(r1.exit_code == 0);
+  auto r2 = test::run_command(distill_cmd(s, ckpt, args + "--activation-checkpointing"));
+  INFO(r2.output);
+  REQUIRE(r2.exit_code == 0);
+  auto r3 = test::run_command(distill_cmd(s, ckpt2, args + "--activation-checkpointing --checkpoint-layers 2"));
+  INFO(r3.output);
+  REQUIRE(r3.exit_code == 0);
+  json a = read_json(plain + "/checkpoint/trainer.json");
+  REQUIRE(a["train_loss"].size() == 10);
+  for (const std::string& out : {ckpt, ckpt2}) {
+    json b = read_json(out + "/checkpoint/trainer.json");
+    CHECK(a["train_loss"].dump() == b["train_loss"].dump());  // bit for bit on CPU
+    CHECK(a["evals"].dump() == b["evals"].dump());
+    CHECK(read_file(plain + "/final/model.safetensors") == read_file(out + "/final/model.safetensors"));
+  }
+  CHECK(read_file(ckpt + "/log.jsonl").find("\"activation_checkpointing\":1") != std::string::npos);
+  CHECK(read_file(ckpt2 + "/log.jsonl").find("\"activation_checkpointing\":2") != std::string::npos);
+  auto bad = test::run_command(distill_cmd(s, s.dir + "/ckpt_bad", args + "--activation-checkpointing --checkpoint-layers 0"));
+  CHECK(bad.exit_code == 1);
+  CHECK_THAT(bad.output, MP_CONTAINS("--checkpoint-layers must be positive"));
 }
 
 TEST_CASE("distill: non-finite steps are skipped, and too many in a row stop the run with a checkpoint") {
