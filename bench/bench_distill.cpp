@@ -2,8 +2,11 @@
 // lm_head/KD loss, backward, gradient clipping, AdamW on fp32 masters) for a ~1B student and a ~2B teacher with
 // random Nemotron-H weights in bf16; prints JSON (tokens/s, peak memory). bench/bench_distill_torch.py runs the
 // equivalent PyTorch loop (transformers models, eager KD) on the configs this program writes (--config-dir).
+// --activation-checkpointing runs the student's layers through mp::distill::checkpointed (--checkpoint-layers K
+// per segment), as `minipuzzle distill --activation-checkpointing` does; scripts/gpu/distill.sh runs it beside the
+// plain step and compares peak memory, tokens/s and the losses.
 // Usage: bench_distill [--batch 2] [--seq 2048] [--steps 4] [--warmup 2] [--device cuda|cpu] [--tiny]
-//        [--no-fused] [--config-dir DIR]
+//        [--no-fused] [--activation-checkpointing] [--checkpoint-layers 1] [--config-dir DIR]
 #include <ATen/ATen.h>
 
 #include <chrono>
@@ -66,6 +69,8 @@ void reset_peak(c10::Device device) {
 int main(int argc, char** argv) {
   int64_t batch = 2, seq = 2048;
   int steps = 4, warmup = 2;
+  bool checkpointing = false;
+  int64_t layers_per_segment = 1;
   bool tiny = false, fused = true;
   std::string device_name = at::hasCUDA() ? "cuda" : "cpu", config_dir;
   for (int i = 1; i < argc; ++i) {
@@ -77,6 +82,8 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--device")) device_name = next();
     else if (!std::strcmp(argv[i], "--tiny")) tiny = true;
     else if (!std::strcmp(argv[i], "--no-fused")) fused = false;
+    else if (!std::strcmp(argv[i], "--activation-checkpointing")) checkpointing = true;
+    else if (!std::strcmp(argv[i], "--checkpoint-layers")) layers_per_segment = std::stoll(next());
     else if (!std::strcmp(argv[i], "--config-dir")) config_dir = next();
   }
   c10::Device device(device_name);
@@ -102,6 +109,7 @@ int main(int argc, char** argv) {
   loss.alpha = 0.5;
   loss.temperature = 1.0;
   loss.fused_lm_head = fused;
+  loss.checkpoint_layers = checkpointing ? layers_per_segment : 0;
   at::Generator gen = at::detail::createCPUGenerator(3);
   distill::Batch b;
   b.input_ids = at::randint(0, student_cfg.vocab_size, {batch, seq}, gen, at::kLong);
@@ -125,6 +133,7 @@ int main(int argc, char** argv) {
   json out{{"bench", "distill_step"}, {"implementation", "minipuzzle"}, {"device", device.str()},
            {"dtype", device.is_cuda() ? "bf16 params, fp32 masters + AdamW moments" : "float32"},
            {"loss_path", device.is_cuda() && fused ? "linear_kd (fused lm_head + KD)" : "kd_loss on logits"},
+           {"activation_checkpointing", loss.checkpoint_layers > 0 ? json(loss.checkpoint_layers) : json(false)},
            {"student_params", count_parameters(student_cfg)}, {"teacher_params", count_parameters(teacher_cfg)},
            {"batch", batch}, {"seq", seq}, {"tokens_per_step", batch * seq}, {"steps_timed", steps},
            {"step_s_median", step_s}, {"tokens_per_s", double(batch * seq) / step_s},
