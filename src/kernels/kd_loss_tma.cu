@@ -16,9 +16,9 @@
 // shared memory and compute stages 1 and 2 in online form (kd_row_math.h's KdOnlinePart): each thread takes the
 // exps at its own maxima and keeps them in registers, and the block and then the cluster merge the parts, so a
 // row costs one cluster barrier instead of two. Stage 4 writes the gradient from the kept exps with one multiply
-// each: two exponentials per element instead of four. The producer warp also publishes the block's part to the cluster
-// and writes the row loss; it stores no gradient, so its cluster fence never waits on global stores
-// (kd_device.cuh).
+// each: two exponentials per element instead of four. The producer warp also publishes the block's part to the
+// cluster and writes the row loss; it stores no gradient, and its publishing thread no row loss either, so that
+// thread's cluster fence never waits on global stores (kd_device.cuh).
 //
 // Scope: forward KL, 16-bit logits, V a multiple of 8 up to 16 x 16384, rows 16-byte aligned, CE only at T = 1
 // (CE at T != 1 needs another sum of exps; reverse KL and JSD need the logits again in stage 4). The launcher
@@ -42,6 +42,9 @@ using namespace kd_device;
 constexpr int kVectorsPerThread = 4;   // per tensor: 4 x 8 logits per worker thread
 constexpr int kMaxClusterBlocks = 16;  // Hopper's non-portable cluster limit
 constexpr int kStages = 3;             // slice buffers per block
+// Thread 0 publishes the block's part with a cluster fence, which would wait for any global store of its own:
+// the row loss (a global store) is written by another producer thread.
+constexpr int kLossThread = 1;
 
 // WORKERS worker threads plus the producer warp; a block holds WORKERS x 32 logits of a row (8192 or 16384).
 // 512 workers: one block per SM (3 x 64 KiB of buffers), V up to 262144. 256: two blocks per SM, V up to 131072.
@@ -208,7 +211,7 @@ __global__ void __launch_bounds__(Shape<WORKERS>::threads, Shape<WORKERS>::block
           if (e < count) store_vector(grad_row, e, count, true, zeros);
         }
       }
-      if (rank == 0 && threadIdx.x == 0) p.row_loss[row] = 0.f;
+      if (rank == 0 && threadIdx.x == kLossThread) p.row_loss[row] = 0.f;
       __syncthreads();  // keeps the refill rule above: a block barrier between two rows
       continue;
     }
@@ -216,7 +219,7 @@ __global__ void __launch_bounds__(Shape<WORKERS>::threads, Shape<WORKERS>::block
     // Read before the row's cluster barrier: with an in-place gradient no block writes this row before its
     // stage 4 (the bulk copy of this row has landed already).
     float label_logit = 0.f;
-    if (HAS_CE && rank == 0 && threadIdx.x == 0)
+    if (HAS_CE && rank == 0 && threadIdx.x == kLossThread)
       label_logit = label_in_range ? Io<T>::to_float(static_cast<const T*>(p.student)[row * p.student_stride + label]) : NAN;
 
     const uint4* s_vec = reinterpret_cast<const uint4*>(student_buffer(i));
@@ -260,7 +263,7 @@ __global__ void __launch_bounds__(Shape<WORKERS>::threads, Shape<WORKERS>::block
     math.begin(p.temperature, p.jsd_beta, row_part.max_s, row_part.max_t, HAS_CE);
     const float totals[4] = {row_part.sum_s, row_part.sum_t, row_part.cross, 0.f};
     math.finish_sums(totals);
-    if (rank == 0 && threadIdx.x == 0) p.row_loss[row] = math.row_loss(p.kd_weight, p.ce_weight, HAS_CE, label_logit);
+    if (rank == 0 && threadIdx.x == kLossThread) p.row_loss[row] = math.row_loss(p.kd_weight, p.ce_weight, HAS_CE, label_logit);
 
     // Stage 4: the gradient, written once, by the workers, from their kept exps rescaled to the row maxima.
     if (grad_row && !producer) {
