@@ -19,7 +19,10 @@ nvidia-smi -L > "$D/gpus.txt"
 python3 - "$D" <<'PY'
 import json, struct, sys, numpy as np
 d = sys.argv[1]
-text = open("../shared/data/tinyshakespeare.txt", "rb").read()
+import os
+path = next(p for p in ("../shared/data/tinyshakespeare.txt", "shared/data/tinyshakespeare.txt",
+                        ".carry/data/tinyshakespeare.txt") if os.path.exists(p))
+text = open(path, "rb").read()
 for name, lo, hi in (("train", 0, 1000000), ("valid", 1000000, 1100000)):
     ids = np.frombuffer(text[lo:hi], dtype=np.uint8).astype("<u4")
     ids.tofile(f"{d}/{name}.tokens")
