@@ -148,59 +148,50 @@ int main(int argc, char** argv) {
                            {"under_7b", r.feasible},           {"seconds", seconds_since(t0)},
                            {"claim_seconds", 2},               {"best", best}};
   }
-  {  // Nano 2 paper space: where the 9B shape lands.
-    ModelConfig parent = model("nemotron-nano-12b-v2");
-    SearchOptions o;
-    o.setup.context = 131072;
-    o.budget = make_budget(a10g, parse_reservations("vision=1.3GiB"), std::nullopt);
-    o.space.drop_mamba = {0, 10, 1};
-    o.space.drop_attention = {0, 5, 1};
-    o.space.drop_mlp = {0, 10, 1};
-    o.space.bound_total = true;
-    o.space.drop_total = {6, 10, 1};
-    o.space.hidden = {4480, 5120, 128};
-    o.space.ffn = {13440, 20480, 320};
-    o.space.mamba_heads = {112, 128, 8};
-    o.space.mamba_head_dim = {80, 80, 1};
-    o.space.attention_heads = {40, 40, 8};
-    o.references = {{"Nemotron-Nano-9B-v2", model("nemotron-nano-9b-v2")}};
+  {  // Nano 2: where the 9B shape lands in the paper's width search (configs/search/nano2-12b-to-9b.json), and in
+     // its whole space (drop 6-10 layers of any type) ranked by fill.
+    PreparedSearch p = prepare_search(SearchRequest::load("nano2-12b-to-9b"));
     auto t0 = std::chrono::steady_clock::now();
-    SearchResult r = run_search(parent, a10g, o);
+    SearchResult r = run_search(p.parent, p.hardware, p.options);
     const Candidate& ref = *r.references[0].candidate;
-    out["nano2_paper_space"] = {{"budget_gib", o.budget.usable_bytes() / kGiB},
+    json top = json::array();
+    for (auto& c : r.candidates)
+      if (c.rank >= 1 && c.rank <= 5)
+        top.push_back({{"rank", c.rank}, {"id", c.id}, {"params", c.params.total()}, {"memory_gib", c.memory.total() / kGiB},
+                       {"proxy", c.proxy}});
+    out["nano2_paper_space"] = {{"config", "configs/search/nano2-12b-to-9b.json"},
+                                {"proxy", r.proxy_kind},
+                                {"budget_gib", p.options.budget.usable_bytes() / kGiB},
                                 {"parent_fits", r.parent.feasible},
                                 {"parent_memory_gib", r.parent.memory.total() / kGiB},
                                 {"nano9b_reachable", r.references[0].reachable},
                                 {"nano9b_fits", ref.feasible},
                                 {"nano9b_memory_gib", ref.memory.total() / kGiB},
                                 {"nano9b_stage1_rank", ref.rank},
+                                {"top5", top},
                                 {"feasible", r.feasible},
                                 {"enumerated", r.enumerated},
                                 {"seconds", seconds_since(t0)}};
+    SearchOptions whole = p.options;  // the paper's whole space, fill proxy, memory budget only
+    whole.proxy = Proxy::Fill;
+    whole.space.max_params = 0;
+    whole.space.drop_mamba = {0, 10, 1};
+    whole.space.drop_attention = {0, 5, 1};
+    whole.space.drop_mlp = {0, 10, 1};
+    whole.space.bound_total = true;
+    whole.space.drop_total = {6, 10, 1};
+    SearchResult w = run_search(p.parent, p.hardware, whole);
+    out["nano2_whole_space_fill"] = {{"nano9b_stage1_rank", w.references[0].candidate->rank},
+                                     {"feasible", w.feasible},
+                                     {"enumerated", w.enumerated}};
   }
-  {  // MiniPuzzle: 56B -> 47B on an RTX 5090.
-    ModelConfig parent = model("nemotron-h-56b");
-    HardwareProfile hw = load_hardware("rtx5090");
-    SearchOptions o;
-    o.setup.context = 1000000;
-    o.setup.weights = DType::FP4;
-    o.setup.kv_cache = DType::FP8;
-    o.setup.conv_state = o.setup.ssm_state = DType::BF16;
-    o.setup.prefill_chunk = 0;
-    o.budget = make_budget(hw, {}, 31.7);
-    o.space.drop_mamba = {0, 12, 1};
-    o.space.drop_attention = {0, 9, 1};
-    o.space.drop_mlp = {0, 8, 1};
-    o.space.hidden = {8192, 8192, 1};
-    o.space.ffn = {24576, 32768, 1024};
-    o.space.mamba_heads = {256, 256, 8};
-    o.space.mamba_head_dim = {64, 64, 1};
-    o.space.attention_heads = {64, 64, 8};
-    o.references = {{"Nemotron-H-47B", model("nemotron-h-47b")}};
+  {  // MiniPuzzle: 56B -> 47B on an RTX 5090 (configs/search/minipuzzle-56b-to-47b.json).
+    PreparedSearch p = prepare_search(SearchRequest::load("minipuzzle-56b-to-47b"));
     auto t0 = std::chrono::steady_clock::now();
-    SearchResult r = run_search(parent, hw, o);
+    SearchResult r = run_search(p.parent, p.hardware, p.options);
     const Candidate& ref = *r.references[0].candidate;
-    out["minipuzzle_56b_to_47b"] = {{"parent_fits", r.parent.feasible},
+    out["minipuzzle_56b_to_47b"] = {{"config", "configs/search/minipuzzle-56b-to-47b.json"},
+                                    {"parent_fits", r.parent.feasible},
                                     {"parent_memory_gib", r.parent.memory.total() / kGiB},
                                     {"h47b_reachable", r.references[0].reachable},
                                     {"h47b_fits", ref.feasible},

@@ -4,9 +4,9 @@
 // parameters only grow with the FFN width, so once a point is over the budget the rest of that FFN run is
 // counted as over the budget without being costed: the search stays linear in the feasible region.
 //
-// Stage 1 ranks every feasible point by a proxy: with importance scores, the product over axes of the
-// importance mass kept (the sum of the kept units' scores over the sum of all, kept units being the top-k);
-// without scores, how close the point comes to the memory budget (the largest student that fits first).
+// Stage 1 ranks every feasible point by a proxy (SearchOptions::proxy): the product over axes of the importance
+// mass kept (the sum of the kept units' scores over the sum of all, kept units being the top-k; uniform where no
+// scores are given), or how close the point comes to the binding constraint (the largest student that fits first).
 // Stage 2 re-ranks the best M by the zero-shot LM loss of the pruned model (a callback), stage 3 the best K of
 // those by the LM loss after a short distillation (a callback).
 #include <algorithm>
@@ -21,6 +21,22 @@
 #include "minipuzzle/search.h"
 
 namespace mp::search {
+
+Proxy parse_proxy(const std::string& text) {
+  if (text == "auto") return Proxy::Auto;
+  if (text == "fill") return Proxy::Fill;
+  if (text == "importance") return Proxy::Importance;
+  fail("proxy \"", text, "\": expected auto, fill or importance");
+}
+
+const char* proxy_name(Proxy proxy) {
+  switch (proxy) {
+    case Proxy::Auto: return "auto";
+    case Proxy::Fill: return "fill";
+    case Proxy::Importance: return "importance";
+  }
+  return "?";
+}
 
 namespace {
 
@@ -61,17 +77,25 @@ struct Point {
   double proxy = 0, memory = 0, params = 0, tokens_per_s = 0;
 };
 
-// Better stage-1 rank first: proxy, then more parameters, then the id-defining fields for determinism.
-bool better(const Point& a, const Point& b) {
-  if (a.proxy != b.proxy) return a.proxy > b.proxy;
-  if (a.params != b.params) return a.params > b.params;
-  if (a.depth != b.depth) return a.depth < b.depth;
-  if (a.shape.hidden != b.shape.hidden) return a.shape.hidden > b.shape.hidden;
-  if (a.shape.ffn != b.shape.ffn) return a.shape.ffn > b.shape.ffn;
-  if (a.shape.mamba_heads != b.shape.mamba_heads) return a.shape.mamba_heads > b.shape.mamba_heads;
-  if (a.shape.mamba_head_dim != b.shape.mamba_head_dim) return a.shape.mamba_head_dim > b.shape.mamba_head_dim;
-  return a.shape.attention_heads > b.shape.attention_heads;
-}
+// Proxies equal up to rounding are ties: they are kept on a grid of 1e-12 (a proxy lies in [0, ~1]), so that two
+// products of the same fractions taken in different orders compare equal, and the order stays a strict weak one.
+double quantize_proxy(double v) { return std::round(v * 1e12) / 1e12; }
+
+// Better stage-1 rank first: proxy; at equal proxy, for the importance proxy the smaller student (the same
+// importance kept at a lower cost), for fill the larger one; then the id-defining fields for determinism.
+struct Better {
+  bool smaller_first = false;
+  bool operator()(const Point& a, const Point& b) const {
+    if (a.proxy != b.proxy) return a.proxy > b.proxy;
+    if (a.params != b.params) return smaller_first ? a.params < b.params : a.params > b.params;
+    if (a.depth != b.depth) return a.depth < b.depth;
+    if (a.shape.hidden != b.shape.hidden) return a.shape.hidden > b.shape.hidden;
+    if (a.shape.ffn != b.shape.ffn) return a.shape.ffn > b.shape.ffn;
+    if (a.shape.mamba_heads != b.shape.mamba_heads) return a.shape.mamba_heads > b.shape.mamba_heads;
+    if (a.shape.mamba_head_dim != b.shape.mamba_head_dim) return a.shape.mamba_head_dim > b.shape.mamba_head_dim;
+    return a.shape.attention_heads > b.shape.attention_heads;
+  }
+};
 
 std::string gib(double bytes) {
   char buf[32];
@@ -89,7 +113,7 @@ class Searcher {
   Searcher(const ModelConfig& parent, const HardwareProfile& hw, const SearchOptions& o)
       : parent_(parent), hw_(hw), o_(o), base_(Shape::of(parent)) {
     budget_ = o.budget.usable_bytes();
-    use_importance_ = !o.scores.empty();
+    use_importance_ = o.proxy == Proxy::Importance || (o.proxy == Proxy::Auto && !o.scores.empty());
     hidden_.build(o.scores.hidden, parent.hidden_size, "hidden");
     ffn_.build(o.scores.ffn, parent.intermediate_size, "ffn");
     heads_.build(o.scores.mamba_heads, parent.mamba_num_heads, "mamba_heads");
@@ -104,11 +128,12 @@ class Searcher {
   SearchResult run() {
     auto start = std::chrono::steady_clock::now();
     SearchResult r;
-    r.proxy_kind = use_importance_ ? "importance" : "memory-closeness";
+    r.proxy_kind = !use_importance_ ? "memory-closeness" : o_.scores.empty() ? "importance-uniform" : "importance";
     r.parent = evaluate_parent();
     for (auto& ref : o_.references) r.references.push_back(locate_reference(ref.first, ref.second));
+    better_ = Better{use_importance_};
     ref_points_.clear();
-    for (auto& ref : r.references) ref_points_.push_back(ref.candidate ? ref.candidate->proxy : 0.0);
+    for (auto& ref : r.references) ref_points_.push_back(reference_point(ref));
     ref_better_.assign(r.references.size(), 0);
     enumerate();
     r.enumerated = enumerated_;
@@ -121,7 +146,7 @@ class Searcher {
         r.references[i].candidate->rank = ref_better_[i] + 1;
 
     // Stage 1 order of the kept feasible points, plus Pareto points that fell outside the kept ones.
-    std::sort(top_.begin(), top_.end(), better);
+    std::sort(top_.begin(), top_.end(), better_);
     std::vector<Candidate> feasible;
     for (size_t i = 0; i < top_.size(); ++i) {
       Candidate c = materialize(top_[i]);
@@ -206,7 +231,8 @@ class Searcher {
     return s;
   }
 
-  double proxy(const Depth& d, const Shape& s, double memory) const {
+  double proxy(const Depth& d, const Shape& s, double memory) const { return quantize_proxy(raw_proxy(d, s, memory)); }
+  double raw_proxy(const Depth& d, const Shape& s, double memory) const {
     if (!use_importance_) {
       // Closeness to the binding constraint: the largest student that fits comes first.
       double fill = memory / budget_;
@@ -301,7 +327,7 @@ class Searcher {
                 ++feasible_;
                 p.proxy = proxy(d, s, p.memory);
                 p.tokens_per_s = output_tokens / workload_seconds(s.ffn);
-                for (size_t r = 0; r < ref_points_.size(); ++r) ref_better_[r] += p.proxy > ref_points_[r];
+                for (size_t r = 0; r < ref_points_.size(); ++r) ref_better_[r] += better_(p, ref_points_[r]);
                 keep_feasible(p);
                 add_to_front(p);
               }
@@ -312,11 +338,11 @@ class Searcher {
   }
 
   void keep_feasible(const Point& p) {
-    auto cmp = [](const Point& a, const Point& b) { return better(a, b); };  // heap top = worst kept
+    const Better& cmp = better_;  // heap top = worst kept
     if (static_cast<int64_t>(top_.size()) < std::max<int64_t>(o_.keep_feasible, 1)) {
       top_.push_back(p);
       std::push_heap(top_.begin(), top_.end(), cmp);
-    } else if (better(p, top_.front())) {
+    } else if (better_(p, top_.front())) {
       std::pop_heap(top_.begin(), top_.end(), cmp);
       top_.back() = p;
       std::push_heap(top_.begin(), top_.end(), cmp);
@@ -372,6 +398,24 @@ class Searcher {
     d.mass = depth_mass_value;
     c.proxy = proxy(d, s, c.memory.total());
     return c;
+  }
+
+  // A reference shape as a point, to count the enumerated points ranked before it.
+  Point reference_point(const ReferenceResult& ref) const {
+    Point p;
+    p.depth = -1;
+    if (!ref.candidate) {
+      p.proxy = -1;  // not a pruned form of the parent: every point counts as better
+      return p;
+    }
+    const Candidate& c = *ref.candidate;
+    for (size_t i = 0; i < depths_.size(); ++i)
+      if (depths_[i].dropped == c.dropped_layers) p.depth = static_cast<int32_t>(i);
+    p.shape = c.shape;
+    p.proxy = c.proxy;
+    p.memory = c.memory.total();
+    p.params = static_cast<double>(c.params.total());
+    return p;
   }
 
   Candidate materialize(const Point& p) const {
@@ -493,7 +537,8 @@ class Searcher {
   std::map<std::string, int64_t> reason_counts_;
   std::vector<Point> top_, nearest_infeasible_;
   std::map<double, std::pair<double, Point>> front_;
-  std::vector<double> ref_points_;
+  Better better_;
+  std::vector<Point> ref_points_;
   std::vector<int64_t> ref_better_;
 };
 

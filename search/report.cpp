@@ -121,8 +121,11 @@ std::vector<std::string> write_search_report(const std::string& dir, const Model
       {"workload", o.workload.text()},
       {"space", std::to_string(o.space.combinations()) + " combinations; enumerated " + std::to_string(r.enumerated) +
                     ", feasible " + std::to_string(r.feasible)},
-      {"stage-1 proxy", r.proxy_kind == "importance" ? "importance mass kept (product over axes)"
-                                                     : "memory used / budget (no scores given)"},
+      {"stage-1 proxy", r.proxy_kind == "importance"           ? "importance mass kept (product over axes, scores.json)"
+                        : r.proxy_kind == "importance-uniform" ? "units kept (product over axes; importance mass with "
+                                                                 "every unit equal: no scores given)"
+                                                               : "fill of the binding constraint (memory / budget, "
+                                                                 "params / max params)"},
       {"search time", fixed(r.seconds * 1e3, 1) + " ms"}};
   for (auto& b : o.budget.reservations)
     summary.emplace_back("reserved: " + b.name, fixed((b.fraction * o.budget.device_bytes + b.bytes) / kGiB, 3) + " GiB" +
@@ -236,7 +239,7 @@ std::vector<std::string> write_search_report(const std::string& dir, const Model
   page.heading("Accuracy proxy and size vs predicted throughput");
   page.figure(scatter(false), "Feasible candidates kept (blue), infeasible nearest the budget (grey), the Pareto front "
                               "of parameters and predicted throughput over all feasible candidates (orange).");
-  if (r.proxy_kind == "importance")
+  if (r.proxy_kind != "memory-closeness")
     page.figure(scatter(true), "Importance proxy against predicted throughput; pick on the front.");
   if (!r.references.empty()) {
     page.heading("Reference shapes");

@@ -235,6 +235,20 @@ struct ImportanceScores {
   static ImportanceScores from_json(const json& j, const std::string& what, const std::string& depth_criterion = "");
 };
 
+// ---------------------------------------------------------------- stage-1 proxy
+// How stage 1 orders the feasible candidates (higher is better):
+//   fill        the fill of the binding constraint, max(memory / budget, params / max params): the largest
+//               student that fits first (NVIDIA ModelOpt sorts its candidates this way before scoring the top k);
+//   importance  the importance mass kept, a product over axes (Minitron): per axis, the kept units' share of the
+//               axis's importance; where scores.json gives no scores for an axis (or none is given), every unit
+//               counts the same, so the axis contributes the fraction of units kept;
+//   auto        importance when scores are given, else fill.
+// With a memory budget alone both grow with every width, so they prefer students that fill the budget; with a
+// parameter target as well (max params), the importance proxy chooses how to spend the parameters across axes.
+enum class Proxy { Auto, Fill, Importance };
+Proxy parse_proxy(const std::string& text);  // auto | fill | importance
+const char* proxy_name(Proxy proxy);
+
 // ---------------------------------------------------------------- candidates and ranking
 struct Candidate {
   std::string id;  // stable: a function of the shape and the dropped layers only
@@ -262,6 +276,7 @@ struct SearchOptions {
   Budget budget;
   SearchSpace space;
   ImportanceScores scores;
+  Proxy proxy = Proxy::Auto;
   int64_t keep_feasible = 200;     // feasible candidates kept in the report (best by stage-1 rank)
   int64_t keep_infeasible = 50;    // infeasible ones kept (nearest to the budget), besides the counts by reason
   // Stage 2: zero-shot LM loss of the actually pruned candidate (lower is better), for the best `stage2_top`.
@@ -287,7 +302,7 @@ struct SearchResult {
   int64_t enumerated = 0, feasible = 0;
   std::vector<std::pair<std::string, int64_t>> infeasible_by_reason;
   std::vector<ReferenceResult> references;
-  std::string proxy_kind;  // "importance" or "memory-closeness"
+  std::string proxy_kind;  // "importance" (scores), "importance-uniform" (no scores) or "memory-closeness"
   double seconds = 0;
   json to_json(const ModelConfig& parent_config, const SearchOptions& options,
                const HardwareProfile& hw) const;
@@ -302,6 +317,36 @@ std::vector<int64_t> choose_dropped_layers(const ModelConfig& parent, int64_t dr
 std::vector<int64_t> choose_dropped_layers_total(const ModelConfig& parent, int64_t drop_total,
                                                  const std::vector<double>& layer_importance);
 std::string candidate_id(const Shape& shape, const std::vector<int64_t>& dropped_layers);
+
+// ---------------------------------------------------------------- a search as data
+// A search written down: configs/search/*.json, or the CLI's flags, with the same names (dashes or
+// underscores). Keys (all optional but source and hardware):
+//   source (checkpoint dir, config.json or a configs/models name), hardware (configs/hardware name or path),
+//   context ("128k"), batch, workload ("8k-in,16k-out"), scores (scores.json), depth_criterion, budget_gib,
+//   reserve ("vision=1.3GiB"), margin_gib, weights_dtype, kv_dtype, conv_state_dtype, ssm_state_dtype,
+//   prefill_chunk, depth ("per-type" | "total"), drop_mamba, drop_attention, drop_mlp, drop_total, hidden, ffn,
+//   mamba_heads, mamba_head_dim, attention_heads (ranges "MIN:MAX:STEP" or one number), min_params and
+//   max_params (billions), proxy (auto | fill | importance), keep, keep_infeasible, reference (list of shapes to
+//   locate). Keys starting with "_" and "description" are notes. Unknown keys are refused.
+struct SearchRequest {
+  json values = json::object();  // normalised keys (underscores)
+  std::string origin = "search request";
+  static SearchRequest from_json(const json& j, const std::string& what);
+  // A JSON file, or a name in configs/search (e.g. nano2-12b-to-9b).
+  static SearchRequest load(const std::string& name_or_path);
+  void set(const std::string& key, json value);  // a flag given on the command line overrides the file
+  bool has(const std::string& key) const;
+};
+// A checkpoint directory, a config.json, or a published model name in configs/models.
+ModelConfig load_model_source(const std::string& name_or_path);
+struct PreparedSearch {
+  ModelConfig parent;
+  HardwareProfile hardware;
+  SearchOptions options;
+};
+// Resolves the request: parent and hardware loaded, ranges parsed (the parent's defaults where absent, see
+// default_space), scores read. Errors name the key and what was expected.
+PreparedSearch prepare_search(const SearchRequest& request);
 
 // report.json, report.md, report.html in `dir` (created). Returns the paths written.
 std::vector<std::string> write_search_report(const std::string& dir, const ModelConfig& parent,

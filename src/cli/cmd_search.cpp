@@ -1,8 +1,12 @@
-// minipuzzle search SOURCE --hardware HW --context N [--batch B] [--workload 8k-in,16k-out] [--scores S]
-//                   [--budget-gib X] [--reserve LIST] [space flags] -o REPORT_DIR
+// minipuzzle search [SOURCE] [--config configs/search/X.json] --hardware HW --context N [--batch B]
+//                   [--workload 8k-in,16k-out] [--scores S] [--budget-gib X] [--reserve LIST] [space flags]
+//                   [--proxy auto|fill|importance]
+//                   [--zero-shot-top M --calib FILE [--calib-tokens N]] [--distill-top K --distill-data FILE]
+//                   -o REPORT_DIR
 // SOURCE: a checkpoint directory, a config.json, or a published model name from configs/models
-// (e.g. nemotron-nano-12b-v2). Writes REPORT_DIR/report.{json,md,html}; candidates are addressed as
-// REPORT_DIR/report.json#<id> by `minipuzzle prune --target`.
+// (e.g. nemotron-nano-12b-v2). --config is a search written as JSON (the same names as the flags; see
+// configs/search/); flags given on the command line override it. Writes REPORT_DIR/report.{json,md,html};
+// candidates are addressed as REPORT_DIR/report.json#<id> by `minipuzzle prune --target`.
 #include <filesystem>
 #include <memory>
 #include <sstream>
@@ -11,85 +15,71 @@
 #include "minipuzzle/progress.h"
 #include "minipuzzle/search.h"
 #include "src/cli/command.h"
+#include "src/cli/common.h"
+#include "src/cli/search_stages.h"
 
 namespace fs = std::filesystem;
 
 namespace mp::cli {
 namespace {
 
+// The flags that are also keys of a search request (search::SearchRequest), by long name without dashes.
+const char* const kRequestFlags[] = {
+    "hardware",    "context",        "batch",        "workload",         "scores",     "depth-criterion",
+    "budget-gib",  "reserve",        "margin-gib",   "weights-dtype",    "kv-dtype",   "conv-state-dtype",
+    "ssm-state-dtype", "prefill-chunk", "depth",     "drop-mamba",       "drop-attention", "drop-mlp",
+    "drop-total",  "hidden",         "ffn",          "mamba-heads",      "mamba-head-dim", "attention-heads",
+    "min-params",  "max-params",     "proxy",        "keep",             "keep-infeasible", "reference"};
+
 struct SearchArgs {
-  std::string source, hardware, context = "131072", workload = "8k-in,16k-out", scores, depth_criterion, reserve,
-              output;
-  int64_t batch = 1, prefill_chunk = 2048, keep = 200, keep_infeasible = 50;
-  double budget_gib = 0, margin_gib = 0, min_params_b = 0, max_params_b = 0;
-  std::string weights = "bfloat16", kv = "bfloat16", conv_state = "bfloat16", ssm_state;
-  std::string depth = "per-type", drop_mamba, drop_attention, drop_mlp, drop_total, hidden, ffn, mamba_heads,
-              mamba_head_dim, attention_heads;
-  std::vector<std::string> references;
+  std::string source, config, output;
+  int64_t zero_shot_top = 0, distill_top = 0;
+  SearchStageOptions stages;
+  CLI::App* app = nullptr;
 };
 
-search::IntRange range_or(const std::string& text, const search::IntRange& fallback) {
-  return text.empty() ? fallback : search::parse_range(text);
-}
-
-ModelConfig load_source(const std::string& source) {
-  if (fs::exists(source)) return load_config(source);
-  return load_config(search::find_config_file("models", source));
+// The request: the --config file, then every request flag given on the command line.
+search::SearchRequest build_request(const SearchArgs& a) {
+  search::SearchRequest r;
+  if (!a.config.empty()) r = search::SearchRequest::load(a.config);
+  r.origin = a.config.empty() ? "command line" : r.origin + " (with command-line flags)";
+  if (!a.source.empty()) r.set("source", a.source);
+  for (const char* name : kRequestFlags) {
+    const CLI::Option* opt = a.app->get_option_no_throw(std::string("--") + name);
+    if (!opt || opt->count() == 0) continue;
+    const auto& results = opt->results();
+    if (std::string(name) == "reference") r.set(name, json(results));
+    else r.set(name, results.back());
+  }
+  return r;
 }
 
 void run(const SearchArgs& a) {
   using namespace search;
-  ModelConfig parent = load_source(a.source);
-  HardwareProfile hw = load_hardware(a.hardware);
-  SearchOptions o;
-  o.setup.context = parse_token_count(a.context);
-  o.setup.batch = a.batch;
-  o.setup.weights = parse_dtype(a.weights);
-  o.setup.kv_cache = parse_dtype(a.kv);
-  o.setup.conv_state = parse_dtype(a.conv_state);
-  o.setup.ssm_state = parse_dtype(a.ssm_state.empty() ? parent.mamba_ssm_cache_dtype : a.ssm_state);
-  o.setup.prefill_chunk = a.prefill_chunk;
-  o.setup.runtime_margin_bytes = a.margin_gib * kGiB;
-  MP_CHECK(a.batch > 0, "--batch must be positive");
-  o.workload = parse_workload(a.workload);
-  o.budget = make_budget(hw, a.reserve.empty() ? std::vector<Reservation>{} : parse_reservations(a.reserve),
-                         a.budget_gib > 0 ? std::optional<double>(a.budget_gib) : std::nullopt);
-  SearchSpace d = default_space(parent);
-  SearchSpace& s = o.space;
-  s = d;
-  MP_CHECK(a.depth == "per-type" || a.depth == "total", "--depth must be per-type or total, found \"", a.depth, "\"");
-  s.depth_per_type = a.depth == "per-type";
-  s.drop_mamba = range_or(a.drop_mamba, d.drop_mamba);
-  s.drop_attention = range_or(a.drop_attention, d.drop_attention);
-  s.drop_mlp = range_or(a.drop_mlp, d.drop_mlp);
-  s.drop_total = range_or(a.drop_total, d.drop_total);
-  s.bound_total = s.depth_per_type ? (a.drop_total.empty() ? d.bound_total : true) : true;
-  s.hidden = range_or(a.hidden, d.hidden);
-  s.ffn = range_or(a.ffn, d.ffn);
-  s.mamba_heads = range_or(a.mamba_heads, d.mamba_heads);
-  s.mamba_head_dim = range_or(a.mamba_head_dim, d.mamba_head_dim);
-  s.attention_heads = range_or(a.attention_heads, d.attention_heads);
-  s.min_params = a.min_params_b * 1e9;
-  s.max_params = a.max_params_b * 1e9;
-  if (!a.scores.empty())
-    o.scores = ImportanceScores::from_json(read_json_file(a.scores), a.scores, a.depth_criterion);
-  o.keep_feasible = a.keep;
-  o.keep_infeasible = a.keep_infeasible;
-  for (auto& r : a.references) {
-    ModelConfig c = load_source(r);
-    o.references.emplace_back(fs::path(r).stem().string(), c);
-  }
-  log_info("search: " + std::to_string(s.combinations()) + " combinations, budget " +
-           std::to_string(o.budget.usable_bytes() / kGiB) + " GiB on " + hw.name);
-  SearchResult r = run_search(parent, hw, o);
-  auto paths = write_search_report(a.output, parent, hw, o, r);
+  SearchRequest request = build_request(a);
+  PreparedSearch p = prepare_search(request);
+  SearchOptions& o = p.options;
+  SearchStageOptions stages = a.stages;
+  stages.checkpoint = request.values.at("source").get<std::string>();
+  stages.scores = request.has("scores") ? request.values.at("scores").get<std::string>() : "";
+  stages.report_dir = a.output;
+  attach_search_stages(o, p.parent, stages, a.zero_shot_top, a.distill_top);
+  log_info("search: " + std::to_string(o.space.combinations()) + " combinations, budget " +
+           std::to_string(o.budget.usable_bytes() / kGiB) + " GiB on " + p.hardware.name + ", stage-1 proxy " +
+           proxy_name(o.proxy));
+  SearchResult r = run_search(p.parent, p.hardware, o);
+  auto paths = write_search_report(a.output, p.parent, p.hardware, o, r);
   std::ostringstream msg;
   msg << "search: " << r.enumerated << " enumerated, " << r.feasible << " fit; parent "
       << (r.parent.feasible ? "fits" : "does not fit (" + r.parent.reasons.front() + ")");
   for (auto& c : r.candidates)
     if (c.rank == 1) msg << "; best: " << c.id;
+  for (auto& ref : r.references)
+    if (ref.candidate)
+      msg << "; " << ref.name << ": " << (ref.candidate->feasible ? "fits" : "does not fit")
+          << (ref.candidate->rank > 0 ? ", stage-1 rank " + std::to_string(ref.candidate->rank) : "");
   log_info(msg.str());
-  for (auto& p : paths) log_info("wrote " + p);
+  for (auto& path : paths) log_info("wrote " + path);
 }
 
 void add(CLI::App& app) {
@@ -97,42 +87,64 @@ void add(CLI::App& app) {
   CLI::App* c = app.add_subcommand(
       "search",
       "Find the pruned students of SOURCE that fit a GPU at a context length, explain the ones that do not, predict "
-      "their throughput and rank them (importance proxy from --scores, else closeness to the budget).");
-  c->add_option("source", a->source, "checkpoint directory, config.json, or a name in configs/models")->required();
-  c->add_option("--hardware", a->hardware, "profile name in configs/hardware (a10g, rtx5090, h100-80gb, ...) or a JSON path")
-      ->required();
-  c->add_option("--context", a->context, "tokens of context per sequence (131072, 128k, 1M = 2^20)")->capture_default_str();
-  c->add_option("--batch", a->batch, "sequences served together")->capture_default_str();
-  c->add_option("--workload", a->workload, "throughput workload: IN-in,OUT-out")->capture_default_str();
-  c->add_option("--scores", a->scores, "scores.json from `minipuzzle score` (stage-1 importance proxy)");
-  c->add_option("--depth-criterion", a->depth_criterion,
+      "their throughput and rank them: stage 1 by a proxy (importance kept, or fill of the budget), stage 2 by the "
+      "zero-shot loss of the best M pruned in memory, stage 3 by the loss after a short distillation of the best K.");
+  a->app = c;
+  c->add_option("source", a->source, "checkpoint directory, config.json, or a name in configs/models (or in --config)");
+  c->add_option("--config", a->config, "a search as JSON (configs/search/NAME.json or a path; keys = these flags' names)");
+  c->add_option("--hardware", "profile name in configs/hardware (a10g, rtx5090, h100-80gb, ...) or a JSON path");
+  c->add_option("--context", "tokens of context per sequence (131072, 128k, 1M = 2^20; default 131072)");
+  c->add_option("--batch", "sequences served together (default 1)");
+  c->add_option("--workload", "throughput workload: IN-in,OUT-out (default 8k-in,16k-out)");
+  c->add_option("--scores", "scores.json from `minipuzzle score` (stage-1 importance; the pruner's ranking in stages 2-3)");
+  c->add_option("--depth-criterion",
                 "layer importance from scores.json: mse_logits, kl, lm_loss_increase, mse_hidden, block_influence, iterative");
-  c->add_option("--budget-gib", a->budget_gib, "memory budget in GiB (replaces the device minus reservations)");
-  c->add_option("--reserve", a->reserve, "reservations, e.g. 'vision=1.3GiB' or 'framework=5%,2GiB' (added to the profile's)");
-  c->add_option("--margin-gib", a->margin_gib, "fixed runtime margin counted as a memory term")->capture_default_str();
-  c->add_option("--weights-dtype", a->weights, "bfloat16 | fp8 | fp4")->capture_default_str();
-  c->add_option("--kv-dtype", a->kv, "KV cache dtype")->capture_default_str();
-  c->add_option("--conv-state-dtype", a->conv_state, "Mamba conv state dtype")->capture_default_str();
-  c->add_option("--ssm-state-dtype", a->ssm_state, "Mamba SSM state dtype (default: the config's mamba_ssm_cache_dtype)");
-  c->add_option("--prefill-chunk", a->prefill_chunk, "tokens per prefill step for the activation term (0: none)")
-      ->capture_default_str();
-  c->add_option("--depth", a->depth, "per-type (drop counts per layer type) | total (least important layers overall)")
-      ->capture_default_str();
-  c->add_option("--drop-mamba", a->drop_mamba, "range MIN:MAX[:STEP] of Mamba layers to drop");
-  c->add_option("--drop-attention", a->drop_attention, "range of attention layers to drop");
-  c->add_option("--drop-mlp", a->drop_mlp, "range of MLP layers to drop");
-  c->add_option("--drop-total", a->drop_total, "range of layers to drop in all");
-  c->add_option("--hidden", a->hidden, "hidden size range (default: 60-100% of the parent, step 128)");
-  c->add_option("--ffn", a->ffn, "FFN size range (default: 60-100%, step 512)");
-  c->add_option("--mamba-heads", a->mamba_heads, "Mamba heads range (multiples of n_groups)");
-  c->add_option("--mamba-head-dim", a->mamba_head_dim, "Mamba head_dim range");
-  c->add_option("--attention-heads", a->attention_heads, "attention heads range (multiples of the KV heads)");
-  c->add_option("--min-params", a->min_params_b, "minimum parameters, in billions");
-  c->add_option("--max-params", a->max_params_b, "maximum parameters, in billions");
-  c->add_option("--keep", a->keep, "feasible candidates listed in the report")->capture_default_str();
-  c->add_option("--keep-infeasible", a->keep_infeasible, "infeasible candidates listed (nearest the budget)")
-      ->capture_default_str();
-  c->add_option("--reference", a->references, "a shape to locate in the space (config path or model name); repeatable");
+  c->add_option("--budget-gib", "memory budget in GiB (replaces the device minus reservations)");
+  c->add_option("--reserve", "reservations, e.g. 'vision=1.3GiB' or 'framework=5%,2GiB' (added to the profile's)");
+  c->add_option("--margin-gib", "fixed runtime margin counted as a memory term (default 0)");
+  c->add_option("--weights-dtype", "bfloat16 | fp8 | fp4 (default bfloat16)");
+  c->add_option("--kv-dtype", "KV cache dtype (default bfloat16)");
+  c->add_option("--conv-state-dtype", "Mamba conv state dtype (default bfloat16)");
+  c->add_option("--ssm-state-dtype", "Mamba SSM state dtype (default: the config's mamba_ssm_cache_dtype)");
+  c->add_option("--prefill-chunk", "tokens per prefill step for the activation term (0: none; default 2048)");
+  c->add_option("--depth", "per-type (drop counts per layer type) | total (least important layers overall)");
+  c->add_option("--drop-mamba", "range MIN:MAX[:STEP] of Mamba layers to drop");
+  c->add_option("--drop-attention", "range of attention layers to drop");
+  c->add_option("--drop-mlp", "range of MLP layers to drop");
+  c->add_option("--drop-total", "range of layers to drop in all");
+  c->add_option("--hidden", "hidden size range (default: 60-100% of the parent, step 128)");
+  c->add_option("--ffn", "FFN size range (default: 60-100%, step 512)");
+  c->add_option("--mamba-heads", "Mamba heads range (multiples of n_groups)");
+  c->add_option("--mamba-head-dim", "Mamba head_dim range");
+  c->add_option("--attention-heads", "attention heads range (multiples of the KV heads)");
+  c->add_option("--min-params", "minimum parameters, in billions");
+  c->add_option("--max-params", "maximum parameters, in billions (a parameter target beside the memory budget)");
+  c->add_option("--proxy", "stage-1 proxy: auto (importance with --scores, else fill) | fill | importance");
+  c->add_option("--keep", "feasible candidates listed in the report (default 200)");
+  c->add_option("--keep-infeasible", "infeasible candidates listed, nearest the budget (default 50)");
+  c->add_option("--reference", "a shape to locate in the space (config path or model name); repeatable")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  // Stages 2 and 3.
+  SearchStageOptions& s = a->stages;
+  c->add_option("--zero-shot-top", a->zero_shot_top,
+                "stage 2: re-rank the best M by the LM loss of each candidate pruned in memory (needs a checkpoint "
+                "SOURCE, --scores and --calib)");
+  c->add_option("--calib", s.calib, "stage 2: token file or text the zero-shot loss is measured on");
+  c->add_option("--calib-tokens", s.calib_tokens, "stage 2: tokens of --calib used (0: all)")->capture_default_str();
+  c->add_option("--seq-len", s.seq_len, "stages 2-3: tokens per sequence")->capture_default_str();
+  c->add_option("--batch-size", s.batch, "stage 2: sequences per forward")->capture_default_str();
+  c->add_option("--tokenizer", s.tokenizer, "tokenizer.json for text --calib (default: the checkpoint's, else bytes)");
+  c->add_option("--distill-top", a->distill_top,
+                "stage 3: distil the best K of stage 2 briefly and re-rank them by validation loss (needs --distill-data)");
+  c->add_option("--distill-data", s.distill_data, "stage 3: training token file (minipuzzle data)");
+  c->add_option("--distill-valid", s.distill_valid, "stage 3: validation token file (default: --calib)");
+  c->add_option("--distill-tokens", s.distill_tokens, "stage 3: training tokens per candidate")->capture_default_str();
+  c->add_option("--distill-micro-batch", s.distill_micro_batch, "stage 3: sequences per step")->capture_default_str();
+  c->add_option("--distill-lr", s.distill_lr, "stage 3: peak learning rate (cosine to a tenth)")->capture_default_str();
+  c->add_option("--distill-eval-tokens", s.distill_eval_tokens, "stage 3: validation tokens")->capture_default_str();
+  c->add_option("--threads", s.threads, "CPU threads for stages 2-3 (0: ATen's default)");
+  add_device_option(c, &s.device);
   c->add_option("-o,--output", a->output, "report directory (report.json, report.md, report.html)")->required();
   c->callback([a] { run(*a); });
 }

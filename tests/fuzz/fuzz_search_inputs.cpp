@@ -1,7 +1,8 @@
 // Fuzz target: the search stage's JSON inputs. The first byte picks the reader, the rest is the JSON text:
-// even - a hardware profile (configs/hardware/*.json or a user's file); odd - importance scores in any of the
-// forms ImportanceScores::from_json accepts. On acceptance a profile's sizes are finite and positive and every
-// score is finite (the ranking divides by and sorts them).
+// 'r' - a search request (configs/search/*.json); other even bytes - a hardware profile (configs/hardware/*.json
+// or a user's file); odd - importance scores in any of the forms ImportanceScores::from_json accepts. On
+// acceptance a profile's sizes are finite and positive, every score is finite (the ranking divides by and sorts
+// them), and a request holds only known keys with values of their kind.
 #include <cmath>
 
 #include "fuzz_common.h"
@@ -9,10 +10,17 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
-  const bool hardware = (data[0] % 2) == 0;
+  const bool request = data[0] == 'r';
+  const bool hardware = !request && (data[0] % 2) == 0;
   return mp::fuzz::run_parser([&] {
     mp::json j = mp::parse_json_lenient(mp::fuzz::as_text(data + 1, size - 1), "fuzz search input");
-    if (hardware) {
+    if (request) {
+      auto r = mp::search::SearchRequest::from_json(j, "fuzz search request");
+      FUZZ_REQUIRE(r.values.is_object());
+      // Written back, it reads back the same.
+      auto again = mp::search::SearchRequest::from_json(r.values, "fuzz search request (written back)");
+      FUZZ_REQUIRE(again.values == r.values);
+    } else if (hardware) {
       auto h = mp::search::HardwareProfile::from_json(j, "fuzz hardware.json");
       FUZZ_REQUIRE(std::isfinite(h.memory_bytes) && h.memory_bytes > 0);
       FUZZ_REQUIRE(std::isfinite(h.bandwidth_bytes_per_s) && h.bandwidth_bytes_per_s > 0);
