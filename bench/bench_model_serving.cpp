@@ -4,8 +4,12 @@
 //     (bf16) and SSM (fp32) state for a context and batch are allocated; the CUDA caching allocator's allocated
 //     bytes are recorded per term, and the peak of one prefill chunk through the model's forward.
 //  2. Timings: prefill (the model's forward) and decode (one token through every layer with the KV-cache and
-//     state updates, written with ATen ops on the same weights) for several shapes; shapes labelled
-//     "-heldout" are for prediction, not fitting.
+//     state updates, written with ATen ops on the same weights) for 14 shapes of three layer patterns
+//     ("M-M*-", "MM-", "M*-") and hidden 1024-4096 (up to 3.2B parameters); shapes labelled "-heldout" are
+//     for prediction, not fitting. Decode steps are captured once in a CUDA graph and replayed, as serving
+//     engines run them (eager ATen dispatch of ~40 small ops per Mamba layer made the host, not the GPU, the
+//     bottleneck, and its timings varied by +-30% between runs); "decode_mode" says which ran. Each time is
+//     the median of 7 trials.
 // Links only the model (bench_model*), so it builds whatever the other stages' state.
 // Usage: bench_model_serving > serving.json   (exit 77 without a CUDA device)
 #include <algorithm>
@@ -21,7 +25,10 @@
 
 #ifdef MINIPUZZLE_WITH_CUDA
 #include <ATen/ATen.h>
+#include <ATen/cuda/CUDAGraph.h>
 #include <c10/core/GradMode.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <cuda_runtime_api.h>
@@ -44,9 +51,9 @@ double peak_bytes() {
   return static_cast<double>(stats.allocated_bytes[0].peak);
 }
 
-// A small Nemotron-H: `units` repeats of "M-M*-" (2 Mamba, 2 MLP, 1 attention), expand 2, Mamba head_dim 64,
-// attention heads of 128 (a multiple of the 8 KV heads).
-ModelConfig small_config(int64_t hidden, int64_t units, int64_t vocab = 32768) {
+// A small Nemotron-H: `units` repeats of `unit` (default "M-M*-": 2 Mamba, 2 MLP, 1 attention), expand 2, Mamba
+// head_dim 64, attention heads of 128 (a multiple of the 8 KV heads).
+ModelConfig small_config(int64_t hidden, int64_t units, const std::string& unit = "M-M*-", int64_t vocab = 32768) {
   json j = {{"vocab_size", vocab},
             {"hidden_size", hidden},
             {"intermediate_size", 4 * hidden},
@@ -62,7 +69,7 @@ ModelConfig small_config(int64_t hidden, int64_t units, int64_t vocab = 32768) {
             {"tie_word_embeddings", false},
             {"torch_dtype", "bfloat16"}};
   std::string pattern;
-  for (int64_t i = 0; i < units; ++i) pattern += "M-M*-";
+  for (int64_t i = 0; i < units; ++i) pattern += unit;
   j["hybrid_override_pattern"] = pattern;
   return ModelConfig::from_json(j, "bench shape");
 }
@@ -135,7 +142,11 @@ at::Tensor decode_step(const NemotronH& m, Caches& cache, const at::Tensor& x0, 
       cache.k[ia].narrow(2, position, 1).copy_(k);
       cache.v[ia].narrow(2, position, 1).copy_(v);
       at::Tensor kk = cache.k[ia].narrow(2, 0, position + 1), vv = cache.v[ia].narrow(2, 0, position + 1);
-      at::Tensor o = at::scaled_dot_product_attention(q, kk, vv, {}, 0.0, false, std::nullopt, /*enable_gqa=*/true);
+      // GQA decode as batched matmuls over the KV groups: each cached K and V row is read once (the query heads
+      // of a group share it), as decode kernels do; no repeated K/V is materialised.
+      at::Tensor qg = q.view({B, kv, nq / kv, a});
+      at::Tensor scores = at::matmul(qg, kk.transpose(-1, -2)).to(at::kFloat) * (1.0 / std::sqrt(double(a)));
+      at::Tensor o = at::matmul(at::softmax(scores, -1).to(q.scalar_type()), vv);  // [B, kv, nq / kv, a]
       out = at::matmul(o.reshape({B, nq * a}), P.at(p + "mixer.o_proj.weight").t());
       ++ia;
     } else {
@@ -147,14 +158,53 @@ at::Tensor decode_step(const NemotronH& m, Caches& cache, const at::Tensor& x0, 
   return at::matmul(rms(x, P.at("backbone.norm_f.weight"), c.layer_norm_epsilon), m.lm_head_weight().t());
 }
 
+// Median over `trials` of the mean time of `reps` calls, after `warmup` calls.
 template <typename F>
-double time_it(F&& f, int warmup = 3, int reps = 10) {
+double time_it(F&& f, int warmup = 3, int reps = 10, int trials = 7) {
   for (int i = 0; i < warmup; ++i) f();
   c10::cuda::device_synchronize();
-  auto t0 = std::chrono::steady_clock::now();
-  for (int i = 0; i < reps; ++i) f();
-  c10::cuda::device_synchronize();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
+  std::vector<double> t;
+  for (int k = 0; k < trials; ++k) {
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < reps; ++i) f();
+    c10::cuda::device_synchronize();
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// One decode step captured in a CUDA graph on a side stream and replayed (the caches and the input stay at the
+// same addresses, so every replay is the same step). Returns the median replay time; `mode` says whether the
+// capture worked ("cuda_graph") or the step ran eagerly ("eager", the capture's error in `error`).
+double time_decode(const NemotronH& model, Caches& caches, const at::Tensor& x, int64_t position, std::string& mode,
+                   std::string& error) {
+  c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool();
+  try {
+    c10::cuda::CUDAStreamGuard guard(stream);
+    for (int i = 0; i < 3; ++i) decode_step(model, caches, x, position);  // warm-up on the capture stream
+    stream.synchronize();
+    at::cuda::CUDAGraph graph;
+    graph.capture_begin();
+    at::Tensor out = decode_step(model, caches, x, position);
+    graph.capture_end();
+    const double t = time_it([&] { graph.replay(); }, 3, 20);
+    mode = "cuda_graph";
+    return t;
+  } catch (const std::exception& e) {
+    error = e.what();
+    mode = "eager";
+    // A capture that failed midway leaves the stream capturing: end it so that eager work can run.
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream.stream(), &status) == cudaSuccess && status != cudaStreamCaptureStatusNone) {
+      cudaGraph_t g = nullptr;
+      cudaStreamEndCapture(stream.stream(), &g);
+      if (g) cudaGraphDestroy(g);
+    }
+    (void)cudaGetLastError();
+    c10::cuda::device_synchronize();
+    return time_it([&] { decode_step(model, caches, x, position); });
+  }
 }
 
 json measure_memory() {
@@ -225,42 +275,57 @@ int main() {
   }
   c10::cuda::CUDACachingAllocator::emptyCache();
 
-  // Timings: fit shapes and held-out shapes (hidden, units of "M-M*-").
+  // Timings: fit shapes and held-out shapes (hidden, repeats of the unit pattern). Three patterns so that the
+  // per-layer times of Mamba, attention and MLP layers are told apart; held-out shapes interpolate each pattern.
   struct ShapeSpec {
     int64_t hidden, units;
+    const char* unit;
     bool held_out;
   };
-  const ShapeSpec shapes[] = {{1024, 2, false}, {2048, 2, false}, {2048, 4, false}, {3072, 3, false},
-                              {4096, 2, false}, {2560, 3, true},  {1536, 5, true},  {3584, 2, true}};
+  const ShapeSpec shapes[] = {{1024, 4, "M-M*-", false}, {2048, 2, "M-M*-", false}, {2048, 6, "M-M*-", false},
+                              {4096, 2, "M-M*-", false}, {4096, 6, "M-M*-", false}, {1024, 6, "MM-", false},
+                              {3072, 3, "MM-", false},   {4096, 5, "MM-", false},   {1536, 6, "M*-", false},
+                              {3072, 4, "M*-", false},   {2560, 4, "M-M*-", true},  {3072, 3, "M-M*-", true},
+                              {2048, 4, "MM-", true},    {2560, 5, "M*-", true}};
   json samples = json::array();
+  std::string decode_mode;
   for (auto& sp : shapes) {
-    ModelConfig c = small_config(sp.hidden, sp.units);
+    ModelConfig c = small_config(sp.hidden, sp.units, sp.unit);
     try {
       NemotronH model = NemotronH::random_init(c, 2, at::Device(at::kCUDA, 0), at::kBFloat16);
       c10::NoGradGuard ng;
-      const std::string label =
-          "h" + std::to_string(sp.hidden) + "x" + std::to_string(sp.units) + (sp.held_out ? "-heldout" : "");
-      auto record = [&](const std::string& phase, int64_t batch, int64_t n, double seconds) {
-        samples.push_back({{"config", c.to_json()}, {"phase", phase}, {"batch", batch},
-                           {phase == "decode" ? "position" : "tokens", n}, {"seconds", seconds}, {"label", label}});
+      std::string unit_name = sp.unit;
+      for (auto& ch : unit_name) ch = ch == '*' ? 'A' : ch == '-' ? 'F' : ch;  // labels stay plain words
+      const std::string label = "h" + std::to_string(sp.hidden) + "x" + std::to_string(sp.units) + "-" + unit_name +
+                                (sp.held_out ? "-heldout" : "");
+      auto record = [&](const std::string& phase, int64_t batch, int64_t n, double seconds, const std::string& mode) {
+        json j = {{"config", c.to_json()}, {"phase", phase}, {"batch", batch},
+                  {phase == "decode" ? "position" : "tokens", n}, {"seconds", seconds}, {"label", label}};
+        if (!mode.empty()) j["mode"] = mode;
+        samples.push_back(j);
       };
       using Pairs = std::vector<std::pair<int64_t, int64_t>>;
       for (const auto& bn : Pairs{{1, 2048}, {2, 4096}, {4, 1024}}) {
         const int64_t batch = bn.first, n = bn.second;
         at::Tensor ids = at::randint(0, c.vocab_size, {batch, n}, at::TensorOptions().dtype(at::kLong).device(at::kCUDA));
-        record("prefill", batch, n, time_it([&] { model.forward_hidden(ids); }, 2, 5));
+        record("prefill", batch, n, time_it([&] { model.forward_hidden(ids); }, 2, 3), "");
       }
       for (const auto& bp : Pairs{{1, 2048}, {8, 8192}, {32, 4096}, {4, 30000}}) {
         const int64_t batch = bp.first, pos = bp.second;
         Caches caches = allocate_caches(c, batch, pos + 1);
         at::Tensor x = at::randn({batch, c.hidden_size}, at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA));
-        record("decode", batch, pos, time_it([&] { decode_step(model, caches, x, pos); }));
+        std::string mode, error;
+        const double t = time_decode(model, caches, x, pos, mode, error);
+        if (!error.empty()) out["decode_capture_errors"].push_back({{"label", label}, {"error", error}});
+        decode_mode = decode_mode.empty() || decode_mode == mode ? mode : "mixed";
+        record("decode", batch, pos, t, mode);
       }
     } catch (const std::exception& e) {
-      out["errors"].push_back({{"shape", sp.hidden}, {"units", sp.units}, {"error", e.what()}});
+      out["errors"].push_back({{"shape", sp.hidden}, {"units", sp.units}, {"unit", sp.unit}, {"error", e.what()}});
     }
     c10::cuda::CUDACachingAllocator::emptyCache();
   }
+  out["decode_mode"] = decode_mode;
   out["samples"] = samples;
   std::printf("%s\n", out.dump(2).c_str());
   return 0;

@@ -58,23 +58,45 @@ double HardwareProfile::peak_flops(DType compute) const {
   return bf16_flops;
 }
 
-static json efficiency_json(const Efficiency& e) {
-  return {{"bandwidth_factor", e.bandwidth_factor},
-          {"compute_factor", e.compute_factor},
-          {"layer_overhead_us", e.layer_overhead_s * 1e6},
-          {"calibrated", e.calibrated},
-          {"note", e.calibration_note}};
+json Efficiency::to_json() const {
+  return {{"bandwidth_factor", bandwidth_factor},
+          {"cache_factor", cache_factor},
+          {"compute_factor", compute_factor},
+          {"attention_factor", attention_factor},
+          {"scan_factor", scan_factor},
+          {"mamba_layer_us", mamba_layer_s * 1e6},
+          {"attention_layer_us", attention_layer_s * 1e6},
+          {"mlp_layer_us", mlp_layer_s * 1e6},
+          {"step_us", step_s * 1e6},
+          {"calibrated", calibrated},
+          {"note", calibration_note}};
 }
 
-static Efficiency efficiency_from_json(const json& e, const std::string& what, Efficiency out) {
+Efficiency Efficiency::from_json(const json& e, const std::string& what, Efficiency out) {
   MP_CHECK(e.is_object(), what, ": efficiency must be an object");
-  if (e.contains("bandwidth_factor")) out.bandwidth_factor = json_to_double(e.at("bandwidth_factor"), what);
-  if (e.contains("compute_factor")) out.compute_factor = json_to_double(e.at("compute_factor"), what);
-  if (e.contains("layer_overhead_us")) out.layer_overhead_s = json_to_double(e.at("layer_overhead_us"), what) * 1e-6;
+  auto read = [&](const char* key, double& field, double scale) {
+    if (e.contains(key)) field = json_to_double(e.at(key), what + " efficiency " + key) * scale;
+  };
+  // The combined fields first: they set every term of their kind; the per-term fields refine them.
+  if (e.contains("bandwidth_factor")) read("bandwidth_factor", out.bandwidth_factor, 1), out.cache_factor = out.bandwidth_factor;
+  if (e.contains("compute_factor"))
+    read("compute_factor", out.compute_factor, 1), out.attention_factor = out.scan_factor = out.compute_factor;
+  if (e.contains("layer_overhead_us")) {
+    read("layer_overhead_us", out.mamba_layer_s, 1e-6);
+    out.attention_layer_s = out.mlp_layer_s = out.mamba_layer_s;
+  }
+  read("cache_factor", out.cache_factor, 1);
+  read("attention_factor", out.attention_factor, 1);
+  read("scan_factor", out.scan_factor, 1);
+  read("mamba_layer_us", out.mamba_layer_s, 1e-6);
+  read("attention_layer_us", out.attention_layer_s, 1e-6);
+  read("mlp_layer_us", out.mlp_layer_s, 1e-6);
+  read("step_us", out.step_s, 1e-6);
   out.calibrated = e.value("calibrated", false);
   out.calibration_note = e.value("note", std::string());
-  MP_CHECK(out.bandwidth_factor >= 0 && out.compute_factor >= 0 && out.layer_overhead_s >= 0, what,
-           ": efficiency coefficients must not be negative");
+  for (double v : {out.bandwidth_factor, out.cache_factor, out.compute_factor, out.attention_factor, out.scan_factor,
+                   out.mamba_layer_s, out.attention_layer_s, out.mlp_layer_s, out.step_s})
+    MP_CHECK(v >= 0 && std::isfinite(v), what, ": efficiency coefficients must be finite and not negative");
   return out;
 }
 
@@ -92,7 +114,7 @@ json HardwareProfile::to_json() const {
          {"bandwidth_gb_per_s", bandwidth_bytes_per_s / 1e9},
          {"bf16_tflops", bf16_flops / 1e12},
          {"reservations", r},
-         {"efficiency", {{"decode", efficiency_json(decode_efficiency)}, {"prefill", efficiency_json(prefill_efficiency)}}},
+         {"efficiency", {{"decode", decode_efficiency.to_json()}, {"prefill", prefill_efficiency.to_json()}}},
          {"_source", source}};
   if (fp8_flops > 0) j["fp8_tflops"] = fp8_flops / 1e12;
   if (fp4_flops > 0) j["fp4_tflops"] = fp4_flops / 1e12;
@@ -142,10 +164,10 @@ HardwareProfile HardwareProfile::from_json(const json& j, const std::string& wha
       // {"decode": {...}, "prefill": {...}}, or one set for both.
       const json& e = j.at("efficiency");
       if (e.contains("decode") || e.contains("prefill")) {
-        if (e.contains("decode")) h.decode_efficiency = efficiency_from_json(e.at("decode"), what, h.decode_efficiency);
-        if (e.contains("prefill")) h.prefill_efficiency = efficiency_from_json(e.at("prefill"), what, h.prefill_efficiency);
+        if (e.contains("decode")) h.decode_efficiency = Efficiency::from_json(e.at("decode"), what, h.decode_efficiency);
+        if (e.contains("prefill")) h.prefill_efficiency = Efficiency::from_json(e.at("prefill"), what, h.prefill_efficiency);
       } else {
-        h.decode_efficiency = h.prefill_efficiency = efficiency_from_json(e, what, Efficiency{});
+        h.decode_efficiency = h.prefill_efficiency = Efficiency::from_json(e, what, Efficiency{});
       }
     }
     return h;

@@ -1,7 +1,9 @@
-// Roofline time model and its least-squares calibration. A step's time is modelled as
-//   t = f_bw * bytes / bandwidth + f_c * flops / peak + t_layer * layers
-// (a sum rather than a max, so that it is linear in the three coefficients and can be fitted by least
-// squares from measured steps; decode is dominated by the bytes term, prefill by the flops term).
+// Roofline time model and its least-squares calibration. A step's time is modelled as a non-negative sum of
+// terms (search.h, Efficiency): bytes streamed and bytes of KV cache / Mamba state over the bandwidth; GEMM,
+// attention and scan FLOPs over the tensor-core peak, each with its own efficiency; a fixed time per layer of each
+// type and per step (kernel launches, small ops). A sum rather than a max, so that it is linear in the
+// coefficients and can be fitted by least squares from measured steps; decode is dominated by the byte terms
+// and the per-layer times, prefill by the FLOP terms.
 #include <Eigen/Dense>
 #include <algorithm>
 #include <cmath>
@@ -19,6 +21,11 @@ double state_bytes(const Shape& s, const InferenceSetup& u) {
          (static_cast<double>((s.conv_kernel - 1) * s.conv_dim()) * dtype_bytes(u.conv_state) +
           static_cast<double>(s.mamba_heads * s.mamba_head_dim * s.state) * dtype_bytes(u.ssm_state));
 }
+void count_layers(const Shape& s, StepCost& c) {
+  c.mamba_layers = s.n_mamba;
+  c.attention_layers = s.n_attention;
+  c.mlp_layers = s.n_mlp + s.n_moe;
+}
 }  // namespace
 
 StepCost decode_step_cost(const Shape& s, const InferenceSetup& u, int64_t position) {
@@ -27,15 +34,16 @@ StepCost decode_step_cost(const Shape& s, const InferenceSetup& u, int64_t posit
   const double wb = dtype_bytes(u.weights);
   StepCost c;
   // Every weight but the embedding table is read once per step; the table only for the B rows looked up.
-  c.bytes = static_cast<double>(p.total() - p.embeddings) * wb + B * static_cast<double>(s.hidden) * wb;
-  // The KV cache up to `position` is read; one new K/V row written.
-  c.bytes += static_cast<double>(s.n_attention) * 2.0 * B * (pos + 1) * static_cast<double>(s.kv_heads * s.head_dim) *
-             dtype_bytes(u.kv_cache);
-  c.bytes += 2.0 * state_bytes(s, u);  // conv and SSM state read and written back
-  c.flops = 2.0 * B * static_cast<double>(p.matmul());
-  c.flops += static_cast<double>(s.n_attention) * 4.0 * B * (pos + 1) * static_cast<double>(s.attention_heads * s.head_dim);
-  c.flops += static_cast<double>(s.n_mamba) * B * 6.0 * static_cast<double>(s.mamba_heads * s.mamba_head_dim * s.state);
-  c.layers = s.layers();
+  c.stream_bytes = static_cast<double>(p.total() - p.embeddings) * wb + B * static_cast<double>(s.hidden) * wb;
+  // The KV cache up to `position` is read; one new K/V row written. Conv and SSM state read and written back.
+  c.cache_bytes = static_cast<double>(s.n_attention) * 2.0 * B * (pos + 1) *
+                      static_cast<double>(s.kv_heads * s.head_dim) * dtype_bytes(u.kv_cache) +
+                  2.0 * state_bytes(s, u);
+  c.gemm_flops = 2.0 * B * static_cast<double>(p.matmul());
+  c.attention_flops =
+      static_cast<double>(s.n_attention) * 4.0 * B * (pos + 1) * static_cast<double>(s.attention_heads * s.head_dim);
+  c.scan_flops = static_cast<double>(s.n_mamba) * B * 6.0 * static_cast<double>(s.mamba_heads * s.mamba_head_dim * s.state);
+  count_layers(s, c);
   return c;
 }
 
@@ -45,34 +53,58 @@ StepCost prefill_cost(const Shape& s, const InferenceSetup& u, int64_t tokens) {
   const double a = dtype_bytes(u.activations);
   StepCost c;
   // Matmuls over all tokens; the LM head only for the last position of each sequence.
-  c.flops = 2.0 * T * static_cast<double>(p.matmul() - p.lm_head) + 2.0 * B * static_cast<double>(p.lm_head);
+  c.gemm_flops = 2.0 * T * static_cast<double>(p.matmul() - p.lm_head) + 2.0 * B * static_cast<double>(p.lm_head);
   // Causal attention: QK^T and PV over half the square.
-  c.flops += static_cast<double>(s.n_attention) * 2.0 * B * n * n * static_cast<double>(s.attention_heads * s.head_dim);
+  c.attention_flops =
+      static_cast<double>(s.n_attention) * 2.0 * B * n * n * static_cast<double>(s.attention_heads * s.head_dim);
   // Chunked SSD scan per token: the intra-chunk C.B^T and its product with x, plus chunk-state passing.
   const double Q = static_cast<double>(s.chunk_size);
-  c.flops += static_cast<double>(s.n_mamba) * T *
-             (2.0 * Q * static_cast<double>(s.n_groups * s.state) + 2.0 * Q * static_cast<double>(s.d_inner()) +
-              4.0 * static_cast<double>(s.d_inner() * s.state));
-  c.bytes = static_cast<double>(p.total() - p.embeddings) * dtype_bytes(u.weights);
+  c.scan_flops = static_cast<double>(s.n_mamba) * T *
+                 (2.0 * Q * static_cast<double>(s.n_groups * s.state) + 2.0 * Q * static_cast<double>(s.d_inner()) +
+                  4.0 * static_cast<double>(s.d_inner() * s.state));
+  c.stream_bytes = static_cast<double>(p.total() - p.embeddings) * dtype_bytes(u.weights);
   // Activation traffic: each layer reads and writes the hidden stream and its own intermediate.
   const double mamba_width = static_cast<double>(2 * s.d_inner() + 2 * s.n_groups * s.state + s.mamba_heads);
   const double attn_width = static_cast<double>((s.attention_heads + 2 * s.kv_heads) * s.head_dim);
-  c.bytes += T * a *
-             (static_cast<double>(s.layers()) * 4.0 * static_cast<double>(s.hidden) +
-              static_cast<double>(s.n_mamba) * 2.0 * mamba_width + static_cast<double>(s.n_attention) * 2.0 * attn_width +
-              static_cast<double>(s.n_mlp) * 2.0 * static_cast<double>(s.ffn));
-  c.bytes += static_cast<double>(s.n_attention) * 2.0 * T * static_cast<double>(s.kv_heads * s.head_dim) *
-             dtype_bytes(u.kv_cache);
-  c.bytes += state_bytes(s, u);
-  c.layers = s.layers();
+  c.stream_bytes += T * a *
+                    (static_cast<double>(s.layers()) * 4.0 * static_cast<double>(s.hidden) +
+                     static_cast<double>(s.n_mamba) * 2.0 * mamba_width +
+                     static_cast<double>(s.n_attention) * 2.0 * attn_width +
+                     static_cast<double>(s.n_mlp) * 2.0 * static_cast<double>(s.ffn));
+  // The KV cache and the final states written.
+  c.cache_bytes = static_cast<double>(s.n_attention) * 2.0 * T * static_cast<double>(s.kv_heads * s.head_dim) *
+                      dtype_bytes(u.kv_cache) +
+                  state_bytes(s, u);
+  count_layers(s, c);
   c.prefill = true;
   return c;
 }
 
+namespace {
+constexpr int kTerms = 9;  // the terms of Efficiency, in this order
+using Terms = Eigen::Matrix<double, kTerms, 1>;
+
+// The regressors of a step: each term's quantity, so that seconds = coefficients . terms.
+Terms step_terms(const StepCost& c, const HardwareProfile& hw, DType weights) {
+  const double bw = hw.bandwidth_bytes_per_s, peak = hw.peak_flops(weights);
+  Terms t;
+  t << c.stream_bytes / bw, c.cache_bytes / bw, c.gemm_flops / peak, c.attention_flops / peak, c.scan_flops / peak,
+      static_cast<double>(c.mamba_layers), static_cast<double>(c.attention_layers), static_cast<double>(c.mlp_layers),
+      1.0;
+  return t;
+}
+
+Terms coefficients(const Efficiency& e) {
+  Terms k;
+  k << e.bandwidth_factor, e.cache_factor, e.compute_factor, e.attention_factor, e.scan_factor, e.mamba_layer_s,
+      e.attention_layer_s, e.mlp_layer_s, e.step_s;
+  return k;
+}
+}  // namespace
+
 double step_seconds(const StepCost& c, const HardwareProfile& hw, DType weights) {
   const Efficiency& e = c.prefill ? hw.prefill_efficiency : hw.decode_efficiency;
-  return e.bandwidth_factor * c.bytes / hw.bandwidth_bytes_per_s + e.compute_factor * c.flops / hw.peak_flops(weights) +
-         e.layer_overhead_s * static_cast<double>(c.layers);
+  return coefficients(e).dot(step_terms(c, hw, weights));
 }
 
 std::string Workload::text() const {
@@ -112,10 +144,10 @@ Throughput predict_throughput(const Shape& s, const InferenceSetup& u, const Har
   Throughput t;
   t.prefill_s = step_seconds(prefill_cost(s, u, w.input_tokens), hw, u.weights);
   // Decode cost is affine in the position, so the sum over positions I..I+O-1 is O steps at the mean position.
-  StepCost mid = decode_step_cost(s, u, w.input_tokens);
-  StepCost last = decode_step_cost(s, u, w.input_tokens + w.output_tokens - 1);
-  StepCost mean{(mid.bytes + last.bytes) / 2, (mid.flops + last.flops) / 2, mid.layers, false};
-  t.decode_s = static_cast<double>(w.output_tokens) * step_seconds(mean, hw, u.weights);
+  // The time is linear in the terms, so the mean of the first and last step's time is exact.
+  const double first = step_seconds(decode_step_cost(s, u, w.input_tokens), hw, u.weights);
+  const double last = step_seconds(decode_step_cost(s, u, w.input_tokens + w.output_tokens - 1), hw, u.weights);
+  t.decode_s = static_cast<double>(w.output_tokens) * (first + last) / 2;
   const double out = static_cast<double>(u.batch) * static_cast<double>(w.output_tokens);
   t.output_tokens_per_s = out / (t.prefill_s + t.decode_s);
   t.decode_tokens_per_s = out / t.decode_s;
@@ -154,63 +186,133 @@ std::vector<TimingSample> load_timings(const std::string& path) {
 }
 
 namespace {
-// The three regressors of one sample: bytes/bandwidth, flops/peak, layers.
-Eigen::Vector3d features(const TimingSample& t, const HardwareProfile& hw) {
+Terms sample_terms(const TimingSample& t, const HardwareProfile& hw) {
   InferenceSetup u;
   u.batch = t.batch;
   u.weights = t.weights;
   u.kv_cache = t.kv_cache;
   Shape s = Shape::of(t.config);
   StepCost c = t.phase == "decode" ? decode_step_cost(s, u, t.position) : prefill_cost(s, u, t.tokens);
-  return {c.bytes / hw.bandwidth_bytes_per_s, c.flops / hw.peak_flops(t.weights), static_cast<double>(c.layers)};
+  return step_terms(c, hw, t.weights);
 }
+
+// The Combined form's three regressors from the nine terms: all bytes, all FLOPs, all layers.
+Eigen::Vector3d combine(const Terms& t) { return {t[0] + t[1], t[2] + t[3] + t[4], t[5] + t[6] + t[7]}; }
 }  // namespace
 
 std::vector<double> relative_errors(const std::vector<TimingSample>& samples, const HardwareProfile& hw) {
   std::vector<double> out;
   for (auto& t : samples) {
-    Eigen::Vector3d x = features(t, hw);
     const Efficiency& e = t.phase == "prefill" ? hw.prefill_efficiency : hw.decode_efficiency;
-    double predicted = e.bandwidth_factor * x[0] + e.compute_factor * x[1] + e.layer_overhead_s * x[2];
+    const double predicted = coefficients(e).dot(sample_terms(t, hw));
     out.push_back((predicted - t.seconds) / t.seconds);
   }
   return out;
 }
 
-namespace {
-// Non-negative least squares over three columns by enumerating which columns are free (7 subsets, exact):
-// the best solution whose coefficients are all >= 0. Rows are weighted by 1 / measured seconds, so the
-// residual is the relative error (timings span orders of magnitude).
-Eigen::Vector3d fit_phase(const std::vector<const TimingSample*>& rows, const HardwareProfile& hw) {
-  const int n = static_cast<int>(rows.size());
-  Eigen::MatrixXd X(n, 3);
-  Eigen::VectorXd y = Eigen::VectorXd::Ones(n);
-  for (int i = 0; i < n; ++i) X.row(i) = features(*rows[static_cast<size_t>(i)], hw).transpose() / rows[static_cast<size_t>(i)]->seconds;
-  Eigen::Vector3d best = Eigen::Vector3d::Zero();
-  double best_residual = y.squaredNorm();
-  for (int mask = 1; mask < 8; ++mask) {
+std::vector<double> nnls(const std::vector<std::vector<double>>& rows, const std::vector<double>& b) {
+  const int m = static_cast<int>(rows.size());
+  MP_CHECK(m > 0 && static_cast<int>(b.size()) == m, "nnls: ", m, " rows and ", b.size(), " right-hand sides");
+  const int n = static_cast<int>(rows[0].size());
+  Eigen::MatrixXd A(m, n);
+  for (int i = 0; i < m; ++i) {
+    MP_CHECK(static_cast<int>(rows[static_cast<size_t>(i)].size()) == n, "nnls: rows differ in length");
+    for (int j = 0; j < n; ++j) A(i, j) = rows[static_cast<size_t>(i)][static_cast<size_t>(j)];
+  }
+  Eigen::VectorXd y = Eigen::Map<const Eigen::VectorXd>(b.data(), m);
+  // Columns scaled to unit norm (the terms differ by orders of magnitude); all-zero columns stay at 0.
+  Eigen::VectorXd scale = Eigen::VectorXd::Ones(n);
+  for (int j = 0; j < n; ++j) {
+    const double norm = A.col(j).norm();
+    if (norm > 0) scale[j] = norm, A.col(j) /= norm;
+  }
+  // Lawson-Hanson: grow the passive set by the column of largest gradient; when the unconstrained solution on
+  // it leaves the orthant, step back to the boundary and drop the columns that reached zero.
+  std::vector<bool> passive(static_cast<size_t>(n), false);
+  Eigen::VectorXd x = Eigen::VectorXd::Zero(n);
+  auto solve_passive = [&](Eigen::VectorXd& z) {
     std::vector<int> cols;
-    for (int k = 0; k < 3; ++k)
-      if (mask & (1 << k)) cols.push_back(k);
-    Eigen::MatrixXd A(n, static_cast<int>(cols.size()));
-    for (size_t k = 0; k < cols.size(); ++k) A.col(static_cast<int>(k)) = X.col(cols[k]);
-    Eigen::VectorXd coef = A.colPivHouseholderQr().solve(y);
-    if ((coef.array() < 0).any() || !coef.allFinite()) continue;
-    double r = (A * coef - y).squaredNorm();
-    if (r < best_residual) {
-      best_residual = r;
-      best.setZero();
-      for (size_t k = 0; k < cols.size(); ++k) best[cols[k]] = coef[static_cast<int>(k)];
+    for (int j = 0; j < n; ++j)
+      if (passive[static_cast<size_t>(j)]) cols.push_back(j);
+    Eigen::MatrixXd P(m, static_cast<int>(cols.size()));
+    for (size_t k = 0; k < cols.size(); ++k) P.col(static_cast<int>(k)) = A.col(cols[k]);
+    Eigen::VectorXd sol = P.colPivHouseholderQr().solve(y);
+    z.setZero(n);
+    for (size_t k = 0; k < cols.size(); ++k) z[cols[k]] = sol[static_cast<int>(k)];
+  };
+  const double tol = 1e-12 * std::max(1.0, (A.transpose() * y).cwiseAbs().maxCoeff());
+  for (int outer = 0; outer < 3 * n + 10; ++outer) {
+    Eigen::VectorXd w = A.transpose() * (y - A * x);
+    int best = -1;
+    for (int j = 0; j < n; ++j)
+      if (!passive[static_cast<size_t>(j)] && w[j] > tol && (best < 0 || w[j] > w[best])) best = j;
+    if (best < 0) break;
+    passive[static_cast<size_t>(best)] = true;
+    for (int inner = 0; inner < 3 * n + 10; ++inner) {
+      Eigen::VectorXd z;
+      solve_passive(z);
+      bool inside = true;
+      for (int j = 0; j < n; ++j)
+        if (passive[static_cast<size_t>(j)] && z[j] <= 0) inside = false;
+      if (inside) {
+        x = z;
+        break;
+      }
+      double alpha = 1.0;
+      for (int j = 0; j < n; ++j)
+        if (passive[static_cast<size_t>(j)] && z[j] <= 0) alpha = std::min(alpha, x[j] / (x[j] - z[j]));
+      x += alpha * (z - x);
+      for (int j = 0; j < n; ++j)
+        if (passive[static_cast<size_t>(j)] && x[j] <= 1e-15) passive[static_cast<size_t>(j)] = false, x[j] = 0;
     }
   }
-  return best;
+  std::vector<double> out(static_cast<size_t>(n));
+  for (int j = 0; j < n; ++j) out[static_cast<size_t>(j)] = std::max(0.0, x[j]) / scale[j];
+  return out;
+}
+
+namespace {
+// The coefficients of one phase: rows weighted by 1 / measured seconds, so the residual is the relative error.
+Efficiency fit_phase(const std::vector<const TimingSample*>& samples, const HardwareProfile& hw, RooflineForm form) {
+  std::vector<std::vector<double>> rows;
+  std::vector<double> ones(samples.size(), 1.0);
+  for (const TimingSample* t : samples) {
+    Terms x = sample_terms(*t, hw) / t->seconds;
+    if (form == RooflineForm::Combined) {
+      Eigen::Vector3d c = combine(x);
+      rows.push_back({c[0], c[1], c[2]});
+    } else {
+      rows.emplace_back(x.data(), x.data() + kTerms);
+    }
+  }
+  std::vector<double> k = nnls(rows, ones);
+  Efficiency e;
+  if (form == RooflineForm::Combined) {
+    e.bandwidth_factor = e.cache_factor = k[0];
+    e.compute_factor = e.attention_factor = e.scan_factor = k[1];
+    e.mamba_layer_s = e.attention_layer_s = e.mlp_layer_s = k[2];
+    e.step_s = 0;
+  } else {
+    e.bandwidth_factor = k[0], e.cache_factor = k[1], e.compute_factor = k[2], e.attention_factor = k[3];
+    e.scan_factor = k[4], e.mamba_layer_s = k[5], e.attention_layer_s = k[6], e.mlp_layer_s = k[7], e.step_s = k[8];
+  }
+  e.calibrated = true;
+  return e;
+}
+
+std::string percent_of_peak(double factor) {
+  if (factor <= 0) return "-";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.0f%%", 100.0 / factor);
+  return buf;
 }
 }  // namespace
 
-CalibrationResult calibrate(const std::vector<TimingSample>& samples, const HardwareProfile& hw) {
+CalibrationResult calibrate(const std::vector<TimingSample>& samples, const HardwareProfile& hw, RooflineForm form) {
   MP_CHECK(samples.size() >= 3, "calibration needs at least 3 timed steps (decode and prefill of a few shapes), found ",
            samples.size());
   CalibrationResult out;
+  out.form = form;
   out.decode = hw.decode_efficiency;
   out.prefill = hw.prefill_efficiency;
   for (const char* phase : {"decode", "prefill"}) {
@@ -218,17 +320,19 @@ CalibrationResult calibrate(const std::vector<TimingSample>& samples, const Hard
     for (auto& t : samples)
       if (t.phase == phase) rows.push_back(&t);
     if (rows.size() < 3) continue;
-    Eigen::Vector3d c = fit_phase(rows, hw);
-    Efficiency& e = std::string(phase) == "decode" ? out.decode : out.prefill;
-    e.bandwidth_factor = c[0];
-    e.compute_factor = c[1];
-    e.layer_overhead_s = c[2];
-    e.calibrated = true;
-    char note[200];
+    Efficiency e = fit_phase(rows, hw, form);
+    char note[400];
     std::snprintf(note, sizeof note,
-                  "%s: least squares over %zu timed steps: %.0f%% of bandwidth, %.0f%% of peak, %.2f us/layer", phase,
-                  rows.size(), c[0] > 0 ? 100.0 / c[0] : 0.0, c[1] > 0 ? 100.0 / c[1] : 0.0, c[2] * 1e6);
+                  "%s: non-negative least squares over %zu timed steps (%s form): streamed bytes at %s of bandwidth, "
+                  "cache/state bytes at %s, GEMM at %s of peak, attention at %s, scan at %s; per layer %.2f us "
+                  "(Mamba) / %.2f us (attention) / %.2f us (MLP); %.2f us per step",
+                  phase, rows.size(), form == RooflineForm::Split ? "split" : "combined",
+                  percent_of_peak(e.bandwidth_factor).c_str(), percent_of_peak(e.cache_factor).c_str(),
+                  percent_of_peak(e.compute_factor).c_str(), percent_of_peak(e.attention_factor).c_str(),
+                  percent_of_peak(e.scan_factor).c_str(), e.mamba_layer_s * 1e6, e.attention_layer_s * 1e6,
+                  e.mlp_layer_s * 1e6, e.step_s * 1e6);
     e.calibration_note = note;
+    (std::string(phase) == "decode" ? out.decode : out.prefill) = e;
   }
   HardwareProfile fitted = hw;
   out.apply(fitted);
@@ -241,13 +345,9 @@ CalibrationResult calibrate(const std::vector<TimingSample>& samples, const Hard
 }
 
 json CalibrationResult::to_json() const {
-  auto one = [](const Efficiency& e) {
-    return json{{"bandwidth_factor", e.bandwidth_factor}, {"compute_factor", e.compute_factor},
-                {"layer_overhead_us", e.layer_overhead_s * 1e6}, {"calibrated", e.calibrated},
-                {"note", e.calibration_note}};
-  };
-  return {{"decode", one(decode)},
-          {"prefill", one(prefill)},
+  return {{"form", form == RooflineForm::Split ? "split" : "combined"},
+          {"decode", decode.to_json()},
+          {"prefill", prefill.to_json()},
           {"relative_errors", relative_errors},
           {"max_abs_relative_error", max_abs_relative_error},
           {"mean_abs_relative_error", mean_abs_relative_error}};

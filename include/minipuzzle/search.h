@@ -26,17 +26,31 @@ const char* dtype_name(DType dtype);
 DType parse_dtype(const std::string& text);  // float32/fp32, bfloat16/bf16, float16/fp16, fp8/e4m3, fp4/nvfp4
 
 // ---------------------------------------------------------------- hardware
-// Least-squares coefficients of the roofline time model (see Roofline below): seconds =
-// bandwidth_factor * bytes / bandwidth + compute_factor * flops / peak + layer_overhead_s * layers.
+// Coefficients of the roofline time model (see search/MEMORY_MODEL.md), fitted by non-negative least squares to
+// steps timed on the device: seconds =
+//     bandwidth_factor * streamed bytes / bandwidth      (weights, and activations in prefill)
+//   + cache_factor     * cache bytes / bandwidth         (KV cache read/written, Mamba conv + SSM state)
+//   + compute_factor   * GEMM FLOPs / peak               (every projection and the LM head)
+//   + attention_factor * attention FLOPs / peak          (QK and PV over the cached positions)
+//   + scan_factor      * scan FLOPs / peak               (SSD chunked scan / recurrent state update)
+//   + mamba_layer_s * Mamba layers + attention_layer_s * attention layers + mlp_layer_s * MLP layers
+//   + step_s                                             (kernel launches and small ops; fixed per step)
 // Decode and prefill steps have their own set (their kernels reach different fractions of the peaks).
 struct Efficiency {
   double bandwidth_factor = 1.0 / 0.75;  // 1 / achieved fraction of the memory bandwidth
+  double cache_factor = 1.0 / 0.75;
   double compute_factor = 1.0 / 0.55;    // 1 / achieved fraction of the tensor-core peak
-  double layer_overhead_s = 8e-6;        // kernel launches and small ops per layer and step
+  double attention_factor = 1.0 / 0.55;
+  double scan_factor = 1.0 / 0.55;
+  double mamba_layer_s = 8e-6, attention_layer_s = 8e-6, mlp_layer_s = 8e-6;  // per layer and step
+  double step_s = 0;
   bool calibrated = false;
   std::string calibration_note;
+  // Per-term fields (factors, *_us times). Older profiles' {"bandwidth_factor", "compute_factor",
+  // "layer_overhead_us"} read as one factor for all bytes, one for all FLOPs, one time for every layer type.
+  json to_json() const;
+  static Efficiency from_json(const json& j, const std::string& what, Efficiency defaults);
 };
-
 // A memory reservation subtracted from the device before the model gets any: a fraction of the device
 // (framework buffer, e.g. 5%) or fixed bytes (e.g. 1.3 GiB kept for a vision encoder).
 struct Reservation {
@@ -138,11 +152,16 @@ inline MemoryBreakdown estimate_memory(const ModelConfig& c, const InferenceSetu
 double prefill_activation_bytes(const Shape& shape, int64_t tokens, int64_t batch, DType activations);
 
 // ---------------------------------------------------------------- roofline
-// Bytes moved and FLOPs of one step; time = efficiency-weighted sum (see Efficiency).
+// Bytes moved and FLOPs of one step, by the kinds the time model weighs separately (see Efficiency).
 struct StepCost {
-  double bytes = 0, flops = 0;
-  int64_t layers = 0;
+  double stream_bytes = 0;  // weights read (and, in prefill, the activations written and read back)
+  double cache_bytes = 0;   // KV cache and Mamba conv/SSM state read and written
+  double gemm_flops = 0, attention_flops = 0, scan_flops = 0;
+  int64_t mamba_layers = 0, attention_layers = 0, mlp_layers = 0;
   bool prefill = false;  // which efficiency set applies
+  double bytes() const { return stream_bytes + cache_bytes; }
+  double flops() const { return gemm_flops + attention_flops + scan_flops; }
+  int64_t layers() const { return mamba_layers + attention_layers + mlp_layers; }
 };
 StepCost decode_step_cost(const Shape& shape, const InferenceSetup& setup, int64_t position);  // one token/seq
 StepCost prefill_cost(const Shape& shape, const InferenceSetup& setup, int64_t tokens);        // per batch
@@ -177,18 +196,27 @@ struct TimingSample {
 // {"device": ..., "samples": [{"config": {...} | "config_path": "...", "phase", "batch", "position"|"tokens",
 //  "seconds", "label"}]}
 std::vector<TimingSample> load_timings(const std::string& path);
+// The form of the time model fitted: Split is the nine terms of Efficiency; Combined ties them back to three
+// (one bandwidth factor for all bytes, one compute factor for all FLOPs, one overhead per layer of any type, no
+// per-step term), the form before the split, kept for comparison.
+enum class RooflineForm { Split, Combined };
 struct CalibrationResult {
+  RooflineForm form = RooflineForm::Split;
   Efficiency decode, prefill;  // a phase with fewer than 3 samples keeps the profile's coefficients
   std::vector<double> relative_errors;  // per sample: (predicted - measured) / measured
   double max_abs_relative_error = 0, mean_abs_relative_error = 0;
   json to_json() const;
   void apply(HardwareProfile& hw) const { hw.decode_efficiency = decode, hw.prefill_efficiency = prefill; }
 };
-// Non-negative least squares (Eigen) of seconds on [bytes/bandwidth, flops/peak, layers], per phase,
-// weighted so that relative errors are minimised.
-CalibrationResult calibrate(const std::vector<TimingSample>& samples, const HardwareProfile& hw);
+// Non-negative least squares (Eigen, Lawson-Hanson) of seconds on the terms of the form, per phase, with rows
+// weighted by 1 / measured seconds so that relative errors are minimised (timings span orders of magnitude).
+CalibrationResult calibrate(const std::vector<TimingSample>& samples, const HardwareProfile& hw,
+                            RooflineForm form = RooflineForm::Split);
 // (predicted - measured) / measured per sample with the profile's coefficients.
 std::vector<double> relative_errors(const std::vector<TimingSample>& samples, const HardwareProfile& hw);
+// Non-negative least squares: min |A x - b| subject to x >= 0 (Lawson and Hanson's active-set method, Eigen),
+// A given by rows.
+std::vector<double> nnls(const std::vector<std::vector<double>>& rows, const std::vector<double>& b);
 
 // ---------------------------------------------------------------- candidate space
 struct IntRange {

@@ -1,5 +1,6 @@
-// minipuzzle bench-hw --hardware HW --timings T.json [--holdout LABEL...] -o PROFILE.json
-// Fits the roofline's efficiency coefficients (decode and prefill separately, non-negative least squares) to
+// minipuzzle bench-hw --hardware HW --timings T.json [--holdout LABEL...] [--form split|combined] -o PROFILE.json
+// Fits the roofline's efficiency coefficients (decode and prefill separately, non-negative least squares; the nine
+// terms of the split form or the three of the combined one, see search.h) to
 // steps timed on the device (bench_model_serving writes T.json on the GPU host), reports the relative error of
 // every sample (held-out ones are predicted, not fitted), and writes the calibrated hardware profile.
 #include <cmath>
@@ -17,7 +18,7 @@ namespace mp::cli {
 namespace {
 
 struct BenchHwArgs {
-  std::string hardware, timings, output;
+  std::string hardware, timings, output, form = "split";
   std::vector<std::string> holdout;
 };
 
@@ -27,7 +28,8 @@ void run(const BenchHwArgs& a) {
   std::vector<TimingSample> all = load_timings(a.timings), fit, held;
   std::set<std::string> holdout(a.holdout.begin(), a.holdout.end());
   for (auto& t : all) (holdout.count(t.label) ? held : fit).push_back(t);
-  CalibrationResult r = calibrate(fit, hw);
+  MP_CHECK(a.form == "split" || a.form == "combined", "bench-hw: --form must be split or combined, found \"", a.form, "\"");
+  CalibrationResult r = calibrate(fit, hw, a.form == "split" ? RooflineForm::Split : RooflineForm::Combined);
   r.apply(hw);
   json out = hw.to_json();
   json report = r.to_json();
@@ -54,6 +56,7 @@ void add(CLI::App& app) {
   c->add_option("--hardware", a->hardware, "profile to calibrate (name or path)")->required();
   c->add_option("--timings", a->timings, "timings JSON ({\"samples\": [...]}, e.g. from bench_model_serving)")->required();
   c->add_option("--holdout", a->holdout, "sample labels left out of the fit and predicted instead");
+  c->add_option("--form", a->form, "split (nine terms) | combined (three terms, the older form)")->capture_default_str();
   c->add_option("-o,--output", a->output, "calibrated profile JSON to write")->required();
   c->callback([a] { run(*a); });
 }

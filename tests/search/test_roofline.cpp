@@ -1,7 +1,9 @@
 // Roofline costs against hand counts and brute-force sums; the least-squares calibration against timings
 // synthesised from known coefficients (with noise), including prediction of held-out shapes.
+#include <algorithm>
 #include <cmath>
 #include <random>
+#include <tuple>
 
 #include "catch.h"
 #include "minipuzzle/config.h"
@@ -24,13 +26,19 @@ TEST_CASE("decode step bytes: weights once, the KV cache to the position, the st
   const double params = 8888227328.0, embed = 131072.0 * 4480;
   const double kv = 4 * 2 * 1000.0 * 8 * 128 * 2;
   const double state = 27 * (3.0 * (10240 + 2048) * 2 + 128.0 * 80 * 128 * 4);
-  CHECK(s.bytes == Approx((params - embed) * 2 + 4480 * 2 + kv + 2 * state).epsilon(1e-12));
+  CHECK(s.stream_bytes == Approx((params - embed) * 2 + 4480 * 2).epsilon(1e-12));
+  CHECK(s.cache_bytes == Approx(kv + 2 * state).epsilon(1e-12));
+  CHECK(s.bytes() == Approx((params - embed) * 2 + 4480 * 2 + kv + 2 * state).epsilon(1e-12));
   // FLOPs: 2 per weight of every projection and the LM head, QK and PV over 1000 positions in 4 attention
   // layers, and the state update (~6 per state element) in 27 Mamba layers.
   ParamCounts p = count_params(Shape::of(c));
   CHECK(double(p.matmul()) == 8888227328.0 - embed - 4480.0 * (56 + 1));
-  CHECK(s.flops == Approx(2.0 * double(p.matmul()) + 4 * 4.0 * 1000 * 40 * 128 + 27 * 6.0 * 128 * 80 * 128)
-                       .epsilon(1e-12));
+  CHECK(s.gemm_flops == Approx(2.0 * double(p.matmul())).epsilon(1e-12));
+  CHECK(s.attention_flops == Approx(4 * 4.0 * 1000 * 40 * 128).epsilon(1e-12));
+  CHECK(s.scan_flops == Approx(27 * 6.0 * 128 * 80 * 128).epsilon(1e-12));
+  CHECK(s.mamba_layers == 27);
+  CHECK(s.attention_layers == 4);
+  CHECK(s.mlp_layers == 25);
 }
 
 TEST_CASE("workload time equals the explicit sum over decode positions", "[search][roofline]") {
@@ -51,60 +59,171 @@ TEST_CASE("workload time equals the explicit sum over decode positions", "[searc
   CHECK_THROWS_AS(parse_workload("8k"), mp::Error);
 }
 
+TEST_CASE("nnls: the non-negative least-squares solution equals the best of all sign-feasible subsets", "[search][roofline]") {
+  std::mt19937 rng(3);
+  std::normal_distribution<double> g(0.0, 1.0);
+  for (int trial = 0; trial < 20; ++trial) {
+    const int m = 12, n = 5;
+    std::vector<std::vector<double>> rows(m, std::vector<double>(n));
+    std::vector<double> b(m);
+    for (auto& r : rows)
+      for (auto& v : r) v = g(rng) * (1 + trial % 3) * 10;  // columns of mixed scale
+    for (auto& v : b) v = g(rng);
+    std::vector<double> x = nnls(rows, b);
+    auto residual = [&](const std::vector<double>& c) {
+      double r2 = 0;
+      for (int i = 0; i < m; ++i) {
+        double p = -b[size_t(i)];
+        for (int j = 0; j < n; ++j) p += rows[size_t(i)][size_t(j)] * c[size_t(j)];
+        r2 += p * p;
+      }
+      return r2;
+    };
+    // Brute force: least squares on every subset of columns, kept when all coefficients are >= 0.
+    double best = residual(std::vector<double>(n, 0.0));
+    for (int mask = 1; mask < (1 << n); ++mask) {
+      std::vector<int> cols;
+      for (int j = 0; j < n; ++j)
+        if (mask >> j & 1) cols.push_back(j);
+      // Normal equations, solved by Gaussian elimination (small and well conditioned here).
+      const size_t k = cols.size();
+      std::vector<std::vector<double>> M(k, std::vector<double>(k + 1, 0.0));
+      for (size_t p = 0; p < k; ++p) {
+        for (size_t q = 0; q < k; ++q)
+          for (int i = 0; i < m; ++i) M[p][q] += rows[size_t(i)][size_t(cols[p])] * rows[size_t(i)][size_t(cols[q])];
+        for (int i = 0; i < m; ++i) M[p][k] += rows[size_t(i)][size_t(cols[p])] * b[size_t(i)];
+      }
+      for (size_t p = 0; p < k; ++p)
+        for (size_t q = p + 1; q < k; ++q) {
+          double f = M[q][p] / M[p][p];
+          for (size_t r = p; r <= k; ++r) M[q][r] -= f * M[p][r];
+        }
+      std::vector<double> sol(k);
+      for (size_t p = k; p-- > 0;) {
+        double v = M[p][k];
+        for (size_t q = p + 1; q < k; ++q) v -= M[p][q] * sol[q];
+        sol[p] = v / M[p][p];
+      }
+      if (std::any_of(sol.begin(), sol.end(), [](double v) { return v < 0; })) continue;
+      std::vector<double> c(n, 0.0);
+      for (size_t p = 0; p < k; ++p) c[size_t(cols[p])] = sol[p];
+      best = std::min(best, residual(c));
+    }
+    for (double v : x) CHECK(v >= 0);
+    CHECK(residual(x) == Approx(best).epsilon(1e-9));
+  }
+}
+
+namespace {
+// A small hybrid of `units` repeats of `unit` (e.g. "M-M*-"), hidden h, FFN 4h, as bench_model_serving times.
+ModelConfig bench_shape(int64_t hidden, int64_t units, const std::string& unit) {
+  ModelConfig c = published("nemotron-nano-9b-v2");
+  c.hidden_size = hidden;
+  c.intermediate_size = 4 * hidden;
+  c.num_attention_heads = std::max<int64_t>(8, hidden / 128 / 8 * 8);
+  c.mamba_num_heads = 2 * hidden / 64;
+  c.mamba_head_dim = 64;
+  c.layers.clear();
+  for (int64_t i = 0; i < units; ++i)
+    for (char ch : unit) c.layers.push_back(static_cast<LayerType>(ch));
+  return c;
+}
+}  // namespace
+
 TEST_CASE("calibration recovers known coefficients and predicts held-out shapes", "[search][roofline]") {
   HardwareProfile hw = load_hardware("h100-80gb");
-  const Efficiency truth{1.0 / 0.82, 1.0 / 0.61, 11e-6, false, ""};
+  // Ground truth in the split form: KV/state traffic slower than the weight stream, attention and the scan at
+  // lower fractions of the peak than the GEMMs, launch overheads that differ per layer type, a fixed step cost.
+  Efficiency truth;
+  truth.bandwidth_factor = 1 / 0.82, truth.cache_factor = 1 / 0.55, truth.compute_factor = 1 / 0.61;
+  truth.attention_factor = 1 / 0.35, truth.scan_factor = 1 / 0.12;
+  truth.mamba_layer_s = 38e-6, truth.attention_layer_s = 17e-6, truth.mlp_layer_s = 9e-6, truth.step_s = 60e-6;
+  HardwareProfile exact_hw = hw;
+  exact_hw.decode_efficiency = exact_hw.prefill_efficiency = truth;
   std::mt19937 rng(7);
   std::normal_distribution<double> noise(0.0, 0.02);  // 2% timing noise
-  auto make = [&](int64_t hidden, int64_t ffn, int64_t layers_pairs, const std::string& phase, int64_t batch,
+  auto make = [&](int64_t hidden, int64_t units, const std::string& unit, const std::string& phase, int64_t batch,
                   int64_t n) {
-    ModelConfig c = published("nemotron-nano-9b-v2");
-    c.hidden_size = hidden;
-    c.intermediate_size = ffn;
-    c.layers.clear();
-    for (int64_t i = 0; i < layers_pairs; ++i) {
-      c.layers.push_back(LayerType::Mamba);
-      c.layers.push_back(i % 4 == 3 ? LayerType::Attention : LayerType::Mlp);
-    }
     TimingSample t;
-    t.config = c;
+    t.config = bench_shape(hidden, units, unit);
     t.phase = phase;
     t.batch = batch;
     (phase == "decode" ? t.position : t.tokens) = n;
     InferenceSetup u;
     u.batch = batch;
-    Shape s = Shape::of(c);
+    Shape s = Shape::of(t.config);
     StepCost cost = phase == "decode" ? decode_step_cost(s, u, n) : prefill_cost(s, u, n);
-    double exact = truth.bandwidth_factor * cost.bytes / hw.bandwidth_bytes_per_s +
-                   truth.compute_factor * cost.flops / hw.bf16_flops + truth.layer_overhead_s * double(cost.layers);
-    t.seconds = exact * (1.0 + noise(rng));
+    t.seconds = step_seconds(cost, exact_hw, DType::BF16) * (1.0 + noise(rng));
     return t;
   };
   std::vector<TimingSample> fit, held_out;
-  for (int64_t h : {512, 1024, 2048})
-    for (int64_t pairs : {2, 4, 8}) {
-      fit.push_back(make(h, 4 * h, pairs, "decode", 1, 512));
-      fit.push_back(make(h, 4 * h, pairs, "decode", 16, 2048));
-      fit.push_back(make(h, 4 * h, pairs, "prefill", 1, 2048));
-      fit.push_back(make(h, 4 * h, pairs, "prefill", 4, 512));
-    }
-  held_out.push_back(make(1536, 6144, 6, "decode", 4, 1024));
-  held_out.push_back(make(1536, 6144, 6, "prefill", 2, 4096));
-  held_out.push_back(make(3072, 12288, 3, "decode", 1, 8192));
+  const std::vector<std::string> units = {"M-M*-", "MM-", "M*-*"};
+  for (int64_t h : {1024, 2048, 4096})
+    for (int64_t reps : {2, 6})
+      for (const std::string& unit : units) {
+        for (auto [b, n] : std::vector<std::pair<int64_t, int64_t>>{{1, 2048}, {8, 8192}, {32, 4096}, {4, 30000}})
+          fit.push_back(make(h, reps, unit, "decode", b, n));
+        for (auto [b, n] : std::vector<std::pair<int64_t, int64_t>>{{1, 2048}, {2, 8192}, {4, 1024}})
+          fit.push_back(make(h, reps, unit, "prefill", b, n));
+      }
+  for (auto [h, reps, unit] : std::vector<std::tuple<int64_t, int64_t, std::string>>{
+           {1536, 5, "M-M*-"}, {3072, 4, "MM-"}, {2560, 3, "M*-*"}}) {
+    held_out.push_back(make(h, reps, unit, "decode", 4, 1024));
+    held_out.push_back(make(h, reps, unit, "decode", 16, 16384));
+    held_out.push_back(make(h, reps, unit, "prefill", 2, 4096));
+  }
   CalibrationResult r = calibrate(fit, hw);
-  // Decode is bandwidth-bound: its bandwidth factor is well determined; prefill's compute factor likewise.
+  CHECK(r.form == RooflineForm::Split);
+  // The dominant terms are well determined: decode's weight stream and cache traffic, prefill's GEMM factor.
   CHECK(r.decode.bandwidth_factor == Approx(truth.bandwidth_factor).epsilon(0.05));
+  CHECK(r.decode.cache_factor == Approx(truth.cache_factor).epsilon(0.08));
   CHECK(r.prefill.compute_factor == Approx(truth.compute_factor).epsilon(0.05));
   CHECK(r.decode.calibrated);
   CHECK(r.prefill.calibrated);
   CHECK(r.max_abs_relative_error < 0.08);
   HardwareProfile fitted = hw;
   r.apply(fitted);
-  for (double e : relative_errors(held_out, fitted)) CHECK(std::fabs(e) < 0.08);
+  double worst_split = 0;
+  for (double e : relative_errors(held_out, fitted)) worst_split = std::max(worst_split, std::fabs(e));
+  CHECK(worst_split < 0.08);
+  // The combined three-term form cannot follow these timings as closely.
+  CalibrationResult c = calibrate(fit, hw, RooflineForm::Combined);
+  CHECK(c.form == RooflineForm::Combined);
+  HardwareProfile combined = hw;
+  c.apply(combined);
+  double worst_combined = 0;
+  for (double e : relative_errors(held_out, combined)) worst_combined = std::max(worst_combined, std::fabs(e));
+  WARN("held-out max |error|: split " << worst_split << ", combined " << worst_combined);
+  CHECK(worst_combined > worst_split);
+  CHECK(c.decode.cache_factor == c.decode.bandwidth_factor);
+  CHECK(c.prefill.attention_layer_s == c.prefill.mamba_layer_s);
+  CHECK(c.prefill.step_s == 0);
   // The profile written with the fitted coefficients reads back the same.
   HardwareProfile again = HardwareProfile::from_json(fitted.to_json(), "round trip");
   CHECK(again.decode_efficiency.bandwidth_factor == Approx(r.decode.bandwidth_factor));
+  CHECK(again.decode_efficiency.cache_factor == Approx(r.decode.cache_factor));
   CHECK(again.prefill_efficiency.compute_factor == Approx(r.prefill.compute_factor));
+  CHECK(again.prefill_efficiency.scan_factor == Approx(r.prefill.scan_factor));
+  CHECK(again.decode_efficiency.mamba_layer_s == Approx(r.decode.mamba_layer_s));
+  CHECK(again.decode_efficiency.step_s == Approx(r.decode.step_s));
   CHECK(again.prefill_efficiency.calibrated);
   CHECK_THROWS_AS(calibrate({fit[0], fit[1]}, hw), mp::Error);
+}
+
+TEST_CASE("profiles with the three combined coefficients still read", "[search][roofline]") {
+  json j = {{"name", "old"}, {"memory_gib", 24}, {"bandwidth_gb_per_s", 1000}, {"bf16_tflops", 100},
+            {"efficiency", {{"bandwidth_factor", 1.25}, {"compute_factor", 2.0}, {"layer_overhead_us", 7}}}};
+  HardwareProfile h = HardwareProfile::from_json(j, "old profile");
+  for (const Efficiency* e : {&h.decode_efficiency, &h.prefill_efficiency}) {
+    CHECK(e->bandwidth_factor == 1.25);
+    CHECK(e->cache_factor == 1.25);
+    CHECK(e->compute_factor == 2.0);
+    CHECK(e->attention_factor == 2.0);
+    CHECK(e->scan_factor == 2.0);
+    CHECK(e->mamba_layer_s == Approx(7e-6));
+    CHECK(e->mlp_layer_s == Approx(7e-6));
+    CHECK(e->step_s == 0);
+  }
+  j["efficiency"]["scan_factor"] = -1;
+  CHECK_THROWS_AS(HardwareProfile::from_json(j, "negative"), mp::Error);
 }
