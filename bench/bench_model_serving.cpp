@@ -5,7 +5,7 @@
 //     bytes are recorded per term, and the peak of one prefill chunk through the model's forward.
 //  2. Timings: prefill (the model's forward) and decode (one token through every layer with the KV-cache and
 //     state updates, written with ATen ops on the same weights) for 14 shapes of three layer patterns
-//     ("M-M*-", "MM-", "M*-") and hidden 1024-4096 (up to 3.2B parameters); shapes labelled "-heldout" are
+//     ("M-M*-", "MM-", "M*-") and hidden 1024-4096 (up to 3.5B parameters); shapes labelled "-heldout" are
 //     for prediction, not fitting. Decode steps are captured once in a CUDA graph and replayed, as serving
 //     engines run them (eager ATen dispatch of ~40 small ops per Mamba layer made the host, not the GPU, the
 //     bottleneck, and its timings varied by +-30% between runs); "decode_mode" says which ran. Each time is
