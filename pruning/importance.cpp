@@ -25,7 +25,9 @@ std::vector<double> to_vector(const at::Tensor& t) {
 // L2 over the channels of each group of `size` consecutive channels: per-head scores from per-channel ones.
 at::Tensor l2_per_block(const at::Tensor& channels, int64_t size) { return channels.view({-1, size}).norm(2, 1); }
 
-// Observes the taps that width importance needs and keeps one streaming statistic per (tap, layer).
+// Observes the taps that width importance needs and keeps one streaming statistic per (tap, layer). All
+// statistics stay on the model's device until fill_width_scores reads them: a batch adds a few reductions
+// per tap and never waits for the device.
 class WidthObserver : public ActivationObserver {
  public:
   WidthObserver(const NemotronH& model, Reduction reduction, bool taylor)
@@ -38,13 +40,14 @@ class WidthObserver : public ActivationObserver {
 
   void observe(Tap tap, int64_t layer, const at::Tensor& value) override {
     auto key = std::make_pair(tap, layer);
-    auto it = stats_.find(key);
-    if (it == stats_.end()) it = stats_.emplace(key, ChannelStatistic(reduction_, value.size(-1))).first;
-    it->second.add(value);
-    if (tap == Tap::MambaY) {  // FLAP needs the variance of out_proj's input
+    if (tap == Tap::MambaY) {  // out_proj's input feeds FLAP (its variance) and the head outputs only
       auto v = variance_.find(layer);
       if (v == variance_.end()) v = variance_.emplace(layer, ChannelStatistic(Reduction::Variance, value.size(-1))).first;
       v->second.add(value);
+    } else {
+      auto it = stats_.find(key);
+      if (it == stats_.end()) it = stats_.emplace(key, ChannelStatistic(reduction_, value.size(-1))).first;
+      it->second.add(value);
     }
     if (tap == Tap::MambaY || tap == Tap::AttnHeads) add_head_contributions(tap, layer, value);
     if (taylor_ && value.requires_grad() && tap != Tap::NormOutput && tap != Tap::MambaY) {
@@ -58,7 +61,7 @@ class WidthObserver : public ActivationObserver {
   void collect_taylor() {
     for (auto& [key, t] : retained_) {
       if (!t.grad().defined()) continue;
-      at::Tensor s = (t.detach() * t.grad()).to(at::kDouble).sum(1).abs().sum(0).cpu();
+      at::Tensor s = (t.detach() * t.grad()).to(at::kDouble).sum(1).abs().sum(0);  // stays on the device
       auto it = taylor_sums_.find(key);
       if (it == taylor_sums_.end())
         taylor_sums_.emplace(key, s);
@@ -79,21 +82,26 @@ class WidthObserver : public ActivationObserver {
 
  private:
   // Each head's output through the output projection, ||a_h W_h^T|| per token: a head whose projection
-  // columns are zero contributes nothing, whatever its input activations.
+  // columns are zero contributes nothing, whatever its input activations. a_h W_h^T ([tokens, hidden] per
+  // head, as many FLOPs and far more bytes than the projection itself) is never formed:
+  // ||a_h W_h^T||^2 = a_h G_h a_h^T with G_h = W_h^T W_h ([width, width], once per layer), so all heads
+  // take one batched [tokens, width] x [width, width] product and a row-wise dot.
   void add_head_contributions(Tap tap, int64_t layer, const at::Tensor& value) {
     const ModelConfig& c = model_.config();
     const bool mamba = tap == Tap::MambaY;
     const int64_t heads = mamba ? c.mamba_num_heads : c.num_attention_heads;
     const int64_t width = mamba ? c.mamba_head_dim : c.head_dim;
-    at::Tensor w = model_.parameters().at("backbone.layers." + std::to_string(layer) +
-                                          (mamba ? ".mixer.out_proj.weight" : ".mixer.o_proj.weight"));
-    at::Tensor a = value.detach().to(w.scalar_type());
-    std::vector<at::Tensor> norms;
-    for (int64_t h = 0; h < heads; ++h) {
-      at::Tensor y = at::matmul(a.narrow(-1, h * width, width), w.detach().narrow(1, h * width, width).t());
-      norms.push_back(y.to(at::kFloat).norm(2, -1));
+    auto g = gram_.find(layer);
+    if (g == gram_.end()) {
+      at::Tensor w = model_.parameters().at("backbone.layers." + std::to_string(layer) +
+                                            (mamba ? ".mixer.out_proj.weight" : ".mixer.o_proj.weight"));
+      at::Tensor wh = w.detach().to(at::kFloat).view({w.size(0), heads, width}).permute({1, 0, 2});  // [heads,D,w]
+      g = gram_.emplace(layer, at::bmm(wh.transpose(1, 2), wh)).first;                              // [heads,w,w]
     }
-    at::Tensor per_head = at::stack(norms, -1);  // [B,T,heads]
+    const int64_t B = value.size(0), T = value.size(1);
+    at::Tensor a = value.detach().to(at::kFloat).reshape({B * T, heads, width}).transpose(0, 1);  // [heads,BT,w]
+    at::Tensor sq = at::bmm(a, g->second).mul_(a).sum(-1);                                       // [heads,BT]
+    at::Tensor per_head = sq.clamp_min_(0.0).sqrt_().t().view({B, T, heads});
     auto it = contributions_.find(layer);
     if (it == contributions_.end()) it = contributions_.emplace(layer, ChannelStatistic(reduction_, heads)).first;
     it->second.add(per_head);
@@ -104,6 +112,7 @@ class WidthObserver : public ActivationObserver {
   bool taylor_;
   std::map<std::pair<Tap, int64_t>, ChannelStatistic> stats_;
   std::map<int64_t, ChannelStatistic> variance_, contributions_;
+  std::map<int64_t, at::Tensor> gram_;  // per layer: W_h^T W_h of each head's output-projection columns
   std::vector<std::pair<std::pair<Tap, int64_t>, at::Tensor>> retained_;
   std::map<std::pair<Tap, int64_t>, at::Tensor> taylor_sums_;
 };
@@ -146,7 +155,11 @@ void fill_width_scores(const NemotronH& model, const WidthObserver& obs, Scores&
         m.heads_out = to_vector(obs.head_contribution(i));
         // FLAP: input variance of out_proj times the squared norm of its weight column, summed per head.
         at::Tensor w = model.parameters().at("backbone.layers." + std::to_string(i) + ".mixer.out_proj.weight");
-        at::Tensor col = w.detach().to(at::kDouble).cpu().pow(2).sum(0);
+        at::Tensor col = at::linalg_vector_norm(w.detach(), 2, std::vector<int64_t>{0}, false,
+                                                w.is_cuda() ? at::kFloat : at::kDouble)
+                             .to(at::kDouble)
+                             .square_()
+                             .cpu();
         m.heads_flap = to_vector((obs.variance(i) * col).view({H, P}).sum(1));
         break;
       }

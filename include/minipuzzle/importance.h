@@ -140,12 +140,13 @@ at::Tensor sample_calibration(const TokenFile& tokens, int64_t samples, int64_t 
 Scores compute_scores(const NemotronH& model, const at::Tensor& calibration_ids, const ScoreOptions& options);
 
 // The per-channel aggregation, exposed for tests: activations [B,T,C] -> per-sample partial statistic.
-// Accumulator keeps sum over samples of (mean_t |a|)^2 etc. so batches stream.
+// Accumulator keeps sum over samples of (mean_t |a|)^2 etc. so batches stream. The sums stay on the
+// activations' device (add() never waits for the device); result() reads them back.
 class ChannelStatistic {
  public:
   ChannelStatistic(Reduction reduction, int64_t channels);
   void add(const at::Tensor& activations);  // [B,T,C] (or [B,T,heads,C'] flattened by the caller)
-  at::Tensor result() const;                // [C] float64
+  at::Tensor result() const;                // [C] float64, on the CPU
   int64_t samples() const { return samples_; }
 
  private:
