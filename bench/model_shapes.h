@@ -1,15 +1,20 @@
 // Shapes the benchmarks share: an 8B-class hybrid stack (Nemotron-H-8B layer widths).
 #pragma once
+#include <algorithm>
+
 #include "minipuzzle/config.h"
 
 namespace mp::bench {
 
 // Nemotron-H-8B widths: hidden 4096, 128 Mamba heads x 64, state 128, 8 groups, attention 32 x 128 over 8 KV
 // heads, FFN 21504, vocab 131072; `pattern` picks the layers (the 8B model is 24 M, 4 *, 24 -).
-inline ModelConfig nemotron_h_8b_layers(const std::string& pattern) {
-  json j = {{"hybrid_override_pattern", pattern}, {"vocab_size", 131072}, {"hidden_size", 4096},
-            {"intermediate_size", 21504}, {"num_attention_heads", 32}, {"num_key_value_heads", 8},
-            {"head_dim", 128}, {"mamba_num_heads", 128}, {"mamba_head_dim", 64}, {"n_groups", 8},
+// `width_div` > 1 divides the widths and head counts (head dims, state and chunk kept) for CPU-sized runs.
+inline ModelConfig nemotron_h_8b_layers(const std::string& pattern, int64_t width_div = 1) {
+  const int64_t d = width_div;
+  const int64_t groups = std::max<int64_t>(1, 8 / d);  // also the KV heads
+  json j = {{"hybrid_override_pattern", pattern}, {"vocab_size", 131072 / d}, {"hidden_size", 4096 / d},
+            {"intermediate_size", 21504 / d}, {"num_attention_heads", 32 / d}, {"num_key_value_heads", groups},
+            {"head_dim", 128}, {"mamba_num_heads", 128 / d}, {"mamba_head_dim", 64}, {"n_groups", groups},
             {"ssm_state_size", 128}, {"conv_kernel", 4}, {"chunk_size", 128}, {"layer_norm_epsilon", 1e-5}};
   return ModelConfig::from_json(j, "8B-class benchmark shape");
 }
