@@ -90,20 +90,11 @@ PY
 
 # End-to-end CLI run on CUDA with tiny models (byte-level tinyshakespeare token files written in the documented
 # format: NAME.tokens raw uint32, NAME.index, NAME.json).
-if [ -x build-gpu/minipuzzle ] && [ -f ../shared/data/tinyshakespeare.txt ]; then
-  smoke="$OUT/distill_smoke"; rm -rf "$smoke"; mkdir -p "$smoke"
+smoke="$OUT/distill_smoke"; rm -rf "$smoke"; mkdir -p "$smoke"
+if [ -x build-gpu/minipuzzle ] && python3 scripts/gpu/byte_tokens.py "$smoke" train:0:400000 valid:400000:440000; then
   python3 - "$smoke" <<'PY'
-import json, struct, sys, numpy as np
+import json, sys
 d = sys.argv[1]
-text = open("../shared/data/tinyshakespeare.txt", "rb").read()
-for name, lo, hi in (("train", 0, 400000), ("valid", 400000, 440000)):
-    ids = np.frombuffer(text[lo:hi], dtype=np.uint8).astype("<u4")
-    ids.tofile(f"{d}/{name}.tokens")
-    with open(f"{d}/{name}.index", "wb") as f:
-        f.write(b"MPTIDX1\0" + struct.pack("<Q", 1) + struct.pack("<QQ", 0, len(ids)))
-    json.dump({"format": "minipuzzle-tokens", "version": 1, "tokenizer": {"kind": "byte_level", "path": "", "sha256": ""},
-               "vocab_size": 256, "eos_id": None, "eos_appended": False, "num_tokens": len(ids), "num_documents": 1,
-               "sources": ["tinyshakespeare.txt"], "split": name, "dtype": "uint32_le"}, open(f"{d}/{name}.json", "w"))
 cfg = dict(model_type="nemotron_h", vocab_size=256, hidden_size=256, intermediate_size=512, hybrid_override_pattern="M*M-M-",
            num_attention_heads=4, num_key_value_heads=2, head_dim=64, mamba_num_heads=8, mamba_head_dim=64, n_groups=2,
            ssm_state_size=64, conv_kernel=4, chunk_size=64, tie_word_embeddings=False, torch_dtype="bfloat16")
@@ -159,7 +150,7 @@ for r in ('teacher', 'distill'):
   cat "$OUT/distill_gpu_smoke.txt"
   rm -rf "$smoke"/*/checkpoint "$smoke"/*.tokens
 else
-  echo "minipuzzle CLI not built or shared data missing: CLI smoke skipped" | tee "$OUT/distill_gpu_smoke.txt"
+  echo "minipuzzle CLI not built or tinyshakespeare not found (../shared/data, shared/data, .carry/data): CLI smoke skipped" | tee "$OUT/distill_gpu_smoke.txt"
 fi
 
 (cd build-gpu && timeout 300 ctest -R "test_distill" -LE gpu --output-on-failure) > "$OUT/distill_cpu_tests.txt" 2>&1

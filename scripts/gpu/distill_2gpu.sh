@@ -16,22 +16,7 @@ D="$OUT/dp2"; rm -rf "$D"; mkdir -p "$D"
 nvidia-smi -L > "$D/gpus.txt"
 
 # Token files (byte-level tinyshakespeare in minipuzzle's format) and the two model configs.
-python3 - "$D" <<'PY'
-import json, struct, sys, numpy as np
-d = sys.argv[1]
-import os
-path = next(p for p in ("../shared/data/tinyshakespeare.txt", "shared/data/tinyshakespeare.txt",
-                        ".carry/data/tinyshakespeare.txt") if os.path.exists(p))
-text = open(path, "rb").read()
-for name, lo, hi in (("train", 0, 1000000), ("valid", 1000000, 1100000)):
-    ids = np.frombuffer(text[lo:hi], dtype=np.uint8).astype("<u4")
-    ids.tofile(f"{d}/{name}.tokens")
-    with open(f"{d}/{name}.index", "wb") as f:
-        f.write(b"MPTIDX1\0" + struct.pack("<Q", 1) + struct.pack("<QQ", 0, len(ids)))
-    json.dump({"format": "minipuzzle-tokens", "version": 1, "tokenizer": {"kind": "byte_level", "path": "", "sha256": ""},
-               "vocab_size": 256, "eos_id": None, "eos_appended": False, "num_tokens": len(ids), "num_documents": 1,
-               "sources": ["tinyshakespeare.txt"], "split": name, "dtype": "uint32_le"}, open(f"{d}/{name}.json", "w"))
-PY
+python3 scripts/gpu/byte_tokens.py "$D" train:0:1000000 valid:1000000:1100000
 ./build-gpu/bench/bench_distill --config-dir "$D/cfg" --steps 2 --warmup 1 > "$D/bench_single_gpu.json" 2> "$D/bench.err"
 data="--data $D/train --valid $D/valid --device cuda --eval-tokens 8192 --save-every 0"
 for m in student teacher; do  # random weights as checkpoints: one step at a vanishing learning rate
