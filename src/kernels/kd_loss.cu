@@ -16,9 +16,9 @@
 //   3. (JSD only) the two KL(. || m) sums, which need normalised probabilities
 //   4. the gradient, written once
 // Rows too long for shared memory (e.g. fp32 with V > ~200k) take the two_pass variant: the same stages with one
-// block per row reading the row from global memory in each stage. The default where it fits (16-bit logits up to
-// V ~ 230k) is kd_rows_pipelined_kernel below: the cluster shape made persistent, copying the next rows while it
-// computes the current one (its comment says why).
+// block per row reading the row from global memory in each stage. kd_rows_pipelined_kernel below makes the
+// cluster shape persistent, copying the next rows while it computes the current one; it runs only when asked
+// (slower on the H100). Forward KL on 16-bit logits takes kd_loss_tma.cu's cluster_tma first (launch_typed).
 //
 // No torch here (flashinfer's rule); the binding is kd_binding.cpp, the CPU twin kd_loss_cpu.cpp.
 #include "kernels/kd_loss_cuda.h"
@@ -559,7 +559,8 @@ cudaError_t launch_typed(const KdRowParams& p, KdKernelVariant variant, cudaStre
   }
   if (variant == KdKernelVariant::cluster_pipelined) {
     // Only when asked for: on the H100 it measured 4.54 ms against cluster_smem's 3.42 ms (N 8192, V 131072,
-    // bf16), so the automatic choice starts with cluster_smem. Any plan, one stage included (tests run all).
+    // bf16), so the automatic choice skips it (cluster_tma, then cluster_smem). Any plan, one stage included
+    // (tests run all).
     const cudaError_t err = launch_pipelined<T>(p, 1, stream);
     if (err != cudaErrorNotSupported) {
       if (used) *used = KdKernelVariant::cluster_pipelined;
