@@ -61,6 +61,9 @@ double HardwareProfile::peak_flops(DType compute) const {
 json Efficiency::to_json() const {
   return {{"bandwidth_factor", bandwidth_factor},
           {"cache_factor", cache_factor},
+          {"state_factor", state_factor},
+          {"grouped_kv_factor", grouped_kv_factor},
+          {"grouped_position_ns", grouped_position_s * 1e9},
           {"compute_factor", compute_factor},
           {"attention_factor", attention_factor},
           {"scan_factor", scan_factor},
@@ -78,14 +81,19 @@ Efficiency Efficiency::from_json(const json& e, const std::string& what, Efficie
     if (e.contains(key)) field = json_to_double(e.at(key), what + " efficiency " + key) * scale;
   };
   // The combined fields first: they set every term of their kind; the per-term fields refine them.
-  if (e.contains("bandwidth_factor")) read("bandwidth_factor", out.bandwidth_factor, 1), out.cache_factor = out.bandwidth_factor;
+  if (e.contains("bandwidth_factor"))
+    read("bandwidth_factor", out.bandwidth_factor, 1), out.cache_factor = out.state_factor = out.bandwidth_factor;
   if (e.contains("compute_factor"))
     read("compute_factor", out.compute_factor, 1), out.attention_factor = out.scan_factor = out.compute_factor;
   if (e.contains("layer_overhead_us")) {
     read("layer_overhead_us", out.mamba_layer_s, 1e-6);
     out.attention_layer_s = out.mlp_layer_s = out.mamba_layer_s;
   }
-  read("cache_factor", out.cache_factor, 1);
+  // Profiles from before the state term had one cache factor for the KV cache and the Mamba state.
+  if (e.contains("cache_factor")) read("cache_factor", out.cache_factor, 1), out.state_factor = out.cache_factor;
+  read("state_factor", out.state_factor, 1);
+  read("grouped_kv_factor", out.grouped_kv_factor, 1);
+  read("grouped_position_ns", out.grouped_position_s, 1e-9);
   read("attention_factor", out.attention_factor, 1);
   read("scan_factor", out.scan_factor, 1);
   read("mamba_layer_us", out.mamba_layer_s, 1e-6);
@@ -94,7 +102,8 @@ Efficiency Efficiency::from_json(const json& e, const std::string& what, Efficie
   read("step_us", out.step_s, 1e-6);
   out.calibrated = e.value("calibrated", false);
   out.calibration_note = e.value("note", std::string());
-  for (double v : {out.bandwidth_factor, out.cache_factor, out.compute_factor, out.attention_factor, out.scan_factor,
+  for (double v : {out.bandwidth_factor, out.cache_factor, out.state_factor, out.grouped_kv_factor,
+                   out.grouped_position_s, out.compute_factor, out.attention_factor, out.scan_factor,
                    out.mamba_layer_s, out.attention_layer_s, out.mlp_layer_s, out.step_s})
     MP_CHECK(v >= 0 && std::isfinite(v), what, ": efficiency coefficients must be finite and not negative");
   return out;

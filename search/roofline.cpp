@@ -1,9 +1,11 @@
 // Roofline time model and its least-squares calibration. A step's time is modelled as a non-negative sum of
-// terms (search.h, Efficiency): bytes streamed and bytes of KV cache / Mamba state over the bandwidth; GEMM,
-// attention and scan FLOPs over the tensor-core peak, each with its own efficiency; a fixed time per layer of each
-// type and per step (kernel launches, small ops). A sum rather than a max, so that it is linear in the
-// coefficients and can be fitted by least squares from measured steps; decode is dominated by the byte terms
-// and the per-layer times, prefill by the FLOP terms.
+// terms (search.h, Efficiency): bytes streamed, bytes of KV cache and bytes of Mamba state over the bandwidth;
+// GEMM, attention and scan FLOPs over the tensor-core peak, each with its own efficiency; for decode, what
+// grouped-query attention costs beyond one read of the cache (the KV bytes again, and a time per cached
+// position); a fixed time per layer of each type and per step (kernel launches, small ops). A sum rather than a
+// max, so that it is linear in the coefficients and can be fitted by least squares from measured steps; decode is
+// dominated by the byte terms, the grouped-attention terms at long context, and the per-layer times; prefill by
+// the FLOP terms.
 #include <Eigen/Dense>
 #include <algorithm>
 #include <cmath>
@@ -36,9 +38,17 @@ StepCost decode_step_cost(const Shape& s, const InferenceSetup& u, int64_t posit
   // Every weight but the embedding table is read once per step; the table only for the B rows looked up.
   c.stream_bytes = static_cast<double>(p.total() - p.embeddings) * wb + B * static_cast<double>(s.hidden) * wb;
   // The KV cache up to `position` is read; one new K/V row written. Conv and SSM state read and written back.
-  c.cache_bytes = static_cast<double>(s.n_attention) * 2.0 * B * (pos + 1) *
-                      static_cast<double>(s.kv_heads * s.head_dim) * dtype_bytes(u.kv_cache) +
-                  2.0 * state_bytes(s, u);
+  c.kv_bytes = static_cast<double>(s.n_attention) * 2.0 * B * (pos + 1) * static_cast<double>(s.kv_heads * s.head_dim) *
+               dtype_bytes(u.kv_cache);
+  c.state_bytes = 2.0 * state_bytes(s, u);
+  // Several query heads per KV head: the measured decode attention (a batched matmul of each query group against
+  // its cached K and V) reads the cache at a lower rate and takes a time per cached position that does not
+  // shrink with the batch or grow with the group size (search/MEMORY_MODEL.md); one query head per KV head runs
+  // as a matrix-vector product without either cost.
+  if (s.n_attention > 0 && s.attention_heads > s.kv_heads) {
+    c.grouped_kv_bytes = c.kv_bytes;
+    c.grouped_positions = static_cast<double>(s.n_attention) * (pos + 1);
+  }
   c.gemm_flops = 2.0 * B * static_cast<double>(p.matmul());
   c.attention_flops =
       static_cast<double>(s.n_attention) * 4.0 * B * (pos + 1) * static_cast<double>(s.attention_heads * s.head_dim);
@@ -72,33 +82,44 @@ StepCost prefill_cost(const Shape& s, const InferenceSetup& u, int64_t tokens) {
                      static_cast<double>(s.n_attention) * 2.0 * attn_width +
                      static_cast<double>(s.n_mlp) * 2.0 * static_cast<double>(s.ffn));
   // The KV cache and the final states written.
-  c.cache_bytes = static_cast<double>(s.n_attention) * 2.0 * T * static_cast<double>(s.kv_heads * s.head_dim) *
-                      dtype_bytes(u.kv_cache) +
-                  state_bytes(s, u);
+  c.kv_bytes = static_cast<double>(s.n_attention) * 2.0 * T * static_cast<double>(s.kv_heads * s.head_dim) *
+               dtype_bytes(u.kv_cache);
+  c.state_bytes = state_bytes(s, u);
   count_layers(s, c);
   c.prefill = true;
   return c;
 }
 
 namespace {
-constexpr int kTerms = 9;  // the terms of Efficiency, in this order
+// The terms of Efficiency, in this order.
+enum Term { kStream, kKv, kState, kGroupedKv, kGroupedPositions, kGemm, kAttention, kScan, kMambaLayers,
+            kAttentionLayers, kMlpLayers, kStep, kTerms };
 using Terms = Eigen::Matrix<double, kTerms, 1>;
 
 // The regressors of a step: each term's quantity, so that seconds = coefficients . terms.
 Terms step_terms(const StepCost& c, const HardwareProfile& hw, DType weights) {
   const double bw = hw.bandwidth_bytes_per_s, peak = hw.peak_flops(weights);
   Terms t;
-  t << c.stream_bytes / bw, c.cache_bytes / bw, c.gemm_flops / peak, c.attention_flops / peak, c.scan_flops / peak,
-      static_cast<double>(c.mamba_layers), static_cast<double>(c.attention_layers), static_cast<double>(c.mlp_layers),
-      1.0;
+  t << c.stream_bytes / bw, c.kv_bytes / bw, c.state_bytes / bw, c.grouped_kv_bytes / bw, c.grouped_positions,
+      c.gemm_flops / peak, c.attention_flops / peak, c.scan_flops / peak, static_cast<double>(c.mamba_layers),
+      static_cast<double>(c.attention_layers), static_cast<double>(c.mlp_layers), 1.0;
   return t;
 }
 
 Terms coefficients(const Efficiency& e) {
   Terms k;
-  k << e.bandwidth_factor, e.cache_factor, e.compute_factor, e.attention_factor, e.scan_factor, e.mamba_layer_s,
-      e.attention_layer_s, e.mlp_layer_s, e.step_s;
+  k << e.bandwidth_factor, e.cache_factor, e.state_factor, e.grouped_kv_factor, e.grouped_position_s,
+      e.compute_factor, e.attention_factor, e.scan_factor, e.mamba_layer_s, e.attention_layer_s, e.mlp_layer_s,
+      e.step_s;
   return k;
+}
+
+void set_coefficients(Efficiency& e, const Terms& k) {
+  e.bandwidth_factor = k[kStream], e.cache_factor = k[kKv], e.state_factor = k[kState];
+  e.grouped_kv_factor = k[kGroupedKv], e.grouped_position_s = k[kGroupedPositions];
+  e.compute_factor = k[kGemm], e.attention_factor = k[kAttention], e.scan_factor = k[kScan];
+  e.mamba_layer_s = k[kMambaLayers], e.attention_layer_s = k[kAttentionLayers], e.mlp_layer_s = k[kMlpLayers];
+  e.step_s = k[kStep];
 }
 }  // namespace
 
@@ -195,9 +216,6 @@ Terms sample_terms(const TimingSample& t, const HardwareProfile& hw) {
   StepCost c = t.phase == "decode" ? decode_step_cost(s, u, t.position) : prefill_cost(s, u, t.tokens);
   return step_terms(c, hw, t.weights);
 }
-
-// The Combined form's three regressors from the nine terms: all bytes, all FLOPs, all layers.
-Eigen::Vector3d combine(const Terms& t) { return {t[0] + t[1], t[2] + t[3] + t[4], t[5] + t[6] + t[7]}; }
 }  // namespace
 
 std::vector<double> relative_errors(const std::vector<TimingSample>& samples, const HardwareProfile& hw) {
@@ -272,30 +290,55 @@ std::vector<double> nnls(const std::vector<std::vector<double>>& rows, const std
 }
 
 namespace {
+// What a fit solves for: each column is one free coefficient shared by its terms; the terms in `zero` are set to
+// 0; every other term is held at the profile's coefficient (its contribution is subtracted from the measured time).
+struct FitSpec {
+  std::vector<std::vector<int>> columns;
+  std::vector<int> zero;
+};
+
+FitSpec fit_spec(RooflineForm form, bool prefill) {
+  if (form == RooflineForm::Combined)  // all bytes, all FLOPs, all layers
+    return {{{kStream, kKv, kState}, {kGemm, kAttention, kScan}, {kMambaLayers, kAttentionLayers, kMlpLayers}},
+            {kGroupedKv, kGroupedPositions, kStep}};
+  if (prefill)  // the cache is only written in prefill (KV and final state): one factor for both
+    return {{{kStream}, {kKv, kState}, {kGemm}, {kAttention}, {kScan}, {kMambaLayers}, {kAttentionLayers},
+             {kMlpLayers}, {kStep}},
+            {kGroupedKv, kGroupedPositions}};
+  // Decode: memory-bound; the FLOP terms are held at the profile's factors.
+  return {{{kStream}, {kKv}, {kState}, {kGroupedKv}, {kGroupedPositions}, {kMambaLayers}, {kAttentionLayers},
+           {kMlpLayers}, {kStep}},
+          {}};
+}
+
 // The coefficients of one phase: rows weighted by 1 / measured seconds, so the residual is the relative error.
-Efficiency fit_phase(const std::vector<const TimingSample*>& samples, const HardwareProfile& hw, RooflineForm form) {
+Efficiency fit_phase(const std::vector<const TimingSample*>& samples, const HardwareProfile& hw, RooflineForm form,
+                     bool prefill) {
+  const Efficiency& prior = prefill ? hw.prefill_efficiency : hw.decode_efficiency;
+  const FitSpec spec = fit_spec(form, prefill);
+  Terms held = coefficients(prior);
+  for (const auto& col : spec.columns)
+    for (int j : col) held[j] = 0;
+  for (int j : spec.zero) held[j] = 0;
   std::vector<std::vector<double>> rows;
-  std::vector<double> ones(samples.size(), 1.0);
+  std::vector<double> rhs;
   for (const TimingSample* t : samples) {
-    Terms x = sample_terms(*t, hw) / t->seconds;
-    if (form == RooflineForm::Combined) {
-      Eigen::Vector3d c = combine(x);
-      rows.push_back({c[0], c[1], c[2]});
-    } else {
-      rows.emplace_back(x.data(), x.data() + kTerms);
+    const Terms x = sample_terms(*t, hw);
+    std::vector<double> row;
+    for (const auto& col : spec.columns) {
+      double v = 0;
+      for (int j : col) v += x[j];
+      row.push_back(v / t->seconds);
     }
+    rows.push_back(std::move(row));
+    rhs.push_back(1.0 - held.dot(x) / t->seconds);
   }
-  std::vector<double> k = nnls(rows, ones);
-  Efficiency e;
-  if (form == RooflineForm::Combined) {
-    e.bandwidth_factor = e.cache_factor = k[0];
-    e.compute_factor = e.attention_factor = e.scan_factor = k[1];
-    e.mamba_layer_s = e.attention_layer_s = e.mlp_layer_s = k[2];
-    e.step_s = 0;
-  } else {
-    e.bandwidth_factor = k[0], e.cache_factor = k[1], e.compute_factor = k[2], e.attention_factor = k[3];
-    e.scan_factor = k[4], e.mamba_layer_s = k[5], e.attention_layer_s = k[6], e.mlp_layer_s = k[7], e.step_s = k[8];
-  }
+  const std::vector<double> k = nnls(rows, rhs);
+  Terms all = held;
+  for (size_t c = 0; c < spec.columns.size(); ++c)
+    for (int j : spec.columns[c]) all[j] = k[c];
+  Efficiency e = prior;
+  set_coefficients(e, all);
   e.calibrated = true;
   return e;
 }
@@ -320,17 +363,24 @@ CalibrationResult calibrate(const std::vector<TimingSample>& samples, const Hard
     for (auto& t : samples)
       if (t.phase == phase) rows.push_back(&t);
     if (rows.size() < 3) continue;
-    Efficiency e = fit_phase(rows, hw, form);
-    char note[400];
+    const bool prefill = std::string(phase) == "prefill";
+    Efficiency e = fit_phase(rows, hw, form, prefill);
+    char grouped[160] = "";
+    if (!prefill)
+      std::snprintf(grouped, sizeof grouped,
+                    ", grouped-query attention +%.2fx the KV bytes and %.1f ns per cached position per layer",
+                    e.grouped_kv_factor, e.grouped_position_s * 1e9);
+    char note[700];
     std::snprintf(note, sizeof note,
                   "%s: non-negative least squares over %zu timed steps (%s form): streamed bytes at %s of bandwidth, "
-                  "cache/state bytes at %s, GEMM at %s of peak, attention at %s, scan at %s; per layer %.2f us "
-                  "(Mamba) / %.2f us (attention) / %.2f us (MLP); %.2f us per step",
+                  "KV cache at %s, state at %s%s; GEMM at %s of peak, attention at %s, scan at %s%s; per layer "
+                  "%.2f us (Mamba) / %.2f us (attention) / %.2f us (MLP); %.2f us per step",
                   phase, rows.size(), form == RooflineForm::Split ? "split" : "combined",
                   percent_of_peak(e.bandwidth_factor).c_str(), percent_of_peak(e.cache_factor).c_str(),
-                  percent_of_peak(e.compute_factor).c_str(), percent_of_peak(e.attention_factor).c_str(),
-                  percent_of_peak(e.scan_factor).c_str(), e.mamba_layer_s * 1e6, e.attention_layer_s * 1e6,
-                  e.mlp_layer_s * 1e6, e.step_s * 1e6);
+                  percent_of_peak(e.state_factor).c_str(), grouped, percent_of_peak(e.compute_factor).c_str(),
+                  percent_of_peak(e.attention_factor).c_str(), percent_of_peak(e.scan_factor).c_str(),
+                  form == RooflineForm::Split && !prefill ? " (held at the profile's, not fitted)" : "",
+                  e.mamba_layer_s * 1e6, e.attention_layer_s * 1e6, e.mlp_layer_s * 1e6, e.step_s * 1e6);
     e.calibration_note = note;
     (std::string(phase) == "decode" ? out.decode : out.prefill) = e;
   }

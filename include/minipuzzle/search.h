@@ -28,17 +28,26 @@ DType parse_dtype(const std::string& text);  // float32/fp32, bfloat16/bf16, flo
 // ---------------------------------------------------------------- hardware
 // Coefficients of the roofline time model (see search/MEMORY_MODEL.md), fitted by non-negative least squares to
 // steps timed on the device: seconds =
-//     bandwidth_factor * streamed bytes / bandwidth      (weights, and activations in prefill)
-//   + cache_factor     * cache bytes / bandwidth         (KV cache read/written, Mamba conv + SSM state)
-//   + compute_factor   * GEMM FLOPs / peak               (every projection and the LM head)
-//   + attention_factor * attention FLOPs / peak          (QK and PV over the cached positions)
-//   + scan_factor      * scan FLOPs / peak               (SSD chunked scan / recurrent state update)
+//     bandwidth_factor   * streamed bytes / bandwidth    (weights, and activations in prefill)
+//   + cache_factor       * KV-cache bytes / bandwidth    (KV cache read/written)
+//   + state_factor       * state bytes / bandwidth       (Mamba conv + SSM state read/written)
+//   + grouped_kv_factor  * grouped KV bytes / bandwidth  (decode: the KV read again by grouped-query layers)
+//   + grouped_position_s * grouped positions             (decode: attention layers x cached positions, grouped)
+//   + compute_factor     * GEMM FLOPs / peak             (every projection and the LM head)
+//   + attention_factor   * attention FLOPs / peak        (QK and PV over the cached positions)
+//   + scan_factor        * scan FLOPs / peak             (SSD chunked scan / recurrent state update)
 //   + mamba_layer_s * Mamba layers + attention_layer_s * attention layers + mlp_layer_s * MLP layers
 //   + step_s                                             (kernel launches and small ops; fixed per step)
 // Decode and prefill steps have their own set (their kernels reach different fractions of the peaks).
+// "Grouped" layers have several query heads per KV head; the two grouped terms are what the measured ATen decode
+// attention (batched matmuls of the query group against the cache) costs beyond reading the cache once. They
+// default to 0: a decode kernel that splits the positions over the GPU (flash-decoding) has no such cost.
 struct Efficiency {
   double bandwidth_factor = 1.0 / 0.75;  // 1 / achieved fraction of the memory bandwidth
   double cache_factor = 1.0 / 0.75;
+  double state_factor = 1.0 / 0.75;
+  double grouped_kv_factor = 0;
+  double grouped_position_s = 0;          // seconds per cached position per grouped attention layer
   double compute_factor = 1.0 / 0.55;    // 1 / achieved fraction of the tensor-core peak
   double attention_factor = 1.0 / 0.55;
   double scan_factor = 1.0 / 0.55;
@@ -155,11 +164,16 @@ double prefill_activation_bytes(const Shape& shape, int64_t tokens, int64_t batc
 // Bytes moved and FLOPs of one step, by the kinds the time model weighs separately (see Efficiency).
 struct StepCost {
   double stream_bytes = 0;  // weights read (and, in prefill, the activations written and read back)
-  double cache_bytes = 0;   // KV cache and Mamba conv/SSM state read and written
+  double kv_bytes = 0;      // KV cache read and written
+  double state_bytes = 0;   // Mamba conv and SSM state read and written
+  // Decode only: the KV bytes of the attention layers with several query heads per KV head (a subset of
+  // kv_bytes), and those layers' cached positions summed over the layers (per step, not per sequence).
+  double grouped_kv_bytes = 0, grouped_positions = 0;
   double gemm_flops = 0, attention_flops = 0, scan_flops = 0;
   int64_t mamba_layers = 0, attention_layers = 0, mlp_layers = 0;
   bool prefill = false;  // which efficiency set applies
-  double bytes() const { return stream_bytes + cache_bytes; }
+  double cache_bytes() const { return kv_bytes + state_bytes; }
+  double bytes() const { return stream_bytes + kv_bytes + state_bytes; }
   double flops() const { return gemm_flops + attention_flops + scan_flops; }
   int64_t layers() const { return mamba_layers + attention_layers + mlp_layers; }
 };
@@ -196,9 +210,14 @@ struct TimingSample {
 // {"device": ..., "samples": [{"config": {...} | "config_path": "...", "phase", "batch", "position"|"tokens",
 //  "seconds", "label"}]}
 std::vector<TimingSample> load_timings(const std::string& path);
-// The form of the time model fitted: Split is the nine terms of Efficiency; Combined ties them back to three
-// (one bandwidth factor for all bytes, one compute factor for all FLOPs, one overhead per layer of any type, no
-// per-step term), the form before the split, kept for comparison.
+// The form of the time model fitted. Split: per phase nine free coefficients. Decode fits the weight stream, the
+// KV cache, the Mamba state, the grouped-KV bytes and grouped positions, the three per-layer times and the step
+// time; its FLOP terms are not fitted (a decode step is memory-bound: at the peak they are <= 2% of a measured step,
+// so the timings cannot tell their factors apart from zero) and keep the profile's factors, so that compute still
+// bounds large batches. Prefill fits the weight/activation stream, the cache writes (KV and state, one factor),
+// GEMM, attention and scan FLOPs, the three per-layer times and the step time; its grouped terms are 0.
+// Combined ties them back to three (one bandwidth factor for all bytes, one compute factor for all FLOPs, one
+// overhead per layer of any type; no grouped or per-step term), the form before the split, kept for comparison.
 enum class RooflineForm { Split, Combined };
 struct CalibrationResult {
   RooflineForm form = RooflineForm::Split;

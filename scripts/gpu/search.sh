@@ -37,7 +37,7 @@ try:
     for r in c.get("held_out", []):
         print(f"  held-out {r['label']:22s} {r['phase']:7s} B={r['batch']:<3} n={r['n']:<6} measured {r['measured_ms']:9.3f} ms"
               f"  err {100*r['relative_error']:+.1f}% (uncalibrated {100*r['uncalibrated_relative_error']:+.1f}%)")
-    for name, k in (("split (9 terms)", "calibration"), ("combined (3 terms)", "calibration_combined_form")):
+    for name, k in (("split (9 per phase)", "calibration"), ("combined (3 terms)", "calibration_combined_form")):
         f = g.get(k, {})
         ph = f.get("by_phase", {})
         print(f"  {name:18s}: train max |err| {100*f.get('train_max_abs_relative_error', float('nan')):.1f}%"

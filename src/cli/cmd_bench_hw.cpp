@@ -1,6 +1,6 @@
 // minipuzzle bench-hw --hardware HW --timings T.json [--holdout LABEL...] [--form split|combined] -o PROFILE.json
-// Fits the roofline's efficiency coefficients (decode and prefill separately, non-negative least squares; the nine
-// terms of the split form or the three of the combined one, see search.h) to
+// Fits the roofline's efficiency coefficients (decode and prefill separately, non-negative least squares; nine free
+// coefficients per phase in the split form, three in the combined one, see search.h) to
 // steps timed on the device (bench_model_serving writes T.json on the GPU host), reports the relative error of
 // every sample (held-out ones are predicted, not fitted), and writes the calibrated hardware profile.
 #include <cmath>
@@ -56,7 +56,7 @@ void add(CLI::App& app) {
   c->add_option("--hardware", a->hardware, "profile to calibrate (name or path)")->required();
   c->add_option("--timings", a->timings, "timings JSON ({\"samples\": [...]}, e.g. from bench_model_serving)")->required();
   c->add_option("--holdout", a->holdout, "sample labels left out of the fit and predicted instead");
-  c->add_option("--form", a->form, "split (nine terms) | combined (three terms, the older form)")->capture_default_str();
+  c->add_option("--form", a->form, "split (nine coefficients per phase) | combined (three, the older form)")->capture_default_str();
   c->add_option("-o,--output", a->output, "calibrated profile JSON to write")->required();
   c->callback([a] { run(*a); });
 }
