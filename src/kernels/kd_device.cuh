@@ -210,4 +210,32 @@ __device__ void cluster_combine(float (&v)[K], float* slot, int cluster_size) {
   }
 }
 
+// Host side: launches `kernel` persistently in clusters of `cluster_size` blocks, as many clusters as can be
+// resident at once (no more than `rows`), each walking its rows. cudaErrorNotSupported (nothing launched, no error
+// left pending) when the device cannot co-schedule such a cluster. The caller has set the kernel's attributes.
+inline cudaError_t launch_persistent_clusters(void* kernel, int cluster_size, int threads, size_t smem, int64_t rows,
+                                              void** args, cudaStream_t stream) {
+  cudaLaunchConfig_t config = {};
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeClusterDimension;
+  attribute[0].val.clusterDim.x = static_cast<unsigned>(cluster_size);
+  attribute[0].val.clusterDim.y = 1;
+  attribute[0].val.clusterDim.z = 1;
+  config.gridDim = dim3(static_cast<unsigned>(cluster_size));  // for the occupancy query; set below
+  config.blockDim = dim3(static_cast<unsigned>(threads));
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  int active_clusters = 0;
+  const cudaError_t err = cudaOccupancyMaxActiveClusters(&active_clusters, kernel, &config);
+  if (err != cudaSuccess || active_clusters <= 0) {
+    (void)cudaGetLastError();  // the caller falls back to another shape
+    return cudaErrorNotSupported;
+  }
+  const int64_t clusters = active_clusters < rows ? active_clusters : rows;
+  config.gridDim = dim3(static_cast<unsigned>(clusters * cluster_size));
+  return cudaLaunchKernelExC(&config, kernel, args);
+}
+
 }  // namespace mp::kernels::kd_device

@@ -521,30 +521,13 @@ cudaError_t launch_pipelined(const KdRowParams& p, int min_stages, cudaStream_t 
   const size_t smem = size_t(stages) * size_t(2 * slice_len) * sizeof(T);
   void* kernel = pick_pipelined_kernel<T>(p.kind);
   err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  cudaLaunchConfig_t config = {};
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeClusterDimension;
-  attribute[0].val.clusterDim.x = cluster_size;
-  attribute[0].val.clusterDim.y = 1;
-  attribute[0].val.clusterDim.z = 1;
-  config.gridDim = dim3(static_cast<unsigned>(cluster_size));
-  config.blockDim = dim3(kPipelinedThreads);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  config.attrs = attribute;
-  config.numAttrs = 1;
-  int active_clusters = 0;
-  if (err == cudaSuccess) err = cudaOccupancyMaxActiveClusters(&active_clusters, kernel, &config);
-  if (err != cudaSuccess || active_clusters <= 0) {
+  if (err != cudaSuccess) {
     (void)cudaGetLastError();
     return cudaErrorNotSupported;
   }
-  // Persistent: as many clusters as can be resident at once (no more rows than that), each walking its rows.
-  const int64_t clusters = std::min<int64_t>(active_clusters, p.rows);
-  config.gridDim = dim3(static_cast<unsigned>(clusters * cluster_size));
   int slice = static_cast<int>(slice_len);
   void* args[] = {const_cast<KdRowParams*>(&p), &cluster_size, &slice, &stages};
-  return cudaLaunchKernelExC(&config, kernel, args);
+  return launch_persistent_clusters(kernel, cluster_size, kPipelinedThreads, smem, p.rows, args, stream);
 }
 
 template <typename T>

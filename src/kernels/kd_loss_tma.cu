@@ -30,7 +30,6 @@
 #include "kernels/kd_loss_cuda.h"
 #include "kernels/kd_row_math.h"
 
-#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -301,30 +300,13 @@ cudaError_t launch(const KdRowParams& p, cudaStream_t stream) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (err == cudaSuccess && cluster_size > 8)
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-  cudaLaunchConfig_t config = {};
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeClusterDimension;
-  attribute[0].val.clusterDim.x = static_cast<unsigned>(cluster_size);
-  attribute[0].val.clusterDim.y = 1;
-  attribute[0].val.clusterDim.z = 1;
-  config.gridDim = dim3(static_cast<unsigned>(cluster_size));  // for the occupancy query; set below
-  config.blockDim = dim3(Shape<WORKERS>::threads);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  config.attrs = attribute;
-  config.numAttrs = 1;
-  int active_clusters = 0;
-  if (err == cudaSuccess) err = cudaOccupancyMaxActiveClusters(&active_clusters, kernel, &config);
-  if (err != cudaSuccess || active_clusters <= 0) {
+  if (err != cudaSuccess) {
     (void)cudaGetLastError();  // the caller falls back to another shape
     return cudaErrorNotSupported;
   }
-  // Persistent: as many clusters as can be resident at once (no more than rows), each walking its rows.
-  const int64_t clusters = std::min<int64_t>(active_clusters, p.rows);
-  config.gridDim = dim3(static_cast<unsigned>(clusters * cluster_size));
   int cluster = static_cast<int>(cluster_size);
   void* args[] = {const_cast<KdRowParams*>(&p), &cluster};
-  return cudaLaunchKernelExC(&config, kernel, args);
+  return launch_persistent_clusters(kernel, cluster, Shape<WORKERS>::threads, smem, p.rows, args, stream);
 }
 
 // 512 workers (one block per SM, clusters of 8 at V 131072): 3.21 ms on the H100 at N 8192, V 131072 bf16,
