@@ -197,6 +197,23 @@ KdLossAndGrad kd_loss_and_grad(const at::Tensor& student_logits, const at::Tenso
 
 at::Tensor scale_by_grad_output(at::Tensor grad, const at::Tensor& grad_output) {
   if (!grad.defined() || !grad_output.defined()) return grad;
+#ifdef MINIPUZZLE_WITH_CUDA
+  // On the GPU the incoming gradient is compared with 1 on the device: item() would wait for the forward kernel.
+  const bool kernel_dtype = grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kHalf ||
+                            grad.scalar_type() == at::kBFloat16;
+  if (grad.is_cuda() && grad.is_contiguous() && kernel_dtype) {
+    const c10::cuda::CUDAGuard device_guard(grad.device());
+    const at::Tensor scale = grad_output.to(grad.device(), at::kFloat).contiguous();
+    const auto dtype = grad.scalar_type() == at::kFloat  ? mp::kernels::KdDtype::f32
+                       : grad.scalar_type() == at::kHalf ? mp::kernels::KdDtype::f16
+                                                         : mp::kernels::KdDtype::bf16;
+    const cudaError_t err = mp::kernels::kd_scale_unless_one_launch(grad.data_ptr(), dtype, grad.numel(),
+                                                                    scale.data_ptr<float>(),
+                                                                    c10::cuda::getCurrentCUDAStream());
+    MP_CHECK(err == cudaSuccess, "kd_loss backward: scaling the gradient failed: ", cudaGetErrorString(err));
+    return grad;
+  }
+#endif
   if (grad_output.item<double>() == 1.0) return grad;
   return grad.mul_(grad_output.to(grad.device()));
 }

@@ -46,6 +46,10 @@ struct KdRowParams {
 // it does not apply (another divergence, fp32, CE at T != 1, rows not 16-byte aligned, V too long).
 cudaError_t kd_rows_tma_launch(const KdRowParams& params, cudaStream_t stream);
 
+// grad[0 .. count) *= *scale unless *scale == 1 (a device scalar, read on the device: kd_scale_grad.cu), in place.
+cudaError_t kd_scale_unless_one_launch(void* grad, KdDtype dtype, int64_t count, const float* scale,
+                                       cudaStream_t stream);
+
 cudaError_t kd_rows_launch(const KdRowParams& params, KdKernelVariant variant, cudaStream_t stream,
                            KdKernelVariant* used = nullptr);
 

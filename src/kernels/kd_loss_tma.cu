@@ -16,16 +16,17 @@
 // shared memory and compute stages 1 and 2 in online form (kd_row_math.h's KdOnlinePart): each thread takes the
 // exps at its own maxima and keeps them in registers, and the block and then the cluster merge the parts, so a
 // row costs one cluster barrier instead of two. Stage 4 writes the gradient from the kept exps with one multiply
-// each: two exponentials per element instead of four. The producer warp also publishes the block's part to the
-// cluster and writes the row loss; it stores no gradient, and its publishing thread no row loss either, so that
-// thread's cluster fence never waits on global stores (kd_device.cuh).
+// each: two exponentials per element instead of four. The producer warp also pushes the block's part to the
+// cluster's blocks and writes the row loss; it stores no gradient, and its pushing lanes no row loss either, so
+// their cluster fence never waits on global stores.
 //
 // Scope: forward KL, 16-bit logits, V a multiple of 8 up to 16 x 16384, rows 16-byte aligned, CE only at T = 1
 // (CE at T != 1 needs another sum of exps; reverse KL and JSD need the logits again in stage 4). The launcher
 // answers cudaErrorNotSupported otherwise, having launched nothing.
 //
-// Per row: (1+2) each thread's maxima, exps at them and sums; block merge, cluster merge (in rank order: every
-// block gets bitwise the same statistics); (4) the gradient from the kept exps rescaled to the row maxima.
+// Per row: (1+2) each thread's maxima, exps at them and sums; warp, block and cluster merges (row_merge: in rank
+// order, every block gets bitwise the same statistics); (4) the gradient from the kept exps rescaled to the row
+// maxima.
 #include "kernels/kd_device.cuh"
 #include "kernels/kd_loss_cuda.h"
 #include "kernels/kd_row_math.h"
@@ -41,9 +42,10 @@ using namespace kd_device;
 constexpr int kVectorsPerThread = 4;   // per tensor: 4 x 8 logits per worker thread
 constexpr int kMaxClusterBlocks = 16;  // Hopper's non-portable cluster limit
 constexpr int kStages = 3;             // slice buffers per block
-// Thread 0 publishes the block's part with a cluster fence, which would wait for any global store of its own:
-// the row loss (a global store) is written by another producer thread.
-constexpr int kLossThread = 1;
+// Lanes 0..cluster size - 1 of the producer warp push the block's part with a cluster fence, which would wait for
+// any global store of their own: the row loss (a global store) is written by a lane past the largest cluster.
+constexpr int kLossThread = 31;
+static_assert(kLossThread >= kMaxClusterBlocks, "the row-loss lane must not push parts");
 
 // WORKERS worker threads plus the producer warp; a block holds WORKERS x 32 logits of a row (8192 or 16384).
 // 512 workers: one block per SM (3 x 64 KiB of buffers), V up to 262144. 256: two blocks per SM, V up to 131072.
@@ -87,37 +89,9 @@ __device__ inline void bulk_copy(void* smem_dst, const void* global_src, unsigne
       : "memory");
 }
 
-// Block-wide online merge of the threads' parts: maxima first (one block barrier), each thread rescales its
-// sums to the block maxima, then the sums (one more). Every thread gets the block's part.
-__device__ inline KdOnlinePart block_merge(KdOnlinePart part, float c, float* scratch_max, float* scratch_sum) {
-  float maxima[2] = {part.max_s, part.max_t};
-  block_combine<2, true>(maxima, scratch_max);
-  part.rescale_to(maxima[0], maxima[1], c);
-  float sums[3] = {part.sum_s, part.sum_t, part.cross};
-  block_combine<3, false>(sums, scratch_sum);
-  return {maxima[0], maxima[1], sums[0], sums[1], sums[2]};
-}
-
-// Cluster-wide merge with one cluster barrier: thread 0 publishes the block's part in `slot` (5 floats, this
-// row's buffer of two), lane r of every warp reads rank r's part, the warp takes the maxima, rescales and sums
-// by butterfly in the same order everywhere (every block gets bitwise the same row statistics).
-__device__ inline KdOnlinePart cluster_merge(const KdOnlinePart& block_part, float c, float* slot, int cluster_size) {
-  if (cluster_size == 1) return block_part;
-  cg::cluster_group cluster = cg::this_cluster();
-  if (threadIdx.x == 0) {
-    slot[0] = block_part.max_s;
-    slot[1] = block_part.max_t;
-    slot[2] = block_part.sum_s;
-    slot[3] = block_part.sum_t;
-    slot[4] = block_part.cross;
-  }
-  cluster_barrier_publishing_thread0();
-  const int lane = threadIdx.x & 31;
-  KdOnlinePart part;  // empty for lanes past the cluster
-  if (lane < cluster_size) {
-    const float* remote = cluster.map_shared_rank(slot, lane);
-    part = {remote[0], remote[1], remote[2], remote[3], remote[4]};
-  }
+// Online merge of the parts a warp's lanes hold: maxima by butterfly, each lane rescales its sums to them, sums
+// by butterfly, in the same order in every warp. Every lane gets the merged part; empty parts add nothing.
+__device__ inline KdOnlinePart warp_merge(KdOnlinePart part, float c) {
   float max_s = part.max_s, max_t = part.max_t;
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) {
@@ -134,6 +108,52 @@ __device__ inline KdOnlinePart cluster_merge(const KdOnlinePart& block_part, flo
   return part;
 }
 
+constexpr int kPartFloats = 5;
+__device__ inline void store_part(float* dst, const KdOnlinePart& part) {
+  dst[0] = part.max_s;
+  dst[1] = part.max_t;
+  dst[2] = part.sum_s;
+  dst[3] = part.sum_t;
+  dst[4] = part.cross;
+}
+__device__ inline KdOnlinePart load_part(const float* src) { return {src[0], src[1], src[2], src[3], src[4]}; }
+
+// The row's statistics from every thread's part, with one block barrier and one cluster barrier, and no remote
+// read: reading the other blocks' parts through distributed shared memory after the barrier (lane r of every
+// warp reading rank r) kept every warp waiting on remote latency for about 30% of the kernel's time (ncu).
+// Each warp merges its lanes and writes the warp's part; after a block barrier warp 0 merges those into the
+// block's part and pushes it into slot [rank] of every block's `rank_parts` (remote stores, made visible by a
+// fence before the cluster barrier); after it every warp merges the cluster's parts from its own shared memory
+// in rank order, so every block gets bitwise the same row statistics.
+// Reuse: warps rewrite `warp_parts` for the next row only after this row's cluster barrier, which warp 0 reaches
+// after reading them; `rank_parts` is double-buffered by the caller, and a block pushes into a buffer again two
+// merged rows later, after the cluster barrier of the row between, which every block reaches after reading it.
+__device__ inline KdOnlinePart row_merge(const KdOnlinePart& mine, float c, float (*warp_parts)[kPartFloats],
+                                         float (*rank_parts)[kPartFloats], int cluster_size, int rank) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const KdOnlinePart warp_part = warp_merge(mine, c);
+  if (lane == 0) store_part(warp_parts[warp], warp_part);
+  __syncthreads();
+  if (warp == 0) {
+    const int warps = static_cast<int>(blockDim.x >> 5);
+    const KdOnlinePart block_part = warp_merge(lane < warps ? load_part(warp_parts[lane]) : KdOnlinePart{}, c);
+    if (lane < cluster_size) {
+      float* dst = rank_parts[rank];
+      if (cluster_size > 1) dst = cg::this_cluster().map_shared_rank(dst, lane);
+      store_part(dst, block_part);
+      if (cluster_size > 1) asm volatile("fence.acq_rel.cluster;\n" ::: "memory");
+    }
+    __syncwarp();
+  }
+  if (cluster_size > 1) {
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+    asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
+  } else {
+    __syncthreads();
+  }
+  return warp_merge(lane < cluster_size ? load_part(rank_parts[lane]) : KdOnlinePart{}, c);
+}
+
 template <typename T, int WORKERS, bool HAS_CE>
 __global__ void __launch_bounds__(Shape<WORKERS>::threads, Shape<WORKERS>::blocks_per_sm)
     kd_forward_kl_tma_kernel(KdRowParams p, int cluster_size) {
@@ -142,11 +162,10 @@ __global__ void __launch_bounds__(Shape<WORKERS>::threads, Shape<WORKERS>::block
   constexpr int kSlice = Shape<WORKERS>::slice;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t full[kStages];
-  __shared__ float scratch_max[32 * 2], scratch_sum[32 * 3];
-  // Two row buffers of the published part: the k-th merged row uses slot[k % 2]. A block rewrites a buffer two
-  // merged rows later, after the cluster barrier of the row between, which every reader of the old value reaches
-  // only after reading it. Ignored rows take no barrier and no slot, in every block of the cluster alike.
-  __shared__ float slot[2][5];
+  __shared__ float warp_parts[32][kPartFloats];
+  // Two buffers of the blocks' pushed parts: the k-th merged row uses rank_parts[k % 2] (reuse: row_merge).
+  // Ignored rows take no barrier and no buffer, in every block of the cluster alike.
+  __shared__ float rank_parts[2][kMaxClusterBlocks][kPartFloats];
 
   const int rank = static_cast<int>(blockIdx.x % cluster_size);
   const int64_t cluster_id = blockIdx.x / cluster_size, clusters = gridDim.x / cluster_size;
@@ -192,7 +211,7 @@ __global__ void __launch_bounds__(Shape<WORKERS>::threads, Shape<WORKERS>::block
   if (threadIdx.x == 0)
     for (int i = 0; i < kStages - 1; ++i) issue_row(i);
 
-  int merged = 0;  // rows merged so far (their parity picks the slot buffer)
+  int merged = 0;  // rows merged so far (their parity picks the rank_parts buffer)
   for (int64_t i = 0; i < my_rows; ++i) {
     const int64_t row = row_of(i);
     T* grad_row = p.grad ? static_cast<T*>(p.grad) + row * p.grad_stride + begin : nullptr;
@@ -255,9 +274,8 @@ __global__ void __launch_bounds__(Shape<WORKERS>::threads, Shape<WORKERS>::block
       math.begin(p.temperature, p.jsd_beta, 0.f, 0.f, HAS_CE);  // for c only
     }
     const float c = math.c;
-    // The block merge's barriers also say that nobody reads row i's buffer any more.
-    const KdOnlinePart block_part = block_merge(mine, c, scratch_max, scratch_sum);
-    const KdOnlinePart row_part = cluster_merge(block_part, c, slot[merged & 1], cluster_size);
+    // The merge's barriers also say that nobody reads row i's slice buffer any more.
+    const KdOnlinePart row_part = row_merge(mine, c, warp_parts, rank_parts[merged & 1], cluster_size, rank);
     ++merged;
     math.begin(p.temperature, p.jsd_beta, row_part.max_s, row_part.max_t, HAS_CE);
     const float totals[4] = {row_part.sum_s, row_part.sum_t, row_part.cross, 0.f};
@@ -283,7 +301,8 @@ __global__ void __launch_bounds__(Shape<WORKERS>::threads, Shape<WORKERS>::block
       }
     }
   }
-  // No block may leave while another still reads its slots (every read's value was used before this arrive).
+  // Every push into a block's shared memory precedes a cluster barrier that block waits on; this last barrier
+  // only keeps the blocks' exits together (a block's shared memory must outlive any access from its cluster).
   if (cluster_size > 1) {
     asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
     asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");

@@ -118,6 +118,28 @@ json check_in_place(int64_t n, int64_t v, double temperature = 2.0) {
   return r;
 }
 
+// Backward through autograd hands out the forward's gradient scaled by the incoming gradient, compared with 1 on
+// the device (kd_scale_grad.cu): bit for bit the direct gradient for loss.backward(), and exactly the direct
+// gradient times s, rounded once to the dtype (what ATen's mul computes), for (s * loss).backward().
+json check_autograd_scale(at::ScalarType dtype, double s) {
+  json r = {{"test", "autograd_backward_scale"}, {"dtype", std::string(c10::toString(dtype))}, {"scale", s}};
+  try {
+    const Inputs in = make_inputs(256, 32000, dtype, 78, true, false);
+    mp::KdOptions o;
+    o.temperature = 2.0;
+    const at::Tensor direct = mp::kd_loss_and_grad(in.student, in.teacher, in.labels, o).grad_student_logits;
+    at::Tensor leaf = in.student.clone().requires_grad_(true);
+    at::Tensor loss = mp::kd_loss(leaf, in.teacher, in.labels, o);
+    (s == 1.0 ? loss : loss * s).backward();
+    const at::Tensor expected = s == 1.0 ? direct : (direct.to(at::kFloat) * s).to(dtype);
+    const bool same = leaf.grad().defined() && at::equal(leaf.grad(), expected);
+    r.update({{"bitwise_equal", same}, {"pass", same}});
+  } catch (const std::exception& e) {
+    r.update({{"pass", false}, {"error", e.what()}});
+  }
+  return r;
+}
+
 json check_linear(int64_t n, int64_t h, int64_t v) {
   json r = {{"test", "linear_kd_bf16"}, {"tokens", n}, {"hidden", h}, {"vocab", v}};
   try {
@@ -218,6 +240,8 @@ int main(int argc, char** argv) {
   for (auto variant : variants) add(check_kd("odd_vocab", make_inputs(333, 50257, at::kBFloat16, 6, true, false), fkl, variant));
   add(check_kd("fp32_256k_two_pass_fallback", make_inputs(256, 256000, at::kFloat, 7, false, false), fkl, KdRowsVariant::automatic));
   add(check_in_place(2048, 131072));
+  for (auto dtype : {at::kBFloat16, at::kHalf, at::kFloat})
+    for (double s : {1.0, 2.5, 0.125}) add(check_autograd_scale(dtype, s));
   add(check_linear(4096, 1024, 131072));
 
   int failed = 0;
