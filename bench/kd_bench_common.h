@@ -59,6 +59,34 @@ inline Timing time_cpu(int warmup, int iters, const std::function<void()>& fn) {
 inline bool have_cuda_device() { return c10::cuda::device_count() > 0; }
 
 // CUDA events on the current stream around fn(); prepare() runs before each run, outside the timed region.
+// Times several functions with their iterations interleaved (a, b, c, a, b, c, ...), so that clock and thermal
+// drift over the run (sustained GEMMs lower an H100's clock) falls on all of them alike and the ratios of their
+// medians compare like with like.
+inline std::vector<Timing> time_cuda_interleaved(int warmup, int iters, const std::vector<std::function<void()>>& fns) {
+  for (int i = 0; i < warmup; ++i)
+    for (const auto& fn : fns) fn();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  std::vector<std::vector<double>> t(fns.size());
+  for (int i = 0; i < iters; ++i)
+    for (size_t f = 0; f < fns.size(); ++f) {
+      cudaEventRecord(start, stream);
+      fns[f]();
+      cudaEventRecord(stop, stream);
+      cudaEventSynchronize(stop);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, start, stop);
+      t[f].push_back(ms);
+    }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::vector<Timing> out;
+  for (auto& times : t) out.push_back(summarize(times));
+  return out;
+}
+
 inline Timing time_cuda(int warmup, int iters, const std::function<void()>& fn,
                         const std::function<void()>& prepare = {}) {
   for (int i = 0; i < warmup; ++i) {

@@ -58,11 +58,10 @@ struct LinearKdOptions : KdOptions {
   // Tokens per chunk; 0 chooses it so the chunk's student logits take at most logits_buffer_bytes. The teacher's
   // logits (when made from hidden states) are made a quarter chunk at a time, so the extra memory is about
   // 1.25 * logits_buffer_bytes. Bigger chunks mean fewer passes of the d lm_head accumulation over [V, Hs].
-  // Default 256 MiB: 1024 tokens at V = 131072 in bf16, 320 MiB extra. Measured on an H100 (N 8192, H 4096):
-  // 1.11x its GEMM sequence at 1024 tokens, 1.21x at 2048 (640 MiB); 4096 tokens was 1.02x but 1.25 GiB.
   int64_t token_chunk = 0;
-  // 384 MiB: 1536-token chunks at V = 131072 bf16, measured 1.09x its GEMM sequence with 480 MiB extra on the
-  // H100 (1024 tokens: 1.16x, 320 MiB; 4096 tokens: 1.04x but 1.25 GiB).
+  // 384 MiB: 1536-token chunks at V = 131072 bf16, 480 MiB extra. H100, N 8192, H 4096, timed interleaved with
+  // the GEMMs (bench_linear_kd): 1.08x its own GEMM sequence and 1.13x four plain full-size cuBLAS GEMMs of the
+  // same flops; 1024 tokens 1.11x (320 MiB), 2048 1.13x (640 MiB), 3072 1.09x (960 MiB), 4096 1.08x but 1.25 GiB.
   int64_t logits_buffer_bytes = int64_t(384) << 20;
 };
 

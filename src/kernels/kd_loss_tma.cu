@@ -9,7 +9,9 @@
 //    load buffer: 3.56 ms with 512 threads, 4.8 ms with 256 — a row's loads could only start once the previous
 //    row's logits had become exponentials, so load latency stayed on the critical path.
 //  - the design below with one block of 512 workers per SM and two cluster barriers per row: 3.43 ms; with the
-//    online merge (one cluster barrier per row): 3.21 ms, 1.50x the floor.
+//    online merge (one cluster barrier per row): 3.21 ms, 1.50x the floor; with the blocks pushing their parts
+//    instead of reading the others' (row_merge): 2.69-2.77 ms; pushing with st.async onto mbarriers instead of a
+//    fence and cluster barrier: 2.49 ms, 1.16x (256 workers, clusters of 16: 2.41 ms).
 // Here each block of a cluster (up to 16 blocks split a row) is persistent and keeps a ring of 3 slice buffers in
 // shared memory, filled by cp.async.bulk (TMA) copies that one producer warp issues two rows ahead; an mbarrier
 // per buffer says when its bytes have landed. The worker warps read their 2 x 32 logits of the current row from
@@ -17,8 +19,7 @@
 // exps at its own maxima and keeps them in registers, and the block and then the cluster merge the parts, so a
 // row costs one cluster barrier instead of two. Stage 4 writes the gradient from the kept exps with one multiply
 // each: two exponentials per element instead of four. The producer warp also pushes the block's part to the
-// cluster's blocks and writes the row loss; it stores no gradient, and its pushing lanes no row loss either, so
-// their cluster fence never waits on global stores.
+// cluster's blocks (st.async onto their mbarriers) and writes the row loss; it stores no gradient.
 //
 // Scope: forward KL, 16-bit logits, V a multiple of 8 up to 16 x 16384, rows 16-byte aligned, CE only at T = 1
 // (CE at T != 1 needs another sum of exps; reverse KL and JSD need the logits again in stage 4). The launcher
@@ -42,8 +43,8 @@ using namespace kd_device;
 constexpr int kVectorsPerThread = 4;   // per tensor: 4 x 8 logits per worker thread
 constexpr int kMaxClusterBlocks = 16;  // Hopper's non-portable cluster limit
 constexpr int kStages = 3;             // slice buffers per block
-// Lanes 0..cluster size - 1 of the producer warp push the block's part with a cluster fence, which would wait for
-// any global store of their own: the row loss (a global store) is written by a lane past the largest cluster.
+// The producer lane that writes the row loss: past the lanes that push parts (0..cluster size - 1) and past
+// thread 0, which issues the copies, so that neither waits behind a global store.
 constexpr int kLossThread = 31;
 static_assert(kLossThread >= kMaxClusterBlocks, "the row-loss lane must not push parts");
 
@@ -118,18 +119,57 @@ __device__ inline void store_part(float* dst, const KdOnlinePart& part) {
 }
 __device__ inline KdOnlinePart load_part(const float* src) { return {src[0], src[1], src[2], src[3], src[4]}; }
 
-// The row's statistics from every thread's part, with one block barrier and one cluster barrier, and no remote
-// read: reading the other blocks' parts through distributed shared memory after the barrier (lane r of every
-// warp reading rank r) kept every warp waiting on remote latency for about 30% of the kernel's time (ncu).
-// Each warp merges its lanes and writes the warp's part; after a block barrier warp 0 merges those into the
-// block's part and pushes it into slot [rank] of every block's `rank_parts` (remote stores, made visible by a
-// fence before the cluster barrier); after it every warp merges the cluster's parts from its own shared memory
-// in rank order, so every block gets bitwise the same row statistics.
-// Reuse: warps rewrite `warp_parts` for the next row only after this row's cluster barrier, which warp 0 reaches
-// after reading them; `rank_parts` is double-buffered by the caller, and a block pushes into a buffer again two
-// merged rows later, after the cluster barrier of the row between, which every block reaches after reading it.
+// A block's part in another block's shared memory: 5 floats padded to 32 bytes (16-byte aligned for st.async.v4).
+struct alignas(16) PartSlot {
+  float v[8];
+};
+constexpr unsigned kPushedBytes = kPartFloats * sizeof(float);  // what st.async writes per part
+
+__device__ inline void mbarrier_wait_cluster(uint64_t* bar, unsigned parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "WAIT_%=:\n"
+      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n"
+      "}\n" ::"r"(smem_address(bar)),
+      "r"(parity)
+      : "memory");
+}
+
+// Writes `part` into `slot` of block `to_rank` with st.async, each store counting its bytes on that block's
+// mbarrier `landed` (the same shared-memory offsets in every block of the cluster).
+__device__ inline void push_part(PartSlot* slot, uint64_t* landed, unsigned to_rank, const KdOnlinePart& part) {
+  unsigned remote_slot, remote_bar;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote_slot) : "r"(smem_address(slot)), "r"(to_rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote_bar) : "r"(smem_address(landed)), "r"(to_rank));
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];\n" ::"r"(
+                   remote_slot),
+               "f"(part.max_s), "f"(part.max_t), "f"(part.sum_s), "f"(part.sum_t), "r"(remote_bar)
+               : "memory");
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.f32 [%0], %1, [%2];\n" ::"r"(remote_slot + 16),
+               "f"(part.cross), "r"(remote_bar)
+               : "memory");
+}
+
+// The row's statistics from every thread's part, with one block barrier and no cluster barrier, and no remote
+// read. Each warp merges its lanes and writes the warp's part; after a block barrier warp 0 merges those into the
+// block's part and pushes it into slot [rank] of every block's `rank_parts` with st.async, which counts the bytes
+// on that block's mbarrier `landed`; every thread waits there until all the cluster's parts have landed and merges
+// them from its own shared memory in rank order, so every block gets bitwise the same row statistics.
+// Measured (ncu, H100): reading the other blocks' parts through distributed shared memory after a cluster barrier
+// (lane r of every warp reading rank r) kept the warps waiting on remote latency for ~30% of the kernel's time;
+// pushes with a cluster fence and barrier left ~24% waiting at the barrier.
+// Reuse. `rank_parts` and `landed` are double-buffered by the caller: the k-th merged row uses buffer k % 2, whose
+// mbarrier phase is (k / 2) % 2. Block A pushes into block B's buffer for row k + 2 only after A has merged row
+// k + 1, which needs B's part of row k + 1, which B pushes after all its warps passed the block barrier of row
+// k + 1, so after they read buffer k % 2 for row k (and B's local arrival for row k + 2 comes after its wait for
+// row k). Warps rewrite `warp_parts` for the next row after this row's phase completed, which needs warp 0's
+// arrival, made after it read them. Bytes landing before the local expect_tx only make the count transiently
+// negative, which mbarriers allow.
 __device__ inline KdOnlinePart row_merge(const KdOnlinePart& mine, float c, float (*warp_parts)[kPartFloats],
-                                         float (*rank_parts)[kPartFloats], int cluster_size, int rank) {
+                                         PartSlot* rank_parts, uint64_t* landed, unsigned parity, int cluster_size,
+                                         int rank) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const KdOnlinePart warp_part = warp_merge(mine, c);
   if (lane == 0) store_part(warp_parts[warp], warp_part);
@@ -137,21 +177,16 @@ __device__ inline KdOnlinePart row_merge(const KdOnlinePart& mine, float c, floa
   if (warp == 0) {
     const int warps = static_cast<int>(blockDim.x >> 5);
     const KdOnlinePart block_part = warp_merge(lane < warps ? load_part(warp_parts[lane]) : KdOnlinePart{}, c);
-    if (lane < cluster_size) {
-      float* dst = rank_parts[rank];
-      if (cluster_size > 1) dst = cg::this_cluster().map_shared_rank(dst, lane);
-      store_part(dst, block_part);
-      if (cluster_size > 1) asm volatile("fence.acq_rel.cluster;\n" ::: "memory");
+    if (cluster_size == 1) {
+      if (lane == 0) store_part(rank_parts[0].v, block_part);
+    } else {
+      if (lane < cluster_size) push_part(&rank_parts[rank], landed, static_cast<unsigned>(lane), block_part);
+      if (lane == 0) mbarrier_arrive_expect_bytes(landed, static_cast<unsigned>(cluster_size) * kPushedBytes);
     }
-    __syncwarp();
   }
-  if (cluster_size > 1) {
-    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
-    asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
-  } else {
-    __syncthreads();
-  }
-  return warp_merge(lane < cluster_size ? load_part(rank_parts[lane]) : KdOnlinePart{}, c);
+  if (cluster_size == 1) __syncthreads();
+  else mbarrier_wait_cluster(landed, parity);
+  return warp_merge(lane < cluster_size ? load_part(rank_parts[lane].v) : KdOnlinePart{}, c);
 }
 
 template <typename T, int WORKERS, bool HAS_CE>
@@ -163,9 +198,10 @@ __global__ void __launch_bounds__(Shape<WORKERS>::threads, Shape<WORKERS>::block
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t full[kStages];
   __shared__ float warp_parts[32][kPartFloats];
-  // Two buffers of the blocks' pushed parts: the k-th merged row uses rank_parts[k % 2] (reuse: row_merge).
-  // Ignored rows take no barrier and no buffer, in every block of the cluster alike.
-  __shared__ float rank_parts[2][kMaxClusterBlocks][kPartFloats];
+  // Two buffers of the blocks' pushed parts and their mbarriers: the k-th merged row uses buffer k % 2 (reuse:
+  // row_merge). Ignored rows take no buffer, in every block of the cluster alike.
+  __shared__ PartSlot rank_parts[2][kMaxClusterBlocks];
+  __shared__ __align__(8) uint64_t parts_landed[2];
 
   const int rank = static_cast<int>(blockIdx.x % cluster_size);
   const int64_t cluster_id = blockIdx.x / cluster_size, clusters = gridDim.x / cluster_size;
@@ -189,9 +225,16 @@ __global__ void __launch_bounds__(Shape<WORKERS>::threads, Shape<WORKERS>::block
     }
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) mbarrier_init(&full[s], 1);
+    for (int b = 0; b < 2; ++b) mbarrier_init(&parts_landed[b], 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  __syncthreads();
+  // Other blocks push into parts_landed: all of them must be initialised first.
+  if (cluster_size > 1) {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+    asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+  } else {
+    __syncthreads();
+  }
 
   auto issue_row = [&](int64_t i) {  // thread 0: the copies of the cluster's i-th row into its buffer
     if (i >= my_rows) return;
@@ -275,7 +318,8 @@ __global__ void __launch_bounds__(Shape<WORKERS>::threads, Shape<WORKERS>::block
     }
     const float c = math.c;
     // The merge's barriers also say that nobody reads row i's slice buffer any more.
-    const KdOnlinePart row_part = row_merge(mine, c, warp_parts, rank_parts[merged & 1], cluster_size, rank);
+    const KdOnlinePart row_part = row_merge(mine, c, warp_parts, rank_parts[merged & 1], &parts_landed[merged & 1],
+                                            unsigned(merged >> 1) & 1u, cluster_size, rank);
     ++merged;
     math.begin(p.temperature, p.jsd_beta, row_part.max_s, row_part.max_t, HAS_CE);
     const float totals[4] = {row_part.sum_s, row_part.sum_t, row_part.cross, 0.f};
@@ -301,8 +345,8 @@ __global__ void __launch_bounds__(Shape<WORKERS>::threads, Shape<WORKERS>::block
       }
     }
   }
-  // Every push into a block's shared memory precedes a cluster barrier that block waits on; this last barrier
-  // only keeps the blocks' exits together (a block's shared memory must outlive any access from its cluster).
+  // Every block waits for all pushes into its own shared memory before it leaves (each merged row's parts);
+  // this barrier also keeps the blocks' exits together, so no block's shared memory goes while a push is in flight.
   if (cluster_size > 1) {
     asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
     asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
@@ -328,8 +372,9 @@ cudaError_t launch(const KdRowParams& p, cudaStream_t stream) {
   return launch_persistent_clusters(kernel, cluster, Shape<WORKERS>::threads, smem, p.rows, args, stream);
 }
 
-// 512 workers (one block per SM, clusters of 8 at V 131072): 3.21 ms on the H100 at N 8192, V 131072 bf16,
-// against 5.05 ms for 256 workers (two blocks per SM, but clusters of 16, which the GPU co-schedules poorly).
+// 512 workers: one block per SM, clusters of 8 at V 131072. 256 workers: two blocks per SM, clusters of 16. With
+// the cluster barrier per row 256 took 5.05 ms against 3.21 ms (H100, N 8192, V 131072 bf16); with st.async
+// pushes the two are within run-to-run noise (2.41 ms for 256, 2.52 for 512 in one run).
 // MINIPUZZLE_KD_TMA_WORKERS=256 asks for the narrow block (the benchmark and GPU tests time and check both).
 template <typename T, bool HAS_CE>
 cudaError_t launch_workers(const KdRowParams& p, cudaStream_t stream) {
