@@ -16,7 +16,13 @@ at::Tensor mamba2_mixer(const LayerContext& ctx, const Params& p, const at::Tens
   // One split (its backward is one concatenation) rather than three narrows (three zero-filled full-width grads).
   const std::vector<at::Tensor> parts = at::split_with_sizes(proj, {d_inner, conv_dim, H}, -1);
   at::Tensor z = parts[0], xBC = parts[1], dt = parts[2];
-  ctx.tap(Tap::MambaX, xBC.narrow(-1, 0, d_inner));
+  if (ctx.wants(Tap::MambaX)) {
+    at::Tensor x_in = xBC.narrow(-1, 0, d_inner);
+    // With gradients on (score --taylor), the tapped x must be what the conv reads, or backward never reaches it
+    // (a narrow taken aside is a leaf of nothing): x is joined back into xBC, one copy, only on that path.
+    if (xBC.requires_grad()) xBC = at::cat({x_in, xBC.narrow(-1, d_inner, conv_dim - d_inner)}, -1);
+    ctx.tap(Tap::MambaX, x_in);
+  }
 
   at::Tensor conv_w = p.get("conv1d.weight");  // [conv_dim, 1, K]
   if (fused(kernels::MambaOp::conv)) {

@@ -82,6 +82,34 @@ TEST_CASE("scores equal the transformers-hook reference", "[importance]") {
   }
 }
 
+TEST_CASE("Taylor scores equal the transformers autograd reference", "[importance]") {
+  for (std::string name : {"hybrid_g1", "hybrid_g2_tied"}) {
+    std::string dir = test::reference_model(name);
+    auto model = NemotronH::load(Checkpoint::open(dir), at::kCPU, at::kFloat);
+    at::Tensor ids = SafetensorsFile::open(dir + "/importance_ids.safetensors")->tensor("ids").clone();
+    json ref = read_json_file(dir + "/importance_reference.json");
+    ScoreOptions o;
+    o.batch_size = 4;
+    o.depth = false;
+    o.taylor = true;
+    Scores s = compute_scores(model, ids, o);
+    int checked = 0;
+    for (auto& r : ref["layers"]) {
+      const LayerScores& l = s.layers.at(r["index"].get<int64_t>());
+      const std::string where = name + " layer " + std::to_string(l.index) + " taylor ";
+      for (std::string unit : {"mlp_neurons", "attn_heads", "mamba_heads"}) {
+        if (!r.contains("taylor_" + unit)) continue;
+        INFO(where << unit);
+        REQUIRE(l.taylor.count(unit) == 1);
+        // Gradients through the whole model in fp32, summed in another order: 1e-4 of the largest score.
+        check_close_and_same_ranking(l.taylor.at(unit), to_vec(r["taylor_" + unit]), where + unit, 1e-4);
+        ++checked;
+      }
+    }
+    CHECK(static_cast<size_t>(checked) == s.layers.size());  // every layer has a Taylor score (no MoE layers in these models)
+  }
+}
+
 TEST_CASE("Mamba heads are ranked within their group", "[importance]") {
   auto ck = Checkpoint::open(test::reference_model("hybrid_g2_tied"));
   auto model = NemotronH::load(ck, at::kCPU, at::kFloat);

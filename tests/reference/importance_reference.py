@@ -28,6 +28,55 @@ def variance(acts):
     return a.var(0, unbiased=False)
 
 
+def taylor(model, ids, cfg):
+    """First-order Taylor importance, as `score --taylor` defines it: per sample |sum over tokens of a * dL/da| per
+    channel, summed over samples, with L the mean next-token cross-entropy of each batch of 4. The activations: the
+    down_proj input (MLP neurons), the o_proj input (attention heads), the x part of in_proj's output (Mamba heads;
+    the C++ model taps x before the conv). Heads sum their channels. Returns {(kind, layer): per-unit list}."""
+    sums = {}
+    di = cfg.mamba_num_heads * cfg.mamba_head_dim
+    for s in range(0, N, 4):
+        batch = ids[s:s + 4]
+        kept = []
+
+        def keep(key):
+            def hook(mod, inp, out=None):
+                t = inp[0] if out is None else out
+                t.retain_grad()
+                kept.append((key, t))
+            return hook
+
+        hooks = []
+        for i, blk in enumerate(model.model.layers):
+            t = blk.block_type
+            if t == "mlp":
+                hooks.append(blk.mixer.down_proj.register_forward_pre_hook(keep(("mlp", i))))
+            elif t == "full_attention":
+                hooks.append(blk.mixer.o_proj.register_forward_pre_hook(keep(("attn", i))))
+            elif t == "linear_attention":
+                hooks.append(blk.mixer.in_proj.register_forward_hook(keep(("mamba", i))))
+        logits = model(input_ids=batch).logits.float()
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        loss.backward()
+        for h in hooks:
+            h.remove()
+        for key, t in kept:
+            a, g = t.detach(), t.grad
+            if key[0] == "mamba":
+                a, g = a[..., di:2 * di], g[..., di:2 * di]
+            v = (a * g).double().sum(1).abs().sum(0)
+            sums[key] = sums[key] + v if key in sums else v
+        model.zero_grad(set_to_none=True)
+    out = {}
+    for (kind, i), v in sums.items():
+        if kind == "attn":
+            v = v.view(cfg.num_attention_heads, cfg.head_dim).sum(1)
+        elif kind == "mamba":
+            v = v.view(cfg.mamba_num_heads, cfg.mamba_head_dim).sum(1)
+        out[(kind, i)] = v.tolist()
+    return out
+
+
 def run(model, ids, skip=()):
     """Forward with the layers in `skip` replaced by the identity; returns logits and final hidden state."""
     saved = {}
@@ -131,6 +180,10 @@ def main():
                 layers[i]["kl"] = (lp_full.exp() * (lp_full - lp)).sum(-1).mean().item()
                 layers[i]["mse_hidden"] = (h - h_full).pow(2).mean().item()
                 layers[i]["mse_logits"] = (z - z_full).pow(2).mean().item()
+
+        names = {"mlp": "taylor_mlp_neurons", "attn": "taylor_attn_heads", "mamba": "taylor_mamba_heads"}
+        for (kind, i), v in taylor(model, ids, cfg).items():
+            layers[i][names[kind]] = v
 
         save_file({"ids": ids.contiguous()}, os.path.join(d, "importance_ids.safetensors"))
         with open(os.path.join(d, "importance_reference.json"), "w") as f:
