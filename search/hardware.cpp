@@ -235,14 +235,21 @@ static double parse_bytes(const std::string& text, const std::string& item) {
   return v * scale;
 }
 
-std::vector<Reservation> parse_reservations(const std::string& text) {
-  std::vector<Reservation> out;
+std::vector<std::string> comma_separated_items(const std::string& text) {
+  std::vector<std::string> items;
   size_t start = 0;
   while (start <= text.size()) {
-    size_t comma = text.find(',', start);
+    const size_t comma = text.find(',', start);
     std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
     start = comma == std::string::npos ? text.size() + 1 : comma + 1;
-    if (item.empty()) continue;
+    if (!item.empty()) items.push_back(std::move(item));
+  }
+  return items;
+}
+
+std::vector<Reservation> parse_reservations(const std::string& text) {
+  std::vector<Reservation> out;
+  for (const std::string& item : comma_separated_items(text)) {
     Reservation r;
     std::string value = item;
     size_t eq = item.find('=');

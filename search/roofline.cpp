@@ -136,12 +136,7 @@ std::string Workload::text() const {
 Workload parse_workload(const std::string& text) {
   Workload w;
   bool have_in = false, have_out = false;
-  size_t start = 0;
-  while (start <= text.size()) {
-    size_t comma = text.find(',', start);
-    std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    start = comma == std::string::npos ? text.size() + 1 : comma + 1;
-    if (item.empty()) continue;
+  for (const std::string& item : comma_separated_items(text)) {
     size_t dash = item.rfind('-');
     MP_CHECK(dash != std::string::npos, "workload \"", text, "\": expected items like 8k-in and 16k-out");
     std::string what = item.substr(dash + 1);

@@ -94,6 +94,8 @@ std::string find_config_file(const std::string& kind, const std::string& name_or
 std::vector<Reservation> parse_reservations(const std::string& text);
 // "131072", "128k" (x1024), "1M" (x1024^2), "1000000". Decimal millions must be written out.
 int64_t parse_token_count(const std::string& text);
+// The non-empty items of a comma-separated list ("a,,b," gives a and b), as the list flags above are written.
+std::vector<std::string> comma_separated_items(const std::string& text);
 
 // The memory the model may use: device minus reservations, or an explicit budget (which then replaces them).
 struct Budget {
