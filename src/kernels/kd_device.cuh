@@ -1,5 +1,6 @@
-// Device helpers shared by the KD row kernels (kd_loss.cu, kd_loss_tma.cu) and the gradient scaling (kd_scale_grad.cu): 16-byte vectors of logits
-// <-> floats, vector stores, and block/cluster reductions that give every thread bitwise the same result.
+// Device helpers shared by the KD row kernels (kd_loss.cu, kd_loss_tma.cu) and the gradient scaling
+// (kd_scale_grad.cu): 16-byte vectors of logits <-> floats, vector stores, and block/cluster reductions that give
+// every thread bitwise the same result.
 // CUDA only (included from .cu files); no torch.
 #pragma once
 #include <cooperative_groups.h>
