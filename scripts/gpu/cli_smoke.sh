@@ -40,6 +40,15 @@ corpus=../shared/data/tinyshakespeare.txt
 [ -f "$corpus" ] || corpus=.carry/data/tinyshakespeare.txt
 
 expect 0 data "$work/corpus.train.tokens" -- "$bin" data "$corpus" --tokenizer byte --valid-fraction 0.05 -o "$work/corpus"
+# The tiny recipe (the e2e test's settings), on the GPU; its teacher (byte vocabulary) serves the commands below.
+sets=()
+for kv in "data=$work/corpus" device=cuda threads=4 seq_len=64 micro_batch=8 teacher_tokens=16384 \
+  distill_tokens=8192 calib_samples=8 eval_tokens=4096 "teacher_config=$PWD/tests/e2e/tiny-teacher.json" \
+  min_params_b=0.00007 max_params_b=0.000095 hidden_range=32:64:16 ffn_range=64:192:32 mamba_heads_range=4:8:2 \
+  mamba_head_dim=16 attention_heads_range=2:4:2 drop_total=0:1; do sets+=(--set "$kv"); done
+expect 0 pipeline "$work/run/report.html" -- "$bin" pipeline --config configs/recipes/demo.json --run-dir "$work/run" "${sets[@]}"
+teacher="$work/run/teacher/final"
+[ -f "$teacher/config.json" ] || teacher="$models/hybrid_g1"
 expect 0 inspect - -- "$bin" inspect "$teacher"
 expect 0 inspect_json - -- "$bin" inspect "$teacher" --json
 for dev in cuda cpu; do
@@ -53,7 +62,7 @@ expect 0 search "$work/search/report.json" -- "$bin" search "$teacher" --hardwar
 expect 0 prune_flags "$work/pruned_flags/config.json" -- "$bin" prune "$teacher" --scores "$work/scores_cuda.json" \
   --drop-count 1 -o "$work/pruned_flags"
 expect 0 prune_report "$work/pruned/config.json" -- "$bin" prune "$teacher" --scores "$work/scores_cuda.json" \
-  --target "$work/search/report.json#$(python3 -c "import json;r=json.load(open('$work/search/report.json'));print(r['candidates'][0]['id'])" 2>/dev/null)" \
+  --target "$work/search/report.json#$(python3 -c "import json;r=json.load(open('$work/search/report.json'));print(next(c['id'] for c in r['candidates'] if c.get('feasible') and c.get('rank') == 1))" 2>/dev/null)" \
   -o "$work/pruned"
 [ -f "$work/pruned/config.json" ] || cp -r "$work/pruned_flags" "$work/pruned"
 expect 0 prune_dry - -- "$bin" prune "$teacher" --scores "$work/scores_cuda.json" --drop-count 1 --dry-run
@@ -73,13 +82,6 @@ expect 0 distill_resume "$work/distill_kill/final/config.json" -- "$bin" distill
   --student "$work/pruned" --data "$work/corpus.train" --valid "$work/corpus.valid" --tokens 65536 --seq-len 64 \
   --micro-batch 4 --grad-accum 2 --save-every 4 --eval-every 1000 --eval-tokens 2048 --device cuda --resume \
   -o "$work/distill_kill"
-# The tiny recipe (the e2e test's settings), on the GPU.
-sets=()
-for kv in "data=$work/corpus" device=cuda threads=4 seq_len=64 micro_batch=8 teacher_tokens=16384 \
-  distill_tokens=8192 calib_samples=8 eval_tokens=4096 "teacher_config=$PWD/tests/e2e/tiny-teacher.json" \
-  min_params_b=0.00007 max_params_b=0.000095 hidden_range=32:64:16 ffn_range=64:192:32 mamba_heads_range=4:8:2 \
-  mamba_head_dim=16 attention_heads_range=2:4:2 drop_total=0:1; do sets+=(--set "$kv"); done
-expect 0 pipeline "$work/run/report.html" -- "$bin" pipeline --config configs/recipes/demo.json --run-dir "$work/run" "${sets[@]}"
 # bench-hw on the H100 timings the search tests fit (bench_model_serving's output format).
 expect 0 bench_hw "$work/profile.json" -- "$bin" bench-hw --hardware h100-80gb \
   --timings tests/search/data/h100_serving_timings.json -o "$work/profile.json"
