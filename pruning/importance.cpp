@@ -176,6 +176,31 @@ void fill_width_scores(const NemotronH& model, const WidthObserver& obs, Scores&
   }
 }
 
+// d mean next-token cross-entropy / d final hidden state [B,T,H], with lm_head applied a chunk of tokens at a time
+// (a [chunk, V] float32 logits tensor at most, never [B,T,V]). The lm_head weight is taken as a constant: the
+// Taylor scores need the gradient of the activations only.
+at::Tensor mean_next_token_ce_grad(const NemotronH& model, const at::Tensor& ids, const at::Tensor& hidden,
+                                   int64_t logits_chunk_bytes) {
+  const int64_t B = ids.size(0), T = ids.size(1), H = hidden.size(-1), N = B * T;
+  at::Tensor labels = at::full_like(ids, -100);
+  labels.narrow(1, 0, T - 1).copy_(ids.narrow(1, 1, T - 1));
+  labels = labels.reshape({-1});
+  const at::Tensor w = model.lm_head_weight().detach();
+  const at::Tensor h = hidden.detach().reshape({N, H});
+  at::Tensor grad = at::empty_like(h);
+  const int64_t chunk = std::max<int64_t>(1, logits_chunk_bytes / (w.size(0) * int64_t(sizeof(float))));
+  const double predicted = double(B * (T - 1));
+  for (int64_t s = 0; s < N; s += chunk) {
+    const int64_t n = std::min(chunk, N - s);
+    at::Tensor x = h.narrow(0, s, n).detach().requires_grad_(true);
+    at::Tensor z = at::linear(x, w).to(at::kFloat);
+    at::Tensor loss = at::cross_entropy_loss(z, labels.narrow(0, s, n), {}, at::Reduction::Sum) / predicted;
+    loss.backward();
+    grad.narrow(0, s, n).copy_(x.grad());
+  }
+  return grad.view_as(hidden);
+}
+
 }  // namespace
 
 std::vector<double> nested_mamba_head_scores(const MambaScores& m, int64_t heads, int64_t head_dim, int64_t keep_dims) {
@@ -228,10 +253,8 @@ Scores compute_scores(const NemotronH& model, const at::Tensor& calibration_ids,
       at::Tensor ids = calibration_ids.narrow(0, s, std::min(bs, n - s)).to(model.device());
       if (options.taylor) {
         c10::AutoGradMode grad(true);
-        at::Tensor logits = model.forward(ids, fo);
-        at::Tensor loss = at::cross_entropy_loss(logits.narrow(1, 0, ids.size(1) - 1).reshape({-1, logits.size(-1)}),
-                                                 ids.narrow(1, 1, ids.size(1) - 1).reshape({-1}));
-        loss.backward();
+        at::Tensor h = model.forward_hidden(ids, fo);
+        h.backward(mean_next_token_ce_grad(model, ids, h, options.logits_chunk_bytes));
         obs.collect_taylor();
       } else {
         c10::AutoGradMode no_grad(false);

@@ -125,6 +125,10 @@ struct ScoreOptions {
   bool taylor = false;               // first-order Taylor (gradient x activation) as an extra criterion
   int64_t depth_samples = 0;         // samples used by the depth criteria (0: all)
   int64_t nested_head_dim = 0;       // also Minitron-SSM nested head scores over the top-k head_dim (0: off)
+  // Logits are made, and losses, log-softmax, KL and MSE computed, a chunk of tokens at a time: at most this many
+  // bytes of float32 logits per chunk (no [batch, seq, vocab] tensor exists). 256 MiB: 512 tokens at V = 131072;
+  // depth scoring holds about four such buffers at once.
+  int64_t logits_chunk_bytes = int64_t(256) << 20;
 };
 
 // Minitron-SSM's nested Mamba head scores: keep the `keep_dims` best head_dim positions (global ranking),
