@@ -114,7 +114,7 @@ Criteria ReferenceDepthEvaluator::evaluate(const std::vector<bool>& skip) const 
 }
 
 void score_depth_reference(const NemotronH& model, const at::Tensor& calibration_ids, const ScoreOptions& options,
-                 Scores& scores) {
+                           Scores& scores, int64_t max_layers) {
   const int64_t L = model.config().num_layers();
   at::Tensor ids = calibration_ids;
   if (options.depth_samples > 0 && options.depth_samples < ids.size(0)) ids = ids.narrow(0, 0, options.depth_samples);
@@ -126,7 +126,7 @@ void score_depth_reference(const NemotronH& model, const at::Tensor& calibration
   Progress progress("score: depth", work, "skips");
 
   if (options.depth) {
-    for (int64_t i = 0; i < L; ++i) {
+    for (int64_t i = 0; i < (max_layers >= 0 ? std::min(max_layers, L) : L); ++i) {
       std::vector<bool> skip(L, false);
       skip[i] = true;
       scores.layers[i].depth.by_criterion = eval.evaluate(skip);

@@ -12,6 +12,7 @@
 #include "minipuzzle/model.h"
 #include "minipuzzle/progress.h"
 #include "pruning/depth.h"
+#include "pruning/runner.h"
 
 namespace mp {
 
@@ -277,7 +278,7 @@ Scores compute_scores(const NemotronH& model, const at::Tensor& calibration_ids,
   }
   if (options.depth || options.block_k > 0 || options.iterative_steps > 0) {
     c10::AutoGradMode no_grad(false);
-    importance::score_depth(model, calibration_ids, options, scores);
+    importance::score_depth(importance::LayerRunner(model), calibration_ids, options, scores);
   }
   return scores;
 }
