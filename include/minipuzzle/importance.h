@@ -143,6 +143,19 @@ at::Tensor sample_calibration(const TokenFile& tokens, int64_t samples, int64_t 
 // accumulated, activations never all kept).
 Scores compute_scores(const NemotronH& model, const at::Tensor& calibration_ids, const ScoreOptions& options);
 
+class LayerStreamer;
+// The same with the layer weights streamed to the device (minipuzzle/layer_stream.h): the whole calibration set
+// passes through one layer before the next layer is needed; depth criteria run their sweeps with the next layer's
+// copy overlapping the current one's compute. Same scores as the resident path. Not with `taylor`.
+Scores compute_scores(LayerStreamer& streamer, const at::Tensor& calibration_ids, const ScoreOptions& options);
+
+// Device memory scoring needs beside the weights, estimated from the layer widths (bytes): one batch's activations
+// through the widest layer with the width statistics' temporaries, the depth criteria's logits chunks, kept
+// references and branch, and when `streaming` the residual streams of all calibration samples (kept on the device
+// up to 2 GiB). `element_size`: bytes per element of the model dtype.
+int64_t score_activation_bytes(const ModelConfig& config, const ScoreOptions& options, int64_t element_size,
+                               bool streaming);
+
 // The per-channel aggregation, exposed for tests: activations [B,T,C] -> per-sample partial statistic.
 // Accumulator keeps sum over samples of (mean_t |a|)^2 etc. so batches stream. The sums stay on the
 // activations' device (add() never waits for the device); result() reads them back.

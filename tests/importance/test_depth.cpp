@@ -11,6 +11,7 @@
 #include "fixtures.h"
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/importance.h"
+#include "minipuzzle/layer_stream.h"
 #include "minipuzzle/model.h"
 #include "pruning/depth.h"
 
@@ -136,3 +137,69 @@ TEST_CASE("scoring holds no [tokens, vocab] float32 logits", "[importance][depth
     CHECK(chunked < logits_bytes / 2);
   }
 }
+
+// Layer streaming (issue 19): the streamed path runs on the CPU too, where "copying to the device" makes fresh
+// tensors, so the budget, the two slots and the prefetch order are exercised without a GPU.
+namespace {
+void check_same_scores(const Scores& got, const Scores& want, const std::string& what) {
+  INFO(what);
+  check_close(got.hidden, want.hidden, what + " hidden", 1e-6);
+  for (size_t i = 0; i < want.layers.size(); ++i) {
+    const LayerScores& g = got.layers[i];
+    const LayerScores& w = want.layers[i];
+    const std::string where = what + " layer " + std::to_string(i);
+    check_close(g.mlp_neurons, w.mlp_neurons, where + " mlp", 1e-6);
+    check_close(g.attn_heads, w.attn_heads, where + " attn", 1e-6);
+    check_close(g.attn_heads_out, w.attn_heads_out, where + " attn out", 1e-6);
+    check_close(g.mamba.heads, w.mamba.heads, where + " mamba", 1e-6);
+    check_close(g.mamba.heads_out, w.mamba.heads_out, where + " mamba out", 1e-6);
+    check_close(g.mamba.heads_flap, w.mamba.heads_flap, where + " mamba FLAP", 1e-6);
+    for (auto& [crit, v] : w.depth.by_criterion) check_close({g.depth.by_criterion.at(crit)}, {v}, where + " " + crit, 1e-6);
+  }
+  REQUIRE(got.blocks.size() == want.blocks.size());
+  for (size_t b = 0; b < want.blocks.size(); ++b)
+    for (auto& [crit, v] : want.blocks[b].by_criterion)
+      check_close({got.blocks[b].by_criterion.at(crit)}, {v}, what + " block " + crit, 1e-6);
+  CHECK(got.removal_order == want.removal_order);
+  check_close(got.removal_scores, want.removal_scores, what + " removal", 1e-6);
+}
+}  // namespace
+
+TEST_CASE("streamed layers give the resident path's scores", "[importance][stream]") {
+  c10::AutoGradMode no_grad(false);
+  for (std::string name : {"hybrid_g1", "hybrid_g2_tied"}) {
+    auto ck = Checkpoint::open(test::reference_model(name));
+    const ModelConfig& c = ck.config();
+    auto model = NemotronH::load(ck, at::kCPU, at::kFloat);
+    at::Tensor ids = at::randint(0, c.vocab_size, {5, 24}, at::kLong);
+    ScoreOptions o;
+    o.batch_size = 2;
+    o.block_k = 2;
+    o.iterative_steps = 2;
+    o.nested_head_dim = c.mamba_head_dim / 2;
+    Scores want = compute_scores(model, ids, o);
+    int64_t widest = 0, last = LayerStreamer::layer_bytes(c, c.num_layers() - 1, at::kFloat);
+    for (int64_t i = 0; i < c.num_layers(); ++i) widest = std::max(widest, LayerStreamer::layer_bytes(c, i, at::kFloat));
+    const int64_t fixed = LayerStreamer::non_layer_bytes(c, at::kFloat) + 2 * widest;
+    // No layer resident (every use is a copy), then the last layer resident as well.
+    for (int64_t budget : {fixed, fixed + last}) {
+      auto streamer = LayerStreamer::from_model(model, at::kCPU, at::kFloat, budget);
+      CHECK(streamer->stats().resident_layers == (budget == fixed ? 0 : 1));
+      Scores got = compute_scores(*streamer, ids, o);
+      check_same_scores(got, want, name + (budget == fixed ? " all streamed" : " last layer resident"));
+      const auto& st = streamer->stats();
+      // Width: each layer copied once for all 3 batches; depth: the sweeps run layer j once per earlier layer.
+      CHECK(st.loads >= c.num_layers());
+      CHECK(st.prefetch_hits > st.loads / 2);  // most copies were started one layer ahead
+    }
+  }
+}
+
+TEST_CASE("layer streaming refuses a budget below two layers and the non-layer tensors", "[importance][stream]") {
+  auto ck = Checkpoint::open(test::reference_model("hybrid_g1"));
+  const int64_t need = LayerStreamer::non_layer_bytes(ck.config(), at::kFloat);
+  CHECK_THROWS_WITH(LayerStreamer::open(ck, at::kCPU, at::kFloat, need), MP_CONTAINS("two layers in flight"));
+  auto ok = LayerStreamer::open(ck, at::kCPU, at::kFloat, int64_t(1) << 30);  // everything fits: all resident
+  CHECK(ok->stats().resident_layers == ck.config().num_layers());
+}
+
