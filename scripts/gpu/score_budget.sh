@@ -9,8 +9,10 @@
 #   stream_throughput_vs_resident     width + depth under --max-gpu-memory SCORE_BUDGET (default 16 GiB) (goal >= 0.6)
 #   streamed_vs_resident_max_rel_diff streamed scores against resident ones (expected 0 or bf16 rounding)
 #   stream_width_s_per_layer          per-layer time of the streamed width pass (the 56B estimate below uses it)
-# Then the CPU tests of the same code and a CLI run of `score --max-gpu-memory` on a fixture model.
-# About 3-4 minutes on one H200 at 12B shape.
+# Then the CPU tests of the same code and a CLI run of `score --max-gpu-memory` on a fixture model, and a 56B
+# estimate from the measured rates (per-layer work scaled by parameters per layer; host RAM = bf16 weights).
+# About 3-4 minutes on one H200 at 12B shape once built (a cold build-gpu adds several minutes: build first with
+# `source scripts/gpu/env.sh && gpu_build minipuzzle bench_score_budget test_depth` if needed).
 source scripts/gpu/env.sh
 gpu_build minipuzzle bench_score_budget test_depth > "$OUT/score_budget_build.log" 2>&1 || true
 tail -5 "$OUT/score_budget_build.log"
@@ -69,8 +71,11 @@ params56 = 56e9
 params_here = s["weights_gib"] * 2**30 / 2
 scale = (params56 / layers56) / (params_here / s["layers"])
 per_layer_sample = s.get("stream_width_s_per_layer_per_sample")
+L = s["layers"]
+sweep = lambda n: n * (n - 1) / 2 + 2 * n  # layer forwards of the one-layer depth criteria per batch (+ reference)
 est = {"nemotron_h_56b_host_ram_gib": params56 * 2 / 2**30,
-       "nemotron_h_56b_width_s_per_1024_samples_estimate": per_layer_sample * scale * layers56 * 1024 if per_layer_sample else None}
+       "nemotron_h_56b_width_s_per_1024_samples_estimate": per_layer_sample * scale * layers56 * 1024 if per_layer_sample else None,
+       "nemotron_h_56b_depth_s_estimate": s["streamed_depth_s"] * scale * sweep(layers56) / sweep(L) if "streamed_depth_s" in s else None}
 keys = ["weights_gib", "resident_peak_above_weights_gib", "resident_goal_gib", "resident_width_s", "resident_depth_s",
         "old_depth_s_estimated", "depth_new_over_old", "new_vs_old_max_rel_diff", "budget_gib", "stream_resident_layers",
         "stream_pinned", "streamed_width_s", "streamed_depth_s", "streamed_peak_reserved_gib",
