@@ -1,10 +1,12 @@
 // minipuzzle score CKPT --calib FILE --samples N --seq-len L -o scores.json
 #include <cctype>
 #include <cmath>
+#include <map>
 #include <memory>
 
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/importance.h"
 #include "minipuzzle/layer_stream.h"
 #include "minipuzzle/model.h"
