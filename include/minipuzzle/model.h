@@ -70,6 +70,10 @@ class NemotronH {
   at::Tensor embed(const at::Tensor& input_ids) const;  // [B,T] token ids -> [B,T,H] residual stream
   // Layer `layer`: pre-norm, mixer, residual add; taps, skip_layers and masks of `options` apply to it.
   at::Tensor forward_layer(int64_t layer, const at::Tensor& hidden, const ForwardOptions& options = {}) const;
+  // The same with the layer's tensors given by full name (e.g. copies on the device of a model whose layer weights
+  // live in host memory: LayerStreamer, layer_stream.h); the model's own tensors of that layer are not read.
+  at::Tensor forward_layer(int64_t layer, const at::Tensor& hidden, const std::map<std::string, at::Tensor>& weights,
+                           const ForwardOptions& options) const;
   at::Tensor final_norm(const at::Tensor& hidden) const;    // norm_f, in the model dtype (no FinalHidden tap)
   at::Tensor logits(const at::Tensor& final_hidden) const;  // lm_head, as float32
   // The tensors forward_layer(layer, ...) reads (its norm and mixer weights), in name order.

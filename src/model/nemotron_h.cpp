@@ -107,6 +107,11 @@ at::Tensor NemotronH::embed(const at::Tensor& input_ids) const {
 }
 
 at::Tensor NemotronH::forward_layer(int64_t i, const at::Tensor& h, const ForwardOptions& options) const {
+  return forward_layer(i, h, params_, options);
+}
+
+at::Tensor NemotronH::forward_layer(int64_t i, const at::Tensor& h, const std::map<std::string, at::Tensor>& weights,
+                                    const ForwardOptions& options) const {
   MP_CHECK(i >= 0 && i < config_.num_layers(), "model: layer ", i, " does not exist; the model has ",
            config_.num_layers(), " layers");
   MP_CHECK(options.skip_layers.empty() || (int64_t)options.skip_layers.size() == config_.num_layers(),
@@ -123,10 +128,12 @@ at::Tensor NemotronH::forward_layer(int64_t i, const at::Tensor& h, const Forwar
     return h;
   }
   std::string prefix = "backbone.layers." + std::to_string(i) + ".";
-  at::Tensor norm_w = params_.at(prefix + "norm.weight");
+  auto norm = weights.find(prefix + "norm.weight");
+  MP_CHECK(norm != weights.end(), "model: missing parameter \"", prefix, "norm.weight\"");
+  at::Tensor norm_w = norm->second;
   at::Tensor normed = model::rms_norm(h.to(norm_w.scalar_type()), norm_w, config_.layer_norm_epsilon);
   ctx.tap(Tap::NormOutput, normed);
-  model::Params p{params_, prefix + "mixer."};
+  model::Params p{weights, prefix + "mixer."};
   at::Tensor out;
   switch (config_.layers[i]) {
     case LayerType::Mamba: out = model::mamba2_mixer(ctx, p, normed); break;
