@@ -12,6 +12,7 @@
 #include "minipuzzle/model.h"
 #include "minipuzzle/progress.h"
 #include "pruning/depth.h"
+#include "pruning/moe_importance.h"
 
 namespace mp {
 
@@ -217,8 +218,10 @@ Scores compute_scores(const NemotronH& model, const at::Tensor& calibration_ids,
 
   if (options.width) {
     WidthObserver obs(model, options.reduction, options.taylor);
+    importance::MoeObserver moe(c, options.reduction);  // MoE layers' expert and channel statistics
+    importance::TeeObserver both(&obs, &moe);
     ForwardOptions fo;
-    fo.observer = &obs;
+    fo.observer = c.count(LayerType::Moe) ? static_cast<ActivationObserver*>(&both) : &obs;
     Progress progress("score: width", n, "samples");
     // Taylor needs gradients: the embedding table requiring grad makes every activation part of the graph.
     at::Tensor emb = model.parameters().at("backbone.embeddings.weight");
@@ -247,11 +250,13 @@ Scores compute_scores(const NemotronH& model, const at::Tensor& calibration_ids,
     }
     progress.finish();
     fill_width_scores(model, obs, scores);
+    moe.fill(scores);
     if (options.nested_head_dim > 0)
       for (auto& l : scores.layers)
         if (l.type == LayerType::Mamba)
           l.mamba.heads_nested = nested_mamba_head_scores(l.mamba, c.mamba_num_heads, c.mamba_head_dim, options.nested_head_dim);
   }
+  if (options.expert_loss && c.count(LayerType::Moe)) importance::score_expert_loss(model, calibration_ids, options, scores);
   if (options.depth || options.block_k > 0 || options.iterative_steps > 0) {
     c10::AutoGradMode no_grad(false);
     importance::score_depth(model, calibration_ids, options, scores);

@@ -137,6 +137,7 @@ struct ScoreOptions {
   bool taylor = false;               // first-order Taylor (gradient x activation) as an extra criterion
   int64_t depth_samples = 0;         // samples used by the depth criteria (0: all)
   int64_t nested_head_dim = 0;       // also Minitron-SSM nested head scores over the top-k head_dim (0: off)
+  bool expert_loss = false;          // MoE: LM-loss increase per removed expert (a forward per expert per MoE layer)
 };
 
 // Minitron-SSM's nested Mamba head scores: keep the `keep_dims` best head_dim positions (global ranking),
