@@ -96,4 +96,14 @@ TEST_CASE("MoE recipe: teacher -> expert scores -> expert-pruned student -> eval
   const double kl0 = dlog["evals"].front()["val_kl"].get<double>(), kl1 = dlog["evals"].back()["val_kl"].get<double>();
   WARN("MoE student distillation: validation KL to the teacher " << kl0 << " -> " << kl1);
   CHECK(kl1 < kl0);
+  // Router load of the student's MoE layers (1 and 3) with every evaluation: shares over its 4 experts sum to 1.
+  const json& load = dlog["evals"].back()["router_load"];
+  for (const char* layer : {"1", "3"}) {
+    REQUIRE(load.contains(layer));
+    double sum = 0;
+    for (auto& v : load[layer]["shares"]) sum += v.get<double>();
+    CHECK(load[layer]["shares"].size() == 4);
+    CHECK(sum == Approx(1.0).epsilon(1e-12));
+    CHECK(load[layer]["max_over_mean"].get<double>() >= 1.0);
+  }
 }
