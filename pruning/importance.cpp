@@ -12,6 +12,7 @@
 #include "minipuzzle/model.h"
 #include "minipuzzle/progress.h"
 #include "pruning/depth.h"
+#include "pruning/moe_importance.h"
 #include "pruning/runner.h"
 
 namespace mp {
@@ -310,8 +311,10 @@ Scores score_with(const LayerRunner& runner, const at::Tensor& calibration_ids, 
 
   if (options.width) {
     WidthObserver obs(model, options.reduction, options.taylor);
+    importance::MoeObserver moe(c, options.reduction);  // MoE layers' expert and channel statistics
+    importance::TeeObserver both(&obs, &moe);
     ForwardOptions fo;
-    fo.observer = &obs;
+    fo.observer = c.count(LayerType::Moe) ? static_cast<ActivationObserver*>(&both) : &obs;
     if (runner.streaming()) {
       MP_CHECK(!options.taylor, "score: --taylor needs gradients through every layer at once, which layer streaming "
                "(--max-gpu-memory) cannot give; score Taylor on a device that holds the model");
@@ -320,11 +323,13 @@ Scores score_with(const LayerRunner& runner, const at::Tensor& calibration_ids, 
       width_pass_batch_by_batch(model, calibration_ids, bs, options, obs, fo);
     }
     fill_width_scores(model, obs, scores);
+    moe.fill(scores);
     if (options.nested_head_dim > 0)
       for (auto& l : scores.layers)
         if (l.type == LayerType::Mamba)
           l.mamba.heads_nested = nested_mamba_head_scores(l.mamba, c.mamba_num_heads, c.mamba_head_dim, options.nested_head_dim);
   }
+  if (options.expert_loss && c.count(LayerType::Moe)) importance::score_expert_loss(model, calibration_ids, options, scores);
   if (options.depth || options.block_k > 0 || options.iterative_steps > 0) {
     c10::AutoGradMode no_grad(false);
     importance::score_depth(runner, calibration_ids, options, scores);

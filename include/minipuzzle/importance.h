@@ -18,6 +18,8 @@
 //                     "heads_out": [heads floats],       // each head's output through o_proj
 //                     "kv_groups": [kv floats]},
 //       "taylor":    {"mlp_neurons"|"attn_heads"|"mamba_heads": [...]}   // with --taylor
+//       "moe":       {"experts": [E], "frequency": [E], "loss": [E],   // see MoeScores
+//                     "expert_channels": [E*F], "shared": [S]}
 //       "mamba":     {"heads": [H floats],              // from the x slice of in_proj (default criterion)
 //                     "heads_out": [H floats],          // alternative: each head's output through out_proj
 //                     "heads_flap": [H floats],         // alternative: FLAP (|W_out col|^2 x input variance)
@@ -66,6 +68,15 @@ struct MambaScores {
   std::vector<std::vector<int64_t>> head_rank_in_group;
 };
 
+// MoE layers. Per routed expert: "experts" = the L2 norm over calibration tokens of each expert's
+// router-weighted output ||w_e(x) E_e(x)|| (0 for tokens not routed to it; ModelOpt's criterion for Nemotron 3),
+// "frequency" = the fraction of tokens routed to it, "loss" = the LM-loss increase when it is removed (masked
+// out of the router; optional). Channels: "expert_channels" [E*F, expert-major] = per expert, the L2 norm of each
+// relu^2 channel over its routed tokens; "shared" [S] = the shared expert's channels (the MLP-neuron reduction).
+struct MoeScores {
+  std::vector<double> experts, frequency, loss, expert_channels, shared;
+};
+
 struct DepthScores {
   std::map<std::string, double> by_criterion;  // "lm_loss_increase", "kl", "mse_hidden", "mse_logits", ...
 };
@@ -78,6 +89,7 @@ struct LayerScores {
   std::vector<double> attn_heads, attn_kv_groups;
   std::vector<double> attn_heads_out;  // each head's output through o_proj
   MambaScores mamba;
+  MoeScores moe;
   std::map<std::string, std::vector<double>> taylor;  // first-order Taylor: "mlp_neurons", "attn_heads", "mamba_heads"
 };
 
@@ -129,6 +141,7 @@ struct ScoreOptions {
   // bytes of float32 logits per chunk (no [batch, seq, vocab] tensor exists). 256 MiB: 512 tokens at V = 131072;
   // depth scoring holds about four such buffers at once.
   int64_t logits_chunk_bytes = int64_t(256) << 20;
+  bool expert_loss = false;          // MoE: LM-loss increase per removed expert (a forward per expert per MoE layer)
 };
 
 // Minitron-SSM's nested Mamba head scores: keep the `keep_dims` best head_dim positions (global ranking),

@@ -129,6 +129,8 @@ void add(CLI::App& app) {
   c->add_option("--iterative-criterion", args->options.iterative_criterion,
                 "lm_loss_increase | kl | mse_hidden | mse_logits")->capture_default_str();
   c->add_flag("--taylor", args->options.taylor, "also first-order Taylor scores (gradient x activation)");
+  c->add_flag("--expert-loss", args->options.expert_loss,
+              "MoE: also each routed expert's LM-loss increase when removed (a forward per expert per MoE layer)");
   c->add_option("--nested-head-dim", args->options.nested_head_dim,
                 "also Minitron-SSM nested Mamba head scores over the top-k head_dim positions");
   c->add_option("--tokenizer", args->tokenizer, "tokenizer.json for text input (default: the checkpoint's, else bytes)");
