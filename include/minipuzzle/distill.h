@@ -64,24 +64,42 @@ struct AdamWOptions {
 
 class AdamW {
  public:
-  AdamW(const std::map<std::string, at::Tensor>& params, AdamWOptions options);
+  // offload_fraction: the share of the parameters (by elements, whole tensors in name order) whose fp32 master
+  // and moments live in host memory and are updated there (optimizer offload, issue 20); the rest stays with the
+  // parameters. Results are the same either way (bit for bit on CPU): the host update runs the same fused kernel.
+  AdamW(const std::map<std::string, at::Tensor>& params, AdamWOptions options, double offload_fraction = 0);
+  ~AdamW();
+  AdamW(const AdamW&) = delete;
+  AdamW& operator=(const AdamW&) = delete;
   // Applies one update from each parameter's .grad() (parameters without a gradient are left alone).
   void step(double lr);
   int64_t steps() const { return steps_; }
-  // State by name: "exp_avg/NAME", "exp_avg_sq/NAME" and, for low-precision parameters, "master/NAME".
+  // State by name: "exp_avg/NAME", "exp_avg_sq/NAME" and, for low-precision parameters, "master/NAME", wherever
+  // it lives (offloaded state is returned as host tensors), so checkpoints do not depend on the placement.
   std::map<std::string, at::Tensor> state_tensors() const;
   void load_state(const std::map<std::string, at::Tensor>& tensors, int64_t steps);
   // Unique parameters in a fixed order (the order of their first name), as optimised.
   const std::vector<std::string>& names() const { return names_; }
   const std::vector<at::Tensor>& params() const { return params_; }
   static bool decays(const std::string& name, const at::Tensor& param);
+  // Elements whose optimizer state is on the host, and all elements.
+  int64_t offloaded_elements() const;
+  int64_t total_elements() const;
+  // Seconds the last step spent in the host update (0 without offload) and in the whole step.
+  double last_host_seconds() const { return last_host_seconds_; }
+  double last_step_seconds() const { return last_step_seconds_; }
+
+  struct Offload;  // distill/optimizer.cpp: host state, staging ring, side stream
 
  private:
+  void step_offloaded(double lr);
   AdamWOptions options_;
   std::vector<std::string> names_;
   std::vector<at::Tensor> params_, masters_, exp_avg_, exp_avg_sq_;
-  std::vector<bool> decay_;
+  std::vector<bool> decay_, offloaded_;
   int64_t steps_ = 0;
+  std::unique_ptr<Offload> offload_;
+  double last_host_seconds_ = 0, last_step_seconds_ = 0;
 };
 
 // Global L2 norm of the gradients (float64 accumulation); scales them by max_norm / norm when norm > max_norm
