@@ -250,14 +250,18 @@ TrainMemory estimate_train_memory(const ModelConfig& student, const std::optiona
       kd = 2.0 * T * D(student.vocab_size) * 4.0;  // teacher and student fp32 logits beside the kept gradient
     }
   }
+  // Evaluation on CUDA makes logits 1024 tokens at a time (distill/trainer.cpp): student and teacher fp32 logits,
+  // log-softmax and the KL's temporaries, about five [1024, V] fp32 buffers, beside the teacher's forward.
+  const double eval = b != 4 ? 5.0 * std::min(T, 1024.0) * D(student.vocab_size) * 4.0 + teacher_fwd : 0.0;
   const double bwd = backward_transient_bytes(student, s);
   const double opt = b != 4 ? std::min(Ps * (1 - f), D(int64_t(128) << 20)) * 4.0 : 0.0;
-  const double transient = std::max({teacher_fwd, kd, bwd, opt});
+  const double transient = std::max({teacher_fwd, kd, bwd, opt, eval});
   {
     std::string which = transient == teacher_fwd ? "teacher forward" : transient == kd ? "fused KD chunks"
                         : transient == bwd        ? "layer backward"
+                        : transient == eval       ? "evaluation chunks"
                                                   : "optimizer fp32 gradient chunk";
-    add("peak transient", transient, 0, "largest of teacher forward, KD chunks, layer backward, optimizer chunk: " + which);
+    add("peak transient", transient, 0, "largest of teacher forward, KD chunks, layer backward, optimizer, evaluation: " + which);
   }
   // Host: the offloaded update streams gradients and weights through a ring of pinned buffers.
   if (f > 0) add("host staging", 0, 4.0 * D(int64_t(32) << 20) * D(b), "pinned ring: gradients down, weights up");

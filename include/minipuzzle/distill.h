@@ -280,6 +280,16 @@ struct DistillOptions {
   int64_t max_nonfinite = 5;
   int64_t bucket_bytes = int64_t(25) << 20;
   std::string save_dtype;      // "float32" | "bfloat16"; empty: the student's storage (float32 from scratch)
+  // Memory plan (include/minipuzzle/train_memory.h), made before the models load and written to OUT/plan.json.
+  bool plan_only = false;      // --plan: print the plan and return without training
+  std::string fit = "check";   // check: refuse a setup that does not fit; auto: choose micro-batch (not above
+                               // the given one, same tokens per step), checkpointing and offload; off: no plan
+  std::string gpu_memory;      // --gpu-memory SIZE: plan for this much free GPU memory (a CPU run then plans as
+                               // the CUDA trainer would hold the models: bf16, fused KD, and applies the offload)
+  std::string host_memory;     // --host-memory SIZE: host RAM for the plan (default: MemAvailable)
+  std::string offload_optimizer;  // "" none (auto may choose), "auto", or a fraction in [0, 1]
+  int64_t stop_after_steps = 0;   // > 0: after this step, write the checkpoint and return (exit 0); --resume goes on
+  bool no_save = false;           // write neither OUT/checkpoint nor OUT/final (benchmarks whose state exceeds the disk)
 };
 
 struct DistillResult {
