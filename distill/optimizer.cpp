@@ -45,6 +45,7 @@ struct AdamW::Offload {
     int64_t offset, length;
   };
   std::vector<Piece> pieces;
+  std::vector<size_t> todo;  // this step's pieces whose parameter has a gradient
   bool device_is_cuda = false;
   std::vector<at::Tensor> staging;  // kRing pinned buffers of kPiece elements in the parameters' dtype (CUDA)
 #ifdef MINIPUZZLE_WITH_CUDA
@@ -133,6 +134,9 @@ void AdamW::step(double lr) {
   const auto t0 = std::chrono::steady_clock::now();
   at::NoGradGuard no_grad;
   ++steps_;
+  // Offloaded gradients start down to the host before the resident update is queued, so the copies, the host
+  // update and the GPU's resident update run side by side.
+  if (offload_) offload_begin();
   // Two groups (with and without weight decay), each updated in chunks of about 512 MB of parameters so that the
   // float32 copies of bf16 gradients exist for one chunk at a time (a 1B-parameter student would need 4 GB).
   const int64_t chunk_elements = int64_t(128) << 20;
@@ -173,11 +177,45 @@ void AdamW::step(double lr) {
   last_step_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+#ifdef MINIPUZZLE_WITH_CUDA
+namespace {
+// Queues piece todo[k]'s gradient into its ring slot on the side stream.
+void fetch_piece(AdamW::Offload& o, const std::vector<at::Tensor>& params, size_t k);
+}  // namespace
+#endif
+
+void AdamW::offload_begin() {
+  Offload& o = *offload_;
+  o.todo.clear();
+  for (size_t j = 0; j < o.pieces.size(); ++j)
+    if (params_[o.pieces[j].param].grad().defined()) o.todo.push_back(j);
+  if (o.todo.empty() || !o.device_is_cuda) return;
+#ifdef MINIPUZZLE_WITH_CUDA
+  const c10::Device device = params_[o.pieces[o.todo[0]].param].device();
+  const c10::cuda::CUDAGuard guard(device);
+  // The gradients are final once the compute stream's work so far (backward, clipping) is done.
+  at::cuda::CUDAEvent grads_ready;
+  grads_ready.record(c10::cuda::getCurrentCUDAStream(device.index()));
+  grads_ready.block(*o.stream);
+  for (size_t k = 0; k < o.todo.size() && k < size_t(kRing); ++k) fetch_piece(o, params_, k);
+#endif
+}
+
+#ifdef MINIPUZZLE_WITH_CUDA
+namespace {
+void fetch_piece(AdamW::Offload& o, const std::vector<at::Tensor>& params, size_t k) {
+  const AdamW::Offload::Piece& piece = o.pieces[o.todo[k]];
+  const c10::cuda::CUDAStreamGuard on_side(*o.stream);
+  const at::Tensor g = params[piece.param].grad().reshape(-1).narrow(0, piece.offset, piece.length);
+  o.staging[k % kRing].narrow(0, 0, piece.length).copy_(g, /*non_blocking=*/true);
+  o.arrived[k % kRing].record(*o.stream);
+}
+}  // namespace
+#endif
+
 void AdamW::step_offloaded(double lr) {
   Offload& o = *offload_;
-  std::vector<size_t> todo;  // pieces whose parameter has a gradient
-  for (size_t j = 0; j < o.pieces.size(); ++j)
-    if (params_[o.pieces[j].param].grad().defined()) todo.push_back(j);
+  const std::vector<size_t>& todo = o.todo;
   if (todo.empty()) return;
   const at::Tensor step_count = at::full({}, double(steps_), at::TensorOptions().dtype(at::kFloat));
 
@@ -213,18 +251,6 @@ void AdamW::step_offloaded(double lr) {
 #ifdef MINIPUZZLE_WITH_CUDA
   const c10::Device device = params_[o.pieces[todo[0]].param].device();
   const c10::cuda::CUDAGuard guard(device);
-  // The gradients are final once the compute stream's work so far (backward, clipping) is done.
-  at::cuda::CUDAEvent grads_ready;
-  grads_ready.record(c10::cuda::getCurrentCUDAStream(device.index()));
-  grads_ready.block(*o.stream);
-  auto fetch = [&](size_t k) {  // queue piece todo[k]'s gradient into its ring slot
-    const Offload::Piece& piece = o.pieces[todo[k]];
-    const c10::cuda::CUDAStreamGuard on_side(*o.stream);
-    const at::Tensor g = params_[piece.param].grad().reshape(-1).narrow(0, piece.offset, piece.length);
-    o.staging[k % kRing].narrow(0, 0, piece.length).copy_(g, /*non_blocking=*/true);
-    o.arrived[k % kRing].record(*o.stream);
-  };
-  for (size_t k = 0; k < todo.size() && k < size_t(kRing); ++k) fetch(k);
   for (size_t k = 0; k < todo.size(); ++k) {
     const Offload::Piece& piece = o.pieces[todo[k]];
     at::Tensor slot = o.staging[k % kRing].narrow(0, 0, piece.length);
@@ -236,7 +262,7 @@ void AdamW::step_offloaded(double lr) {
       params_[piece.param].view(-1).narrow(0, piece.offset, piece.length).copy_(slot, /*non_blocking=*/true);
     }
     // The next fetch into this slot is queued behind the upload on the same stream.
-    if (k + kRing < todo.size()) fetch(k + kRing);
+    if (k + kRing < todo.size()) fetch_piece(o, params_, k + kRing);
   }
   // The compute stream reads the parameters next: it waits for the last upload.
   at::cuda::CUDAEvent uploaded;

@@ -92,7 +92,8 @@ class AdamW {
   struct Offload;  // distill/optimizer.cpp: host state, staging ring, side stream
 
  private:
-  void step_offloaded(double lr);
+  void offload_begin();             // queues the first gradient pieces' copies to the host
+  void step_offloaded(double lr);   // the host update of every piece, weights streamed back
   AdamWOptions options_;
   std::vector<std::string> names_;
   std::vector<at::Tensor> params_, masters_, exp_avg_, exp_avg_sq_;
