@@ -13,7 +13,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <filesystem>
 #include <fstream>
 
 #include "distill/report.h"
@@ -21,13 +20,13 @@
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/distill.h"
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/interrupt.h"
 #include "minipuzzle/kd.h"
 #include "minipuzzle/progress.h"
 #include "minipuzzle/report.h"
 #include "minipuzzle/train_memory.h"
 
-namespace fs = std::filesystem;
 
 namespace mp::distill {
 namespace {
@@ -56,7 +55,7 @@ DType save_dtype(const DistillOptions& o, const Checkpoint* student_ck) {
 }
 
 // The log keeps the lines of steps up to the checkpoint: a resumed run rewrites what the killed one logged after.
-void truncate_log(const fs::path& path, int64_t last_step) {
+void truncate_log(const std::string& path, int64_t last_step) {
   if (!fs::exists(path)) return;
   std::ifstream in(path);
   std::string line, kept;
@@ -68,9 +67,7 @@ void truncate_log(const fs::path& path, int64_t last_step) {
     kept += line + "\n";
   }
   in.close();
-  const fs::path tmp = path.string() + ".tmp";
-  std::ofstream(tmp, std::ios::trunc) << kept;
-  fs::rename(tmp, path);
+  fs::write_file_atomic(path, kept);
 }
 
 // Peak bytes the CUDA caching allocator handed out on `device` since the start (0 on CPU), and the process's
@@ -254,7 +251,7 @@ json Job::plan_memory() {
     std::fputs(text.c_str(), stdout);
     std::fflush(stdout);
     fs::create_directories(o_.out_dir);
-    report::write_text_file((fs::path(o_.out_dir) / "plan.json").string(), j.dump(1) + "\n");
+    report::write_text_file(fs::join(o_.out_dir, "plan.json"), j.dump(1) + "\n");
   }
   if (!plan.fits && (o_.fit != "off" || o_.plan_only)) fail("distill: ", plan.reason);
   if (plan.fits) {
@@ -289,7 +286,7 @@ DistillResult Job::run() {
     return r;
   }
 
-  const fs::path out(o_.out_dir);
+  const std::string& out = o_.out_dir;
   if (rank_ == 0) {
     fs::create_directories(out);
     MP_CHECK(o_.resume || !fs::exists(checkpoint_dir(o_.out_dir)), "distill: ", o_.out_dir,
@@ -337,9 +334,9 @@ DistillResult Job::run() {
   bool resumed = false;
   if (o_.resume) resumed = load_trainer_state(o_.out_dir, st_, optimizer);
   if (rank_ == 0) {
-    if (resumed) truncate_log(out / "log.jsonl", st_.step);
-    log_.open(out / "log.jsonl", resumed ? std::ios::app : std::ios::trunc);
-    MP_CHECK(log_.good(), "distill: cannot write ", (out / "log.jsonl").string());
+    if (resumed) truncate_log(fs::join(out, "log.jsonl"), st_.step);
+    log_.open(fs::join(out, "log.jsonl"), resumed ? std::ios::app : std::ios::trunc);
+    MP_CHECK(log_.good(), "distill: cannot write ", fs::join(out, "log.jsonl"));
   }
   log({{"event", resumed ? "resume" : "start"}, {"total_steps", total_steps}, {"tokens_per_step", tokens_per_step},
        {"world_size", world_}, {"student_parameters", student_->num_parameters()}, {"settings", st_.settings},
@@ -453,7 +450,7 @@ DistillResult Job::run() {
       std::vector<std::string> copy;
       if (student_ck)
         for (auto& f : student_ck->extra_files()) copy.push_back(f);
-      if (!o_.no_save) student_->save((out / "final").string(), save_dtype(o_, student_ck.get()), copy, /*overwrite=*/true);
+      if (!o_.no_save) student_->save(fs::join(out, "final"), save_dtype(o_, student_ck.get()), copy, /*overwrite=*/true);
     }
   }
   if (rank_ == 0) write_training_report(o_, st_, total_steps, tokens_per_step, result.exit_code);

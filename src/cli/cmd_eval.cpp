@@ -2,9 +2,9 @@
 #include <c10/core/GradMode.h>
 
 #include <cstdio>
-#include <filesystem>
 
 #include "minipuzzle/checkpoint.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/evaluate.h"
 #include "minipuzzle/model.h"
 #include "minipuzzle/safetensors.h"
@@ -36,7 +36,7 @@ void run(const EvalArgs& a) {
     at::Tensor logits = model.forward(ids.to(device)).cpu();
     std::string tmp = a.logits_out + ".tmp";
     save_safetensors(tmp, {{"input_ids", ids}, {"logits", logits}});
-    std::filesystem::rename(tmp, a.logits_out);
+    fs::rename(tmp, a.logits_out);
   }
   json j{{"checkpoint", a.checkpoint}, {"data", a.data}, {"seq_len", a.seq_len}, {"sequences", r.sequences},
          {"predicted_tokens", r.predicted_tokens}, {"loss", r.loss}, {"perplexity", r.perplexity},

@@ -2,9 +2,9 @@
 
 #include <ATen/Context.h>
 
-#include <filesystem>
 
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 #include "src/cli/command.h"
 
 namespace mp::cli {
@@ -28,7 +28,7 @@ void add_device_option(CLI::App* app, std::string* device) {
 
 std::unique_ptr<Tokenizer> tokenizer_for_text(const std::string& explicit_path, const std::string& checkpoint) {
   std::string path = explicit_path;
-  if (path.empty() && std::filesystem::exists(checkpoint + "/tokenizer.json")) path = checkpoint + "/tokenizer.json";
+  if (path.empty() && fs::exists(checkpoint + "/tokenizer.json")) path = checkpoint + "/tokenizer.json";
   if (path.empty() || path == "byte") return nullptr;
   return std::make_unique<Tokenizer>(Tokenizer::from_file(path));
 }

@@ -10,12 +10,12 @@
 //     without it, bit for bit;
 //   - --offload-optimizer: all optimizer state on the host, stopped (--stop-after-steps) and resumed with it on the
 //     device, equals the plain run bit for bit; --plan prints the memory plan and exits 0, or 1 with what would fit.
+#include "fixtures.h"
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -28,7 +28,8 @@
 #include "tests/fixtures.h"
 #include "tests/run_command.h"
 
-namespace fs = std::filesystem;
+namespace fs = mp::fs;
+using mp::test::Path;
 using namespace mp;
 
 namespace {
