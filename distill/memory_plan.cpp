@@ -50,7 +50,7 @@ double mamba_kept(const ModelConfig& c, double T, double T_pad, int64_t b, bool 
   double bytes = T * D(c.mamba_in_proj_dim()) * D(b) + T * D(c.mamba_conv_dim()) * D(b);
   bytes += cuda_dtypes ? 3.0 * T * h * D(b) : T * h * (8.0 + 4.0 + 4.0);
   bytes += T_pad * d * 4.0 + T * d * D(b);
-  bytes += cuda_dtypes ? 4.0 * h : 12.0 * h;
+  bytes += cuda_dtypes ? 8.0 * h : 12.0 * h;
   return bytes;
 }
 
