@@ -9,9 +9,10 @@ venv="$("$root/scripts/setup.sh")"
 py="$venv/bin/python"
 export MINIPUZZLE_KERNELS_CUDA="${MINIPUZZLE_KERNELS_CUDA:-0}"
 
-# pytest is pinned here, not in requirements-test.txt: that file's hash names the venv, so adding to it would make
-# every checkout rebuild the whole environment (torch included).
+# pytest, and wheel (setuptools 65's pip build needs it), are pinned here, not in requirements-test.txt: that file's
+# hash names the venv, so adding to it would make every checkout rebuild the whole environment (torch included).
 "$py" -c 'import pytest' 2>/dev/null || "$py" -m pip install -q "pytest==9.2.0"
+"$py" -c 'import wheel' 2>/dev/null || "$py" -m pip install -q "wheel==0.48.0"
 
 # Reinstall only when something the build reads changed: a hash of those files (and the CUDA switch) is the stamp.
 sources=$(cd "$root" && find python/setup.py python/pyproject.toml python/minipuzzle_kernels src/kernels \

@@ -77,11 +77,12 @@ def fused_linear_jsd(student_input: torch.Tensor, student_weight: torch.Tensor, 
 
 def kl_div(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean", log_target: bool = False,
            eps: float = 1e-10) -> torch.Tensor:
-    """Liger's liger_kl_div / torch's kl_div on a vocabulary's last dimension: input holds the student's
+    """Liger's liger_kl_div / torch's kl_div over the last (vocabulary) dimension: input holds the student's
     log-probabilities, target the teacher's probabilities (log-probabilities with log_target). Runs the fused
-    forward-KL kernel, which log-softmaxes its inputs (a no-op on log-probabilities). reduction: mean (sum /
-    numel, torch's and Liger's default), batchmean (sum / input.size(0)) or sum. Target entries of 0 contribute 0. No gradient
-    reaches the target (eps is accepted for Liger's signature; zeros are exact here)."""
+    forward-KL kernel, which log-softmaxes its input again (the identity on log-probabilities; the gradient that
+    reaches the logits before a log_softmax is kl_div's). reduction: mean (sum / numel, torch's and Liger's
+    default), batchmean (sum / input.size(0)) or sum; no "none". Target entries of 0 contribute 0; no gradient
+    reaches the target; eps is accepted for Liger's signature (zeros are exact here)."""
     if reduction not in ("batchmean", "sum", "mean"):
         raise ValueError(f"kl_div: reduction is '{reduction}'; supported: batchmean, sum, mean")
     teacher = target if log_target else torch.log(target)

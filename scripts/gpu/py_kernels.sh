@@ -14,21 +14,31 @@ log "building bench_kd_loss bench_linear_kd (build-gpu) in the background"
 ( gpu_build bench_kd_loss bench_linear_kd > "$OUT/py_bench_build.log" 2>&1 ) &
 bench_build_pid=$!
 
-# The package goes to a private folder (no change to the host's Python); the build uses the host's torch.
+# Everything goes to a private folder (no change to the host's Python); the build uses the host's torch.
+# pytest and wheel come from .carry/wheels (scripts/gpu/make_carry.sh) when the host lacks them: it is offline.
 pkg="$(mktemp -d)"
+for mod in pytest wheel; do
+  python3 -c "import $mod" 2>/dev/null && continue
+  python3 -m pip install -q --no-index --find-links .carry/wheels --target "$pkg" "$mod" > /dev/null 2>&1 \
+    && log "$mod from .carry/wheels" || log "$mod is missing on this host and not in .carry/wheels"
+done
+export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}"
 log "pip install ./python (CUDA kernels, sm_90a) into $pkg"
 start=$(date +%s)
 MINIPUZZLE_KERNELS_CUDA=1 MAX_JOBS="$(nproc)" python3 -m pip install --no-build-isolation --no-deps --target "$pkg" \
   ./python > "$OUT/py_pip_install.log" 2>&1
 pip_rc=$?
-log "pip install rc=$pip_rc in $(( $(date +%s) - start )) s"
-[ "$pip_rc" = 0 ] || tail -30 "$OUT/py_pip_install.log"
-export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}"
-python3 -c 'import minipuzzle_kernels as m; print("built_with_cuda", m.built_with_cuda(), m.__file__)' \
-  >> "$OUT/py_log.txt" 2>&1
-
-python3 -c 'import pytest' 2>/dev/null || python3 -m pip install -q --target "$pkg" pytest > /dev/null 2>&1 \
-  || log "pytest is not installed and could not be installed"
+if [ "$pip_rc" != 0 ]; then
+  # Without pip's wheel machinery the same build runs in place (setuptools alone, which torch's cpp_extension needs).
+  tail -20 "$OUT/py_pip_install.log"
+  log "pip install failed (rc $pip_rc); building in place with setup.py build_ext instead"
+  (cd python && MINIPUZZLE_KERNELS_CUDA=1 MAX_JOBS="$(nproc)" python3 setup.py build_ext --inplace) \
+    >> "$OUT/py_pip_install.log" 2>&1 || { log "build_ext failed too"; tail -30 "$OUT/py_pip_install.log"; }
+  export PYTHONPATH="$root/python:$PYTHONPATH"
+fi
+log "package built (rc $pip_rc) in $(( $(date +%s) - start )) s"
+python3 -c 'import minipuzzle_kernels as m; print("built_with_cuda", m.built_with_cuda(), m.__file__)' 2>&1 \
+  | tail -1 | tee -a "$OUT/py_log.txt"
 for dev in cuda cpu; do
   log "pytest on $dev"
   (cd python/tests && MINIPUZZLE_TEST_DEVICE=$dev timeout 240 python3 -m pytest -q -p no:cacheprovider \
