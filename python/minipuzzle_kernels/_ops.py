@@ -1,15 +1,14 @@
-"""Fake (meta) kernels and autograd for the minipuzzle:: custom ops, registered with torch.library.
+"""Fake (meta) kernels for the minipuzzle:: custom ops, registered with torch.library.
 
 The C++ ops (csrc/ops.cpp) return the loss together with the gradient for a loss gradient of 1 (the kernels
-make both in one pass). Autograd saves that gradient and, at backward, scales it in place by the incoming loss
-gradient (minipuzzle::scale_grad_, a no-op for the usual 1.0). The fake kernels give torch.compile the output
-shapes and dtypes, so a loss built on these ops traces with fullgraph=True.
+make both in one pass); their autograd kernels (C++, Autograd key) save that gradient and, at backward, scale it
+in place by the incoming loss gradient (minipuzzle::scale_grad_, a no-op for the usual 1.0). The fake kernels
+give torch.compile the output shapes and dtypes, so a loss built on these ops traces with fullgraph=True.
 """
 import torch
 
 from . import _C  # noqa: F401  (loads the library: TORCH_LIBRARY(minipuzzle, ...))
 
-_lib = torch.ops.minipuzzle
 
 
 @torch.library.register_fake("minipuzzle::kd_loss")
@@ -48,45 +47,3 @@ def _linear_kd_fake(student_input, student_weight, teacher_input, teacher_weight
 @torch.library.register_fake("minipuzzle::scale_grad_")
 def _scale_grad_fake(grad, grad_output):
     return None
-
-
-def _kd_loss_setup(ctx, inputs, output):
-    ctx.compute_grad = inputs[-1]
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(output[1])
-
-
-def _kd_loss_backward(ctx, grad_loss, _unused):
-    if not ctx.compute_grad:
-        raise RuntimeError("minipuzzle::kd_loss was called with compute_grad=False, so it has no gradient to hand "
-                           "out; call it with compute_grad=True (the Python wrappers decide from requires_grad)")
-    (grad,) = ctx.saved_tensors
-    _lib.scale_grad_(grad, grad_loss)
-    return (grad,) + (None,) * 10
-
-
-torch.library.register_autograd("minipuzzle::kd_loss", _kd_loss_backward, setup_context=_kd_loss_setup)
-
-
-def _linear_kd_setup(ctx, inputs, output):
-    ctx.want = (inputs[15], inputs[16])  # grad_input, grad_weight
-    ctx.mark_non_differentiable(output[1], output[2])
-    ctx.save_for_backward(output[1], output[2])
-
-
-def _linear_kd_backward(ctx, grad_loss, _unused_input, _unused_weight):
-    grad_input, grad_weight = ctx.saved_tensors
-    out = []
-    for want, grad, name in zip(ctx.want, (grad_input, grad_weight), ("grad_input", "grad_weight")):
-        if not want:
-            if ctx.needs_input_grad[len(out)]:
-                raise RuntimeError(f"minipuzzle::linear_kd was called with {name}=False but autograd needs that "
-                                   "gradient; the Python wrappers decide from requires_grad")
-            out.append(None)
-            continue
-        _lib.scale_grad_(grad, grad_loss)
-        out.append(grad)
-    return tuple(out) + (None,) * 15
-
-
-torch.library.register_autograd("minipuzzle::linear_kd", _linear_kd_backward, setup_context=_linear_kd_setup)

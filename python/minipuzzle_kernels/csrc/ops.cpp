@@ -3,11 +3,13 @@
 // kd_binding.cpp, linear_kd.cpp, kd_loss_cpu.cpp and, in CUDA builds, kd_loss*.cu, kd_scale_grad.cu).
 //
 // Each forward op returns the loss together with the gradient(s) for a loss gradient of 1, because the kernels
-// make both in one pass (the same design as the C++ autograd functions). Autograd and the fake (meta) kernels
-// are registered from Python (minipuzzle_kernels/_ops.py) with torch.library.register_autograd/register_fake:
-// that is the route torch.compile traces without graph breaks. Options travel as plain schema arguments (str,
-// float, int, bool) so the ops need no custom classes.
+// make both in one pass (the same design as the C++ autograd functions). Autograd is a C++ kernel on the Autograd
+// key (below); the fake (meta) kernels are registered from Python (minipuzzle_kernels/_ops.py, register_fake), so
+// torch.compile traces the ops without graph breaks. Options travel as plain schema arguments (str, float, int,
+// bool) so the ops need no custom classes.
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -98,6 +100,107 @@ void scale_grad_op(at::Tensor& grad, const at::Tensor& grad_output) {
   MP_CHECK(scaled.is_same(grad), "minipuzzle scale_grad_: internal error, the gradient was not scaled in place");
 }
 
+// Autograd, in C++ on the Autograd key: the Python autograd route (register_autograd) cost ~10x the dispatcher's
+// own overhead per call, which the GPU path cannot hide at ~2 ms a loss. Forward and backward call the ops through
+// the dispatcher (never the functions above directly), so torch.compile's AOTAutograd traces them with the fake
+// kernels and records minipuzzle::kd_loss / linear_kd / scale_grad_ in the forward and backward graphs.
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+at::Tensor scaled(at::Tensor grad, const at::Tensor& grad_output) {
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("minipuzzle::scale_grad_", "").typed<void(
+      at::Tensor&, const at::Tensor&)>();
+  op.call(grad, grad_output);
+  return grad;
+}
+
+struct KdLossAutograd : public torch::autograd::Function<KdLossAutograd> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& student_logits,
+                               const at::Tensor& teacher_logits, const std::optional<at::Tensor>& labels,
+                               c10::string_view divergence, double temperature, double jsd_beta, double kd_weight,
+                               double ce_weight, int64_t ignore_index, c10::string_view reduction,
+                               bool compute_grad) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("minipuzzle::kd_loss", "").typed<decltype(
+        kd_loss_op)>();
+    auto [loss, grad] = op.call(student_logits, teacher_logits, labels, divergence, temperature, jsd_beta, kd_weight,
+                                ce_weight, ignore_index, reduction, compute_grad);
+    ctx->saved_data["compute_grad"] = compute_grad;
+    ctx->save_for_backward({grad});
+    ctx->mark_non_differentiable({grad});
+    return {loss, grad};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    MP_CHECK(ctx->saved_data["compute_grad"].toBool(), "minipuzzle::kd_loss was called with compute_grad=False, so ",
+             "it has no gradient to hand out; call it with compute_grad=True (the Python wrappers decide from ",
+             "requires_grad)");
+    // Scaled in place: a second backward through the same graph then fails on the saved tensor's version.
+    at::Tensor grad = scaled(ctx->get_saved_variables()[0], grad_outputs[0]);
+    variable_list out(11);
+    out[0] = grad;
+    return out;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> kd_loss_autograd_kernel(
+    const at::Tensor& student_logits, const at::Tensor& teacher_logits, const std::optional<at::Tensor>& labels,
+    c10::string_view divergence, double temperature, double jsd_beta, double kd_weight, double ce_weight,
+    int64_t ignore_index, c10::string_view reduction, bool compute_grad) {
+  variable_list r = KdLossAutograd::apply(student_logits, teacher_logits, labels, divergence, temperature, jsd_beta,
+                                          kd_weight, ce_weight, ignore_index, reduction, compute_grad);
+  return {r[0], r[1]};
+}
+
+struct LinearKdAutograd : public torch::autograd::Function<LinearKdAutograd> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& student_input, const at::Tensor& student_weight,
+                               const std::optional<at::Tensor>& teacher_input,
+                               const std::optional<at::Tensor>& teacher_weight,
+                               const std::optional<at::Tensor>& teacher_logits,
+                               const std::optional<at::Tensor>& labels, c10::string_view divergence,
+                               double temperature, double jsd_beta, double kd_weight, double ce_weight,
+                               int64_t ignore_index, c10::string_view reduction, int64_t token_chunk,
+                               int64_t logits_buffer_bytes, bool grad_input, bool grad_weight) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("minipuzzle::linear_kd", "").typed<decltype(
+        linear_kd_op)>();
+    auto [loss, gi, gw] = op.call(student_input, student_weight, teacher_input, teacher_weight, teacher_logits, labels,
+                                  divergence, temperature, jsd_beta, kd_weight, ce_weight, ignore_index, reduction,
+                                  token_chunk, logits_buffer_bytes, grad_input, grad_weight);
+    ctx->saved_data["grad_input"] = grad_input;
+    ctx->saved_data["grad_weight"] = grad_weight;
+    ctx->save_for_backward({gi, gw});
+    ctx->mark_non_differentiable({gi, gw});
+    return {loss, gi, gw};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    variable_list saved = ctx->get_saved_variables();
+    variable_list out(17);
+    const char* names[2] = {"grad_input", "grad_weight"};
+    for (int i = 0; i < 2; ++i) {
+      if (!ctx->saved_data[names[i]].toBool()) {
+        MP_CHECK(!ctx->needs_input_grad(i), "minipuzzle::linear_kd was called with ", names[i], "=False but autograd ",
+                 "needs that gradient; the Python wrappers decide from requires_grad");
+        continue;
+      }
+      out[i] = scaled(saved[i], grad_outputs[0]);
+    }
+    return out;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_kd_autograd_kernel(
+    const at::Tensor& student_input, const at::Tensor& student_weight, const std::optional<at::Tensor>& teacher_input,
+    const std::optional<at::Tensor>& teacher_weight, const std::optional<at::Tensor>& teacher_logits,
+    const std::optional<at::Tensor>& labels, c10::string_view divergence, double temperature, double jsd_beta,
+    double kd_weight, double ce_weight, int64_t ignore_index, c10::string_view reduction, int64_t token_chunk,
+    int64_t logits_buffer_bytes, bool grad_input, bool grad_weight) {
+  variable_list r = LinearKdAutograd::apply(student_input, student_weight, teacher_input, teacher_weight,
+                                            teacher_logits, labels, divergence, temperature, jsd_beta, kd_weight,
+                                            ce_weight, ignore_index, reduction, token_chunk, logits_buffer_bytes,
+                                            grad_input, grad_weight);
+  return {r[0], r[1], r[2]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(minipuzzle, m) {
@@ -119,6 +222,11 @@ TORCH_LIBRARY_IMPL(minipuzzle, CPU, m) {
   m.impl("kd_loss", &kd_loss_op);
   m.impl("linear_kd", &linear_kd_op);
   m.impl("scale_grad_", &scale_grad_op);
+}
+
+TORCH_LIBRARY_IMPL(minipuzzle, Autograd, m) {
+  m.impl("kd_loss", &kd_loss_autograd_kernel);
+  m.impl("linear_kd", &linear_kd_autograd_kernel);
 }
 
 #ifdef MINIPUZZLE_WITH_CUDA
