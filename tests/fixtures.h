@@ -19,6 +19,7 @@ struct Path {
   const std::string& string() const { return s; }
   operator const std::string&() const { return s; }
   Path filename() const { return Path(mp::fs::filename(s)); }
+  Path parent_path() const { return Path(mp::fs::parent(s)); }
   std::string extension() const { return mp::fs::extension(s); }
   bool operator==(const Path& o) const { return s == o.s; }
   bool operator<(const Path& o) const { return s < o.s; }
