@@ -16,6 +16,7 @@
 #include <fstream>
 
 #include "distill/report.h"
+#include "distill/router_load.h"
 #include "distill/trainer_state.h"
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/distill.h"
@@ -128,6 +129,10 @@ json Job::evaluate() {
   const int64_t n = std::min(valid_->size(), std::max<int64_t>(1, (o_.eval_tokens + o_.seq_len - 1) / o_.seq_len));
   const int64_t V = student_->config().vocab_size;
   at::Tensor sums = at::zeros({3}, at::kDouble);  // CE sum, KL sum, tokens
+  const bool moe = student_->config().count(LayerType::Moe) > 0;
+  RouterLoad load(student_->config());
+  ForwardOptions fo;
+  if (moe) fo.observer = &load;
   std::vector<int64_t> mine;
   for (int64_t i = rank_; i < n; i += world_) mine.push_back(i);
   for (size_t first = 0; first < mine.size(); first += size_t(o_.micro_batch)) {
@@ -139,7 +144,7 @@ json Job::evaluate() {
       // Logits a chunk of tokens at a time, so that evaluation needs no [tokens, vocab] buffers beside the
       // optimizer state (the memory plan's "evaluation chunks" transient).
       const int64_t chunk = kEvalTokenChunk;
-      at::Tensor hs = student_->forward_hidden(input);
+      at::Tensor hs = student_->forward_hidden(input, fo);
       hs = hs.reshape({-1, hs.size(-1)});
       TeacherOutput t;
       if (teacher_) t = teacher_->run(input, /*want_hidden=*/true);
@@ -160,7 +165,7 @@ json Job::evaluate() {
       sums[2] += double(labels.numel());
       continue;
     }
-    at::Tensor logits = student_->forward(input).view({-1, V});
+    at::Tensor logits = student_->forward(input, fo).view({-1, V});
     sums[0] += at::cross_entropy_loss(logits, labels, {}, at::Reduction::Sum).item<double>();
     if (teacher_) {
       KdOptions k;  // plain KL(teacher || student) at T = 1
@@ -176,6 +181,11 @@ json Job::evaluate() {
   j["val_loss"] = sums[0].item<double>() / tokens;
   j["val_ppl"] = std::exp(j["val_loss"].get<double>());
   if (teacher_) j["val_kl"] = sums[1].item<double>() / tokens;
+  if (moe) {  // every rank observed its share of the windows: sum the counts (every rank takes part)
+    at::Tensor counts = load.packed();
+    all_reduce_sum(comm_.get(), counts);
+    j["router_load"] = load.summary(counts);
+  }
   return j;
 }
 
