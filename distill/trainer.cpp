@@ -216,6 +216,13 @@ json Job::plan_memory() {
   const ModelConfig student = load_config(o_.student);
   std::optional<ModelConfig> teacher;
   if (!o_.from_scratch) teacher = load_config(o_.teacher);
+  if (student.count(LayerType::Moe) > 0 || (teacher && teacher->count(LayerType::Moe) > 0)) {
+    // The plan's activation terms cover Mamba, attention and MLP layers; MoE layers train without a plan.
+    MP_CHECK(!o_.plan_only && o_.fit != "auto", "distill: the memory plan does not model mixture-of-experts layers "
+             "('E' in the pattern); run without --plan and --fit auto");
+    if (rank_ == 0) log_warning("distill: mixture-of-experts layers are not in the memory plan; training without one");
+    return json();
+  }
   // Planned as the CUDA trainer holds the models (bf16, kernels, fused KD) on a GPU or with --gpu-memory.
   const bool gpu = device_.is_cuda() || !o_.gpu_memory.empty();
   PlanRequest r;
