@@ -17,14 +17,14 @@ namespace mp::cli {
 namespace {
 
 struct EvalArgs {
-  std::string checkpoint, data, logits_out, tokenizer, device = "auto";
+  std::string checkpoint, data, logits_out, tokenizer, device = "auto", data_format = "auto";
   int64_t seq_len = 512, batch = 4, max_tokens = 0;
 };
 
 void run(const EvalArgs& a) {
   auto ck = Checkpoint::open(a.checkpoint);
   auto tokenizer = tokenizer_for_text(a.tokenizer, a.checkpoint);
-  TokenFile tokens = read_tokens_for_eval(a.data, tokenizer.get());
+  TokenFile tokens = open_data_argument(a.data, "--data", a.data_format, tokenizer.get(), ck.config().vocab_size);
   c10::Device device = parse_device(a.device);
   auto model = NemotronH::load(ck, device, default_dtype(device));
   EvalResult r = evaluate_lm(model, tokens.data(), int64_t(tokens.num_tokens()), a.seq_len, a.batch, a.max_tokens);
@@ -48,7 +48,9 @@ void add(CLI::App& app) {
   auto args = std::make_shared<EvalArgs>();
   CLI::App* c = app.add_subcommand("eval", "Perplexity of a checkpoint over a token file or text");
   c->add_option("checkpoint", args->checkpoint, "Hugging Face checkpoint directory")->required();
-  c->add_option("--data", args->data, "token file (minipuzzle data) or plain text")->required();
+  c->add_option("--data", args->data, "token file (minipuzzle data), Megatron PREFIX, .npy, UTF-8 text or a blend")
+      ->required();
+  add_data_format_option(c, &args->data_format);
   c->add_option("--seq-len", args->seq_len, "tokens per sequence")->capture_default_str();
   c->add_option("--batch-size", args->batch, "sequences per forward")->capture_default_str();
   c->add_option("--max-tokens", args->max_tokens, "read at most this many tokens (0: all)");
