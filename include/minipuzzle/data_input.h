@@ -58,6 +58,19 @@ std::string data_formats_help();
 // True for the names DataInputOptions::format accepts.
 bool is_data_format(const std::string& format);
 
+// ---- A multiple-choice task made from a corpus (docs/TASKS.md's schema) ----
+// "Which line comes next?": from the documents of a token file (usually the held-out split), each question's
+// context is two consecutive lines of a document and its right answer the line that follows; the wrong choices
+// are lines of other documents. Lines qualify when they are 20-100 bytes of UTF-8 text with at least 8 letters
+// (headings' underlines and code fragments drop out). Deterministic for a seed: candidates and distractors are
+// drawn by splitmix64, the right answer's slot too. The first `fewshot` questions are marked "fewshot": true.
+struct NextLineTaskOptions {
+  int64_t questions = 64, fewshot = 1, choices = 4;
+  uint64_t seed = 1;
+};
+// The JSONL text. `tokenizer` decodes the ids (null: the byte-level tokenizer).
+std::string make_next_line_task(const TokenFile& file, const Tokenizer* tokenizer, const NextLineTaskOptions& options);
+
 // ---- Megatron indexed dataset index (PREFIX.idx), exposed for the fuzz target and tests ----
 struct MegatronIndex {
   int dtype_code = 0;        // 1 uint8, 2 int8, 3 int16, 4 int32, 5 int64, 6 float64, 7 float32, 8 uint16

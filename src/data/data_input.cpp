@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -17,6 +18,7 @@
 
 #include "minipuzzle/error.h"
 #include "minipuzzle/fs.h"
+#include "minipuzzle/json.h"
 #include "minipuzzle/tokenizer.h"
 #include "src/data/tokenizer_impl.h"
 
@@ -387,6 +389,96 @@ TokenFile open_data(const std::string& spec, const DataInputOptions& options) {
     return open_blend(spec, parts, options);
   }
   return open_one(spec, options);
+}
+
+// ---- next-line task ----
+
+namespace {
+
+uint64_t mix(uint64_t x) {  // splitmix64 of x: a fixed, portable draw
+  uint64_t z = x + 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+bool good_line(const std::string& line) {
+  if (line.size() < 20 || line.size() > 100) return false;
+  int letters = 0;
+  for (size_t i = 0; i < line.size();) {
+    size_t n = detail::utf8_valid_length(line, i);
+    if (n == 0 || line[i] == '\t') return false;
+    if (n == 1 && std::isalpha(static_cast<unsigned char>(line[i]))) ++letters;
+    i += n;
+  }
+  return letters >= 8;
+}
+
+}  // namespace
+
+std::string make_next_line_task(const TokenFile& file, const Tokenizer* tokenizer, const NextLineTaskOptions& o) {
+  MP_CHECK(o.questions > 0 && o.fewshot >= 0 && o.choices >= 2, "next-line task: need questions > 0, fewshot >= 0 ",
+           "and choices >= 2");
+  Tokenizer fallback = Tokenizer::byte_level();
+  const Tokenizer& tok = tokenizer ? *tokenizer : fallback;
+  const std::optional<uint32_t> eos = file.eos_id();
+  // Every qualifying line (document, text), and every position whose two previous lines also qualify.
+  struct Line {
+    uint64_t doc;
+    std::string text;
+    bool follows_two;  // the two lines before it, in the same document, qualify too
+  };
+  std::vector<Line> lines;
+  std::vector<size_t> candidates;
+  for (uint64_t d = 0; d < file.num_documents(); ++d) {
+    TokenSpan span = file.document(d);
+    std::vector<uint32_t> ids;
+    for (uint32_t id : span)
+      if (!eos || id != *eos) ids.push_back(id);
+    const std::string text = tok.decode(ids);
+    int run = 0;
+    size_t start = 0;
+    while (start <= text.size()) {
+      size_t end = text.find('\n', start);
+      if (end == std::string::npos) end = text.size();
+      std::string line = text.substr(start, end - start);
+      while (!line.empty() && (line.back() == ' ' || line.back() == '\r')) line.pop_back();
+      if (good_line(line)) {
+        lines.push_back({d, line, run >= 2});
+        if (run >= 2) candidates.push_back(lines.size() - 1);
+        ++run;
+      } else {
+        run = 0;
+      }
+      start = end + 1;
+    }
+  }
+  const int64_t wanted = o.questions + o.fewshot;
+  MP_CHECK(int64_t(candidates.size()) >= wanted && lines.size() >= size_t(4 * o.choices), "next-line task: ",
+           file.path(), " has ", candidates.size(), " lines that follow two others, fewer than the ", wanted,
+           " questions asked for");
+  // A seeded Fisher-Yates shuffle of the candidates; the first `wanted` become questions.
+  for (size_t i = candidates.size() - 1; i > 0; --i)
+    std::swap(candidates[i], candidates[mix(o.seed * 1000003 + i) % (i + 1)]);
+  std::string out;
+  for (int64_t q = 0; q < wanted; ++q) {
+    const size_t at = candidates[size_t(q)];
+    const Line& right = lines[at];
+    std::vector<std::string> choices{right.text};
+    for (uint64_t draw = 0; int64_t(choices.size()) < o.choices; ++draw) {
+      MP_CHECK(draw < 100000, "next-line task: ", file.path(), " has too few distinct lines in other documents");
+      const Line& other = lines[mix(mix(o.seed + 7) + uint64_t(q) * 7919 + draw) % lines.size()];
+      if (other.doc == right.doc || std::find(choices.begin(), choices.end(), other.text) != choices.end()) continue;
+      choices.push_back(other.text);
+    }
+    const int64_t slot = int64_t(mix(o.seed * 31 + uint64_t(q)) % uint64_t(o.choices));
+    std::swap(choices[0], choices[size_t(slot)]);
+    json row{{"context", lines[at - 2].text + "\n" + lines[at - 1].text + "\n"}, {"choices", choices},
+             {"answer", slot}};
+    if (q < o.fewshot) row["fewshot"] = true;
+    out += row.dump() + "\n";
+  }
+  return out;
 }
 
 // ---- Megatron index ----
