@@ -12,7 +12,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
+#include "minipuzzle/fs.h"
 #include <fstream>
 #include <string>
 
@@ -94,8 +94,8 @@ int main(int argc, char** argv) {
   ModelConfig teacher_cfg = tiny ? make_config(192, 384, "M-M*M-", 4, 2, 16, 512)
                                  : make_config(3072, 12288, "M-M-M*-M-M-M-M*-M-M-", 24, 8, 96, 131072);
   if (!config_dir.empty()) {
-    std::filesystem::create_directories(config_dir + "/student");
-    std::filesystem::create_directories(config_dir + "/teacher");
+    mp::fs::create_directories(config_dir + "/student");
+    mp::fs::create_directories(config_dir + "/teacher");
     std::ofstream(config_dir + "/student/config.json") << student_cfg.to_json().dump(2);
     std::ofstream(config_dir + "/teacher/config.json") << teacher_cfg.to_json().dump(2);
   }

@@ -10,7 +10,7 @@
 
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
+#include "minipuzzle/fs.h"
 #include <random>
 
 #include "minipuzzle/checkpoint.h"
@@ -66,7 +66,7 @@ int main(int argc, char** argv) {
            {"mlp_bias", false},
            {"torch_dtype", "bfloat16"}};
   ModelConfig config = ModelConfig::from_json(cfg, "synthetic config");
-  std::filesystem::create_directories(out);
+  mp::fs::create_directories(out);
   const std::string parent = out + "/parent";
   auto t0 = std::chrono::steady_clock::now();
 

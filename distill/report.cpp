@@ -3,12 +3,11 @@
 #include "distill/report.h"
 
 #include <cmath>
-#include <filesystem>
 
 #include "minipuzzle/interrupt.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/report.h"
 
-namespace fs = std::filesystem;
 
 namespace mp::distill {
 
@@ -44,8 +43,8 @@ void write_training_report(const DistillOptions& o, const TrainerState& st, int6
   plot.x_label = "step";
   plot.y_label = "loss (nats/token)";
   const std::string svg = series.empty() ? std::string() : line_plot(series, plot);
-  const fs::path out(o.out_dir);
-  if (!svg.empty()) write_text_file((out / "loss.svg").string(), svg);
+  const std::string& out = o.out_dir;
+  if (!svg.empty()) write_text_file(fs::join(out, "loss.svg"), svg);
 
   const char* status = exit_code == 0 ? "finished" : exit_code == kExitInterrupted ? "interrupted (resumable)"
                                                                                     : "stopped: non-finite loss";
@@ -69,12 +68,12 @@ void write_training_report(const DistillOptions& o, const TrainerState& st, int6
   page.key_values(kv);
   if (!svg.empty()) page.figure(svg, "Train loss per step; validation loss and KL(teacher || student) per evaluation.");
   page.table(evals, "Evaluations");
-  page.write((out / "report.html").string());
+  page.write(fs::join(out, "report.html"));
 
   std::string md = "# minipuzzle distill\n\n";
   for (auto& [k, v] : kv) md += "- **" + k + "**: " + v + "\n";
   md += "\n![loss curves](loss.svg)\n\n## Evaluations\n\n" + evals.markdown() + "\n";
-  write_text_file((out / "report.md").string(), md);
+  write_text_file(fs::join(out, "report.md"), md);
 }
 
 }  // namespace mp::distill

@@ -10,7 +10,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <filesystem>
 #include <fstream>
 
 #include "distill/report.h"
@@ -19,12 +18,12 @@
 #include "minipuzzle/data_input.h"
 #include "minipuzzle/distill.h"
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/interrupt.h"
 #include "minipuzzle/kd.h"
 #include "minipuzzle/progress.h"
 #include "minipuzzle/tokenizer.h"
 
-namespace fs = std::filesystem;
 
 namespace mp::distill {
 namespace {
@@ -53,7 +52,7 @@ DType save_dtype(const DistillOptions& o, const Checkpoint* student_ck) {
 }
 
 // The log keeps the lines of steps up to the checkpoint: a resumed run rewrites what the killed one logged after.
-void truncate_log(const fs::path& path, int64_t last_step) {
+void truncate_log(const std::string& path, int64_t last_step) {
   if (!fs::exists(path)) return;
   std::ifstream in(path);
   std::string line, kept;
@@ -65,9 +64,7 @@ void truncate_log(const fs::path& path, int64_t last_step) {
     kept += line + "\n";
   }
   in.close();
-  const fs::path tmp = path.string() + ".tmp";
-  std::ofstream(tmp, std::ios::trunc) << kept;
-  fs::rename(tmp, path);
+  fs::write_file_atomic(path, kept);
 }
 
 class Job {
@@ -152,7 +149,7 @@ DistillResult Job::run() {
   rank_ = env.rank;
   world_ = env.world_size;
 
-  const fs::path out(o_.out_dir);
+  const std::string& out = o_.out_dir;
   if (rank_ == 0) {
     fs::create_directories(out);
     MP_CHECK(o_.resume || !fs::exists(checkpoint_dir(o_.out_dir)), "distill: ", o_.out_dir,
@@ -211,9 +208,9 @@ DistillResult Job::run() {
   bool resumed = false;
   if (o_.resume) resumed = load_trainer_state(o_.out_dir, st_, optimizer);
   if (rank_ == 0) {
-    if (resumed) truncate_log(out / "log.jsonl", st_.step);
-    log_.open(out / "log.jsonl", resumed ? std::ios::app : std::ios::trunc);
-    MP_CHECK(log_.good(), "distill: cannot write ", (out / "log.jsonl").string());
+    if (resumed) truncate_log(fs::join(out, "log.jsonl"), st_.step);
+    log_.open(fs::join(out, "log.jsonl"), resumed ? std::ios::app : std::ios::trunc);
+    MP_CHECK(log_.good(), "distill: cannot write ", fs::join(out, "log.jsonl"));
   }
   log({{"event", resumed ? "resume" : "start"}, {"total_steps", total_steps}, {"tokens_per_step", tokens_per_step},
        {"world_size", world_}, {"student_parameters", student_->num_parameters()}, {"settings", st_.settings},
@@ -308,7 +305,7 @@ DistillResult Job::run() {
       std::vector<std::string> copy;
       if (student_ck)
         for (auto& f : student_ck->extra_files()) copy.push_back(f);
-      student_->save((out / "final").string(), save_dtype(o_, student_ck.get()), copy, /*overwrite=*/true);
+      student_->save(fs::join(out, "final"), save_dtype(o_, student_ck.get()), copy, /*overwrite=*/true);
     }
   }
   if (rank_ == 0) write_training_report(o_, st_, total_steps, tokens_per_step, result.exit_code);

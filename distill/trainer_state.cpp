@@ -6,18 +6,17 @@
 #include <unistd.h>
 
 #include <cmath>
-#include <filesystem>
 #include <fstream>
 
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/report.h"
 #include "minipuzzle/safetensors.h"
 
-namespace fs = std::filesystem;
 
 namespace mp::distill {
 
-std::string checkpoint_dir(const std::string& out_dir) { return (fs::path(out_dir) / "checkpoint").string(); }
+std::string checkpoint_dir(const std::string& out_dir) { return fs::join(out_dir, "checkpoint"); }
 
 // JSON has no NaN; skipped steps are stored as null.
 static json losses_to_json(const std::vector<double>& v) {
@@ -32,11 +31,10 @@ static std::vector<double> losses_from_json(const json& a) {
 }
 
 void save_trainer_state(const std::string& out_dir, const TrainerState& state, const AdamW& optimizer) {
-  const fs::path final_dir = checkpoint_dir(out_dir);
-  const fs::path tmp = fs::path(out_dir) / ("checkpoint.tmp-" + std::to_string(getpid()));
-  const fs::path prev = fs::path(out_dir) / "checkpoint.prev";
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
+  const std::string final_dir = checkpoint_dir(out_dir);
+  const std::string tmp = fs::join(out_dir, "checkpoint.tmp-" + std::to_string(getpid()));
+  const std::string prev = fs::join(out_dir, "checkpoint.prev");
+  fs::remove_all_quietly(tmp);
   fs::create_directories(tmp);
   try {
     std::map<std::string, at::Tensor> tensors;
@@ -48,46 +46,46 @@ void save_trainer_state(const std::string& out_dir, const TrainerState& state, c
       auto gen = at::globalContext().defaultGenerator(optimizer.params()[0].device());
       tensors["rng/cuda"] = gen.get_state();
     }
-    save_safetensors((tmp / "state.safetensors").string(), tensors);
+    save_safetensors(fs::join(tmp, "state.safetensors"), tensors);
     json j{{"format", "minipuzzle-distill-checkpoint"}, {"version", 1}, {"step", state.step},
            {"cursor", state.cursor}, {"tokens", state.tokens}, {"optimizer_steps", optimizer.steps()},
            {"nonfinite_in_a_row", state.nonfinite_in_a_row}, {"skipped_steps", state.skipped_steps},
            {"train_loss", losses_to_json(state.train_loss)}, {"learning_rates", state.learning_rates},
            {"evals", state.evals}, {"settings", state.settings}};
-    report::write_text_file((tmp / "trainer.json").string(), j.dump(1) + "\n");
+    report::write_text_file(fs::join(tmp, "trainer.json"), j.dump(1) + "\n");
   } catch (...) {
-    fs::remove_all(tmp, ec);
+    fs::remove_all_quietly(tmp);
     throw;
   }
-  fs::remove_all(prev, ec);
+  fs::remove_all_quietly(prev);
   if (fs::exists(final_dir)) fs::rename(final_dir, prev);
   fs::rename(tmp, final_dir);
-  fs::remove_all(prev, ec);
+  fs::remove_all_quietly(prev);
 }
 
 bool load_trainer_state(const std::string& out_dir, TrainerState& state, AdamW& optimizer) {
-  fs::path dir = checkpoint_dir(out_dir);
-  if (!fs::exists(dir / "trainer.json")) {
-    dir = fs::path(out_dir) / "checkpoint.prev";  // interrupted between the two renames of a save
-    if (!fs::exists(dir / "trainer.json")) return false;
+  std::string dir = checkpoint_dir(out_dir);
+  if (!fs::exists(fs::join(dir, "trainer.json"))) {
+    dir = fs::join(out_dir, "checkpoint.prev");  // interrupted between the two renames of a save
+    if (!fs::exists(fs::join(dir, "trainer.json"))) return false;
   }
-  json j = read_json_file((dir / "trainer.json").string());  // corrupt file: mp::Error naming it, not a raw parse_error
-  MP_CHECK(j.value("format", "") == "minipuzzle-distill-checkpoint", dir.string(),
+  json j = read_json_file(fs::join(dir, "trainer.json"));  // corrupt file: mp::Error naming it, not a raw parse_error
+  MP_CHECK(j.value("format", "") == "minipuzzle-distill-checkpoint", dir,
            "/trainer.json is not a minipuzzle distillation checkpoint");
   // Settings that define the step sequence must match, or "resume" would silently train something else.
   for (auto& [k, v] : state.settings.items()) {
-    MP_CHECK(j["settings"].contains(k) && j["settings"][k] == v, "distill: cannot resume from ", dir.string(),
+    MP_CHECK(j["settings"].contains(k) && j["settings"][k] == v, "distill: cannot resume from ", dir,
              ": setting \"", k, "\" was ", j["settings"].value(k, json()).dump(), ", now ", v.dump(),
              "; rerun with the original settings or use a new output directory");
   }
-  auto file = SafetensorsFile::open((dir / "state.safetensors").string());
+  auto file = SafetensorsFile::open(fs::join(dir, "state.safetensors"));
   std::map<std::string, at::Tensor> tensors;
   for (auto& info : file->tensors()) tensors[info.name] = file->tensor(info.name);
   {
     at::NoGradGuard no_grad;
     for (size_t i = 0; i < optimizer.names().size(); ++i) {
       auto it = tensors.find("param/" + optimizer.names()[i]);
-      MP_CHECK(it != tensors.end(), "distill: checkpoint ", dir.string(), " lacks parameter ", optimizer.names()[i]);
+      MP_CHECK(it != tensors.end(), "distill: checkpoint ", dir, " lacks parameter ", optimizer.names()[i]);
       MP_CHECK(it->second.sizes() == optimizer.params()[i].sizes(), "distill: checkpoint parameter ",
                optimizer.names()[i], " has shape ", it->second.sizes(), ", the student has ",
                optimizer.params()[i].sizes());

@@ -1,9 +1,9 @@
 // The scoring report: Markdown + one HTML page with SVG heat maps of every score family.
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 
 #include "minipuzzle/importance.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/report.h"
 
 namespace mp {
@@ -46,7 +46,7 @@ std::string unit_heat_map(const Scores& s, LayerType type, const std::string& ti
 }  // namespace
 
 void write_scores_report(const Scores& s, const std::string& dir) {
-  std::filesystem::create_directories(dir);
+  fs::create_directories(dir);
   report::HtmlPage page("minipuzzle importance scores");
   page.key_values({{"model", s.pattern},
                    {"calibration", s.calibration.dump()},

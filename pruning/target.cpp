@@ -1,14 +1,13 @@
 // Pruning targets from JSON: a partial shape, a full student config.json, a search candidate, or a candidate
 // looked up by id in a search report (REPORT.json#id).
-#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
 
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/pruning.h"
 
-namespace fs = std::filesystem;
 
 namespace mp {
 

@@ -2,16 +2,15 @@
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
-#include <filesystem>
 
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/search.h"
 
 #ifndef MINIPUZZLE_CONFIG_DIR
 #define MINIPUZZLE_CONFIG_DIR ""
 #endif
 
-namespace fs = std::filesystem;
 
 namespace mp::search {
 
@@ -187,22 +186,21 @@ HardwareProfile HardwareProfile::from_json(const json& j, const std::string& wha
 
 std::string find_config_file(const std::string& kind, const std::string& name_or_path) {
   if (fs::exists(name_or_path) && fs::is_regular_file(name_or_path)) return name_or_path;
-  std::vector<fs::path> dirs;
-  if (const char* env = std::getenv("MINIPUZZLE_CONFIGS")) dirs.emplace_back(fs::path(env) / kind);
-  dirs.emplace_back(fs::path("configs") / kind);
-  if (*MINIPUZZLE_CONFIG_DIR) dirs.emplace_back(fs::path(MINIPUZZLE_CONFIG_DIR) / kind);
+  std::vector<std::string> dirs;
+  if (const char* env = std::getenv("MINIPUZZLE_CONFIGS")) dirs.push_back(fs::join(env, kind));
+  dirs.push_back(fs::join("configs", kind));
+  if (*MINIPUZZLE_CONFIG_DIR) dirs.push_back(fs::join(MINIPUZZLE_CONFIG_DIR, kind));
   std::string file = name_or_path;
-  if (fs::path(file).extension() != ".json") file += ".json";
+  if (fs::extension(file) != ".json") file += ".json";
   for (auto& d : dirs) {
-    fs::path p = d / file;
-    if (fs::exists(p)) return p.string();
+    const std::string p = fs::join(d, file);
+    if (fs::exists(p)) return p;
   }
   std::string known;
   for (auto& d : dirs) {
-    std::error_code ec;
-    if (!fs::is_directory(d, ec)) continue;
-    for (auto& e : fs::directory_iterator(d, ec))
-      if (e.path().extension() == ".json") known += (known.empty() ? "" : ", ") + e.path().stem().string();
+    if (!fs::is_directory(d)) continue;
+    for (const std::string& name : fs::list_directory(d))
+      if (fs::extension(name) == ".json") known += (known.empty() ? "" : ", ") + fs::stem(name);
     if (!known.empty()) break;
   }
   fail("no ", kind, " profile \"", name_or_path, "\": not a file, and not in configs/", kind,

@@ -3,13 +3,12 @@
 // parameters or importance proxy against predicted throughput with the Pareto front).
 #include <algorithm>
 #include <cstdio>
-#include <filesystem>
 
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/report.h"
 #include "minipuzzle/search.h"
 
-namespace fs = std::filesystem;
 
 namespace mp::search {
 
@@ -85,9 +84,7 @@ report::Table memory_table(const std::vector<std::pair<std::string, const Candid
 std::vector<std::string> write_search_report(const std::string& dir, const ModelConfig& parent,
                                              const HardwareProfile& hw, const SearchOptions& o,
                                              const SearchResult& r) {
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  MP_CHECK(!ec, dir, ": cannot create the report directory: ", ec.message());
+  fs::create_directories(dir);
   const double budget = o.budget.usable_bytes();
   const bool losses = std::any_of(r.candidates.begin(), r.candidates.end(),
                                   [](const Candidate& c) { return c.zero_shot_loss || c.distilled_loss; });
@@ -145,7 +142,7 @@ std::vector<std::string> write_search_report(const std::string& dir, const Model
   }
 
   // ---- JSON
-  std::string json_path = (fs::path(dir) / "report.json").string();
+  std::string json_path = fs::join(dir, "report.json");
   write_json_file(json_path, r.to_json(parent, o, hw));
 
   // ---- Markdown
@@ -156,9 +153,9 @@ std::vector<std::string> write_search_report(const std::string& dir, const Model
   md += "\n## Feasible candidates (best " + std::to_string(feasible.size()) + ")\n\n" +
         candidate_table(feasible, losses).markdown();
   md += "\n## Infeasible candidates nearest the budget\n\n" + candidate_table(infeasible, false).markdown();
-  md += "\nCandidate ids are stable: prune one with `minipuzzle prune --target " + (fs::path(dir) / "report.json").string() +
+  md += "\nCandidate ids are stable: prune one with `minipuzzle prune --target " + fs::join(dir, "report.json") +
         "#<id>`. Formulas: search/MEMORY_MODEL.md.\n";
-  std::string md_path = (fs::path(dir) / "report.md").string();
+  std::string md_path = fs::join(dir, "report.md");
   report::write_text_file(md_path, md);
 
   // ---- HTML
@@ -252,7 +249,7 @@ std::vector<std::string> write_search_report(const std::string& dir, const Model
   page.table(candidate_table(infeasible, false));
   page.paragraph("Prune a candidate with minipuzzle prune --target " + json_path +
                  "#<id>. The memory model's formulas are in search/MEMORY_MODEL.md.");
-  std::string html_path = (fs::path(dir) / "report.html").string();
+  std::string html_path = fs::join(dir, "report.html");
   page.write(html_path);
   return {json_path, md_path, html_path};
 }

@@ -2,13 +2,12 @@
 // the parent config, the hardware profile and SearchOptions. The CLI overlays the flags it was given on the file.
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 #include <set>
 
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/search.h"
 
-namespace fs = std::filesystem;
 
 namespace mp::search {
 
@@ -205,7 +204,7 @@ PreparedSearch prepare_search(const SearchRequest& request) {
   if (v.contains("reference"))
     for (auto& r : v.at("reference")) {
       const std::string name = r.get<std::string>();
-      o.references.emplace_back(fs::path(name).stem().string(), load_model_source(name));
+      o.references.emplace_back(fs::stem(name), load_model_source(name));
     }
   return p;
 }

@@ -21,7 +21,7 @@ std::string parent(const std::string& path);     // "a/b/c" -> "a/b"; "c" -> "";
 std::string filename(const std::string& path);   // "a/b.json" -> "b.json"; trailing '/' ignored
 std::string stem(const std::string& path);       // "a/b.json" -> "b"
 std::string extension(const std::string& path);  // "a/b.json" -> ".json"; "a/.hidden" -> ""
-std::string absolute(const std::string& path);   // joined to the working directory (not normalised)
+std::string absolute(const std::string& path);   // joined to the working directory; no trailing '/'
 std::string temp_directory();                    // $TMPDIR, else /tmp
 
 // --- queries (false on any error: a missing or unreadable path is simply "not there") ---

@@ -4,13 +4,12 @@
 #include <c10/core/GradMode.h>
 
 #include <cstdio>
-#include <filesystem>
 
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/error.h"
 #include "minipuzzle/evaluate.h"
-#include "minipuzzle/model.h"
 #include "minipuzzle/fs.h"
+#include "minipuzzle/model.h"
 #include "minipuzzle/safetensors.h"
 #include "minipuzzle/tasks.h"
 #include "minipuzzle/token_file.h"
@@ -51,7 +50,7 @@ void run(const EvalArgs& a) {
       at::Tensor logits = model.forward(ids.to(device)).cpu();
       std::string tmp = a.logits_out + ".tmp";
       save_safetensors(tmp, {{"input_ids", ids}, {"logits", logits}});
-      std::filesystem::rename(tmp, a.logits_out);
+      fs::rename(tmp, a.logits_out);
     }
     j.update(json{{"data", a.data}, {"seq_len", a.seq_len}, {"sequences", r.sequences},
                   {"predicted_tokens", r.predicted_tokens}, {"loss", r.loss}, {"perplexity", r.perplexity}});
@@ -76,7 +75,7 @@ void run(const EvalArgs& a) {
           row["task"] = name;
           text += row.dump() + "\n";
         }
-      ::mp::fs::write_file_atomic(a.tasks_details, text);
+      fs::write_file_atomic(a.tasks_details, text);
     }
   }
   std::printf("%s\n", j.dump(2).c_str());

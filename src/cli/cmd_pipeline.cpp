@@ -14,20 +14,19 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
 
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/interrupt.h"
 #include "minipuzzle/progress.h"
 #include "minipuzzle/report.h"
 #include "minipuzzle/search.h"
 #include "src/cli/command.h"
 
-namespace fs = std::filesystem;
 
 namespace mp::cli {
 namespace {
@@ -76,7 +75,7 @@ class Vars {
   }
 };
 
-std::string self_path() { return fs::read_symlink("/proc/self/exe").string(); }
+std::string self_path() { return fs::read_symlink("/proc/self/exe"); }
 
 std::string quote(const std::string& s) {
   std::string q = "'";
@@ -224,8 +223,8 @@ void run(const PipelineArgs& a) {
   MP_CHECK(recipe.contains("stages") && recipe["stages"].is_array(), a.config, ": a recipe needs a \"stages\" list");
   Vars vars;
   // ${source}: the directory that holds configs/ (recipes name model configs relative to it).
-  fs::path cfg = fs::absolute(a.config);
-  vars.values["source"] = cfg.parent_path().parent_path().parent_path().string();
+  const std::string cfg = fs::absolute(a.config);
+  vars.values["source"] = fs::parent(fs::parent(fs::parent(cfg)));
   const json recipe_vars = recipe.value("vars", json::object());
   for (auto& [k, v] : recipe_vars.items()) vars.values[k] = v.is_string() ? v.get<std::string>() : v.dump();
   for (auto& s : a.sets) {
@@ -234,7 +233,7 @@ void run(const PipelineArgs& a) {
     vars.values[s.substr(0, eq)] = s.substr(eq + 1);
   }
   std::string run = a.run_dir.empty() ? vars.expand(recipe.value("run_dir", std::string("runs/") + recipe.value("name", "run"))) : a.run_dir;
-  run = fs::absolute(run).string();
+  run = fs::absolute(run);
   vars.values["run"] = run;
   fs::create_directories(run + "/logs");
   write_json_file(run + "/recipe.json", json{{"recipe", recipe}, {"vars", vars.values}});
@@ -256,7 +255,7 @@ void run(const PipelineArgs& a) {
       if (stage.contains("resume_when") && fs::exists(vars.expand(stage["resume_when"].get<std::string>())))
         args.push_back("--resume");
       std::string out = stage.contains("stdout") ? vars.expand(stage["stdout"].get<std::string>()) : "";
-      if (!out.empty()) fs::create_directories(fs::path(out).parent_path());
+      if (!out.empty()) fs::create_directories(fs::parent(out));
       progress.message("stage " + name + ": minipuzzle " + args.front() + " ...");
       std::string log = run + "/logs/" + name + ".log";
       int code = run_stage(args, log, out);

@@ -3,18 +3,17 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <filesystem>
 #include <memory>
 #include <sstream>
 
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/importance.h"
 #include "minipuzzle/progress.h"
 #include "minipuzzle/pruning.h"
 #include "src/cli/command.h"
 
-namespace fs = std::filesystem;
 
 namespace mp::cli {
 namespace {
@@ -91,22 +90,19 @@ void run(const PruneArgs& a) {
   }
 
   // The plan travels with the pruned checkpoint (kept indices: what distillation or a later audit needs).
-  fs::path scratch = fs::temp_directory_path() / ("minipuzzle-prune-" + std::to_string(::getpid()));
+  const std::string scratch = fs::join(fs::temp_directory(), "minipuzzle-prune-" + std::to_string(::getpid()));
   fs::create_directories(scratch);
   struct Cleanup {
-    fs::path p;
-    ~Cleanup() {
-      std::error_code ec;
-      fs::remove_all(p, ec);
-    }
+    std::string p;
+    ~Cleanup() { fs::remove_all_quietly(p); }
   } cleanup{scratch};
   json provenance{{"summary", summary}, {"plan", plan.to_json()}};
-  write_json_file((scratch / "minipuzzle_prune.json").string(), provenance);
+  write_json_file(fs::join(scratch, "minipuzzle_prune.json"), provenance);
 
   PruneOptions options;
   options.overwrite = a.overwrite;
   options.max_shard_bytes = static_cast<uint64_t>(a.max_shard_gib * double(1ull << 30));
-  options.extra_files = {(scratch / "minipuzzle_prune.json").string()};
+  options.extra_files = {fs::join(scratch, "minipuzzle_prune.json")};
   prune_checkpoint(ck, plan, a.output, options);
   if (!a.summary_json.empty()) write_json_file(a.summary_json, summary);
   log_info("wrote " + a.output);

@@ -1,9 +1,9 @@
 // minipuzzle score CKPT --calib FILE --samples N --seq-len L -o scores.json
-#include <filesystem>
 #include <memory>
 
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/importance.h"
 #include "minipuzzle/model.h"
 #include "minipuzzle/progress.h"

@@ -7,18 +7,17 @@
 // (e.g. nemotron-nano-12b-v2). --config is a search written as JSON (the same names as the flags; see
 // configs/search/); flags given on the command line override it. Writes REPORT_DIR/report.{json,md,html};
 // candidates are addressed as REPORT_DIR/report.json#<id> by `minipuzzle prune --target`.
-#include <filesystem>
 #include <memory>
 #include <sstream>
 
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/progress.h"
 #include "minipuzzle/search.h"
 #include "src/cli/command.h"
 #include "src/cli/common.h"
 #include "src/cli/search_stages.h"
 
-namespace fs = std::filesystem;
 
 namespace mp::cli {
 namespace {

@@ -5,12 +5,12 @@
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 
-#include <filesystem>
 #include <memory>
 
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/distill.h"
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/evaluate.h"
 #include "minipuzzle/importance.h"
 #include "minipuzzle/model.h"
@@ -18,7 +18,6 @@
 #include "minipuzzle/token_file.h"
 #include "src/cli/common.h"
 
-namespace fs = std::filesystem;
 
 namespace mp::cli {
 
@@ -100,20 +99,20 @@ void attach_search_stages(search::SearchOptions& options, const ModelConfig& par
   options.distill_top = distill_top;
   options.distill_loss = [ctx, valid](const ModelConfig& student, const std::vector<int64_t>& dropped) {
     const SearchStageOptions& o = ctx->o;
-    const fs::path dir = fs::path(o.report_dir) / "stage3" / candidate_dir_name(student, dropped);
+    const std::string dir = fs::join(fs::join(o.report_dir, "stage3"), candidate_dir_name(student, dropped));
     fs::remove_all(dir);  // a previous search's leftovers for this id
     fs::create_directories(dir);
     PruneOptions po;
     po.overwrite = true;
-    prune_checkpoint(*ctx->checkpoint, ctx->plan(student, dropped), (dir / "student").string(), po);
+    prune_checkpoint(*ctx->checkpoint, ctx->plan(student, dropped), fs::join(dir, "student"), po);
     distill::DistillOptions d;
     d.teacher = o.checkpoint;
-    d.student = (dir / "student").string();
+    d.student = fs::join(dir, "student");
     d.train_data = o.distill_data;
     d.valid_data = valid;
     d.data_format = o.data_format;
     d.tokenizer = o.tokenizer;
-    d.out_dir = (dir / "distill").string();
+    d.out_dir = fs::join(dir, "distill");
     d.tokens = o.distill_tokens;
     d.seq_len = o.seq_len;
     d.micro_batch = o.distill_micro_batch;
@@ -126,7 +125,7 @@ void attach_search_stages(search::SearchOptions& options, const ModelConfig& par
     d.threads = o.threads;
     d.device = ctx->device.is_cuda() ? "cuda" : "cpu";
     distill::DistillResult r = distill::run_distillation(d);
-    MP_CHECK(r.exit_code == 0 && r.last_eval.contains("val_loss"), "search: the stage-3 distillation of ", dir.string(),
+    MP_CHECK(r.exit_code == 0 && r.last_eval.contains("val_loss"), "search: the stage-3 distillation of ", dir,
              " did not finish (exit code ", r.exit_code, ")");
     return r.last_eval.at("val_loss").get<double>();
   };

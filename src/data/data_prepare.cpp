@@ -6,19 +6,18 @@
 #include <condition_variable>
 #include <cstring>
 #include <exception>
-#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <thread>
 
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/interrupt.h"
 #include "minipuzzle/token_file.h"
 #include "minipuzzle/tokenizer.h"
 
 namespace mp {
 
-namespace fs = std::filesystem;
 
 bool document_in_valid_split(uint64_t k, double valid_fraction) {
   if (valid_fraction <= 0) return false;
@@ -205,8 +204,7 @@ DataPrepResult prepare_token_files(const DataPrepOptions& options) {
   for (const std::string& base : bases)
     for (const char* ext : {".tokens", ".index", ".json"})
       for (const std::string& in : options.inputs) {
-        std::error_code ec;
-        MP_CHECK(!fs::equivalent(base + ext, in, ec), "output ", base, ext, " would overwrite the input ", in,
+        MP_CHECK(!fs::same_file(base + ext, in), "output ", base, ext, " would overwrite the input ", in,
                  "; choose another -o name");
       }
   Tokenizer tokenizer = Tokenizer::from_file(options.tokenizer);

@@ -9,17 +9,16 @@
 #include <unistd.h>
 
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "minipuzzle/data_input.h"
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/tokenizer.h"
 
 namespace mp {
 
-namespace fs = std::filesystem;
 
 static_assert(sizeof(uint32_t) == 4 && sizeof(uint64_t) == 8, "token files need 32- and 64-bit integers");
 
@@ -230,7 +229,7 @@ TokenFileWriter::TokenFileWriter(const std::string& path, TokenFileMetadata meta
   tmp_tokens_ = base_ + ".tokens" + suffix;
   tmp_index_ = base_ + ".index" + suffix;
   tmp_json_ = base_ + ".json" + suffix;
-  fs::path parent = fs::path(base_).parent_path();
+  const std::string parent = fs::parent(base_);
   if (!parent.empty()) fs::create_directories(parent);
   tokens_out_ = std::fopen(tmp_tokens_.c_str(), "wb");
   MP_CHECK(tokens_out_ != nullptr, "cannot create ", tmp_tokens_, ": ", std::strerror(errno));
@@ -239,10 +238,9 @@ TokenFileWriter::TokenFileWriter(const std::string& path, TokenFileMetadata meta
 TokenFileWriter::~TokenFileWriter() {
   if (finished_) return;
   if (tokens_out_) std::fclose(tokens_out_);
-  std::error_code ec;
-  fs::remove(tmp_tokens_, ec);
-  fs::remove(tmp_index_, ec);
-  fs::remove(tmp_json_, ec);
+  fs::remove_quietly(tmp_tokens_);
+  fs::remove_quietly(tmp_index_);
+  fs::remove_quietly(tmp_json_);
 }
 
 void TokenFileWriter::add_document(const uint32_t* ids, size_t count) {

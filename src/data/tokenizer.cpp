@@ -3,11 +3,11 @@
 // tokens, pre-tokenizer, BPE, post-processor.
 #include "minipuzzle/tokenizer.h"
 
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/json.h"
 #include "src/data/tokenizer_impl.h"
 
@@ -209,15 +209,14 @@ Tokenizer Tokenizer::from_json_text(const std::string& text, const std::string& 
 
 Tokenizer Tokenizer::from_file(const std::string& path) {
   if (path == "byte") return byte_level();
-  namespace fs = std::filesystem;
-  fs::path p(path);
-  if (fs::is_directory(p)) p /= "tokenizer.json";
+  std::string p = path;
+  if (fs::is_directory(p)) p = fs::join(p, "tokenizer.json");
   std::ifstream in(p, std::ios::binary);
-  MP_CHECK(in.good(), "cannot read tokenizer ", p.string(),
+  MP_CHECK(in.good(), "cannot read tokenizer ", p,
            ": expected a tokenizer.json file (or a directory holding one), or \"byte\" for the byte-level tokenizer");
   std::ostringstream buffer;
   buffer << in.rdbuf();
-  return from_json_text(buffer.str(), p.string());
+  return from_json_text(buffer.str(), p);
 }
 
 Tokenizer Tokenizer::byte_level(const std::vector<std::string>& special_tokens) {

@@ -7,14 +7,13 @@
 
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
 #include <set>
 
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/interrupt.h"
 #include "minipuzzle/json.h"
 
-namespace fs = std::filesystem;
 
 namespace mp {
 
@@ -84,25 +83,25 @@ Checkpoint Checkpoint::open(const std::string& dir) {
   ck.dir_ = dir;
   ck.config_ = load_config(dir);
   std::vector<std::string> shard_files;
-  fs::path index = fs::path(dir) / "model.safetensors.index.json";
+  const std::string index = fs::join(dir, "model.safetensors.index.json");
   if (fs::exists(index)) {
-    json j = read_json_file(index.string());
-    MP_CHECK(j.contains("weight_map") && j["weight_map"].is_object(), index.string(), ": missing \"weight_map\"");
+    json j = read_json_file(index);
+    MP_CHECK(j.contains("weight_map") && j["weight_map"].is_object(), index, ": missing \"weight_map\"");
     std::set<std::string> seen;
     for (auto& [name, file] : j["weight_map"].items()) {
-      MP_CHECK(file.is_string(), index.string(), ": weight_map entry for ", name, " must be a file name");
+      MP_CHECK(file.is_string(), index, ": weight_map entry for ", name, " must be a file name");
       std::string f = file.get<std::string>();
-      MP_CHECK(f.find('/') == std::string::npos && f.find("..") == std::string::npos, index.string(),
+      MP_CHECK(f.find('/') == std::string::npos && f.find("..") == std::string::npos, index,
                ": shard name \"", f, "\" must be a plain file name in the checkpoint directory");
       if (seen.insert(f).second) shard_files.push_back(f);
     }
   } else {
-    MP_CHECK(fs::exists(fs::path(dir) / "model.safetensors"), dir,
+    MP_CHECK(fs::exists(fs::join(dir, "model.safetensors")), dir,
              ": no model.safetensors or model.safetensors.index.json found");
     shard_files.push_back("model.safetensors");
   }
   for (auto& f : shard_files) {
-    auto file = SafetensorsFile::open((fs::path(dir) / f).string());
+    auto file = SafetensorsFile::open(fs::join(dir, f));
     size_t idx = ck.files_.size();
     ck.files_.push_back(file);
     for (auto& info : file->tensors()) {
@@ -158,24 +157,23 @@ std::vector<std::string> Checkpoint::extra_files() const {
                                 "chat_template.jinja"};
   std::vector<std::string> out;
   for (auto* n : names) {
-    fs::path p = fs::path(dir_) / n;
-    if (fs::exists(p)) out.push_back(p.string());
+    const std::string p = fs::join(dir_, n);
+    if (fs::exists(p)) out.push_back(p);
   }
   return out;
 }
 
 void check_output_dir(const std::string& out_dir, bool overwrite) {
-  fs::path out = fs::absolute(out_dir);
-  fs::path parent = out.parent_path();
-  MP_CHECK(fs::is_directory(parent), out_dir, ": parent directory ", parent.string(), " does not exist");
-  MP_CHECK(::access(parent.c_str(), W_OK) == 0, out_dir, ": parent directory ", parent.string(),
-           " is not writable");
+  const std::string out = fs::absolute(out_dir);
+  const std::string parent = fs::parent(out);
+  MP_CHECK(fs::is_directory(parent), out_dir, ": parent directory ", parent, " does not exist");
+  MP_CHECK(::access(parent.c_str(), W_OK) == 0, out_dir, ": parent directory ", parent, " is not writable");
   // access() trusts permission bits, which root bypasses; read-only mounts and sysfs-like directories refuse
   // anyway. Creating (and removing) a probe directory is the real test, done before any long work starts.
-  fs::path probe = parent / (".minipuzzle-probe-" + std::to_string(::getpid()));
+  const std::string probe = fs::join(parent, ".minipuzzle-probe-" + std::to_string(::getpid()));
   if (::mkdir(probe.c_str(), 0700) != 0) {
     int err = errno;
-    fail(out_dir, ": parent directory ", parent.string(), " is not writable (", std::strerror(err), ")");
+    fail(out_dir, ": parent directory ", parent, " is not writable (", std::strerror(err), ")");
   }
   ::rmdir(probe.c_str());
   MP_CHECK(overwrite || !fs::exists(out), out_dir, ": already exists (choose another output or pass --overwrite)");
@@ -184,13 +182,10 @@ void check_output_dir(const std::string& out_dir, bool overwrite) {
 namespace {
 // Removes the temporary directory unless committed: nothing partial is ever left behind.
 struct TempDir {
-  fs::path path;
+  std::string path;
   bool committed = false;
   ~TempDir() {
-    if (!committed) {
-      std::error_code ec;
-      fs::remove_all(path, ec);
-    }
+    if (!committed) fs::remove_all_quietly(path);
   }
 };
 
@@ -204,8 +199,8 @@ uint64_t spec_bytes(const TensorSpec& s, DType d) {
 void write_checkpoint(const std::string& out_dir, const ModelConfig& config, const std::vector<TensorSpec>& specs,
                       const TensorProducer& produce, const CheckpointWriteOptions& options, bool overwrite) {
   check_output_dir(out_dir, overwrite);
-  fs::path out = fs::absolute(out_dir);
-  TempDir tmp{fs::path(out.string() + ".tmp-" + std::to_string(::getpid()))};
+  const std::string out = fs::absolute(out_dir);
+  TempDir tmp{out + ".tmp-" + std::to_string(::getpid())};
   fs::remove_all(tmp.path);
   fs::create_directories(tmp.path);
 
@@ -232,7 +227,7 @@ void write_checkpoint(const std::string& out_dir, const ModelConfig& config, con
   for (size_t k = 0; k < shards.size(); ++k) {
     std::vector<SafetensorsWriter::Spec> ws;
     for (size_t i : shards[k]) ws.push_back({specs[i].name, specs[i].dtype.value_or(options.dtype), specs[i].shape});
-    SafetensorsWriter writer((tmp.path / shard_name(k)).string(), ws);
+    SafetensorsWriter writer(fs::join(tmp.path, shard_name(k)), ws);
     for (size_t i : shards[k]) {
       MP_CHECK(!interrupted(), "interrupted while writing ", out_dir, "; nothing was written");
       writer.write(specs[i].name, produce(specs[i]));
@@ -242,16 +237,12 @@ void write_checkpoint(const std::string& out_dir, const ModelConfig& config, con
   }
   if (shards.size() > 1) {
     json index{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    write_json_file((tmp.path / "model.safetensors.index.json").string(), index);
+    write_json_file(fs::join(tmp.path, "model.safetensors.index.json"), index);
   }
   json cfg = config.to_json();
   cfg["dtype"] = options.dtype == DType::BF16 ? "bfloat16" : options.dtype == DType::F16 ? "float16" : "float32";
-  write_json_file((tmp.path / "config.json").string(), cfg);
-  for (auto& f : options.copy_files) {
-    std::error_code ec;
-    fs::copy_file(f, tmp.path / fs::path(f).filename(), fs::copy_options::overwrite_existing, ec);
-    MP_CHECK(!ec, "copying ", f, " into the output failed: ", ec.message());
-  }
+  write_json_file(fs::join(tmp.path, "config.json"), cfg);
+  for (auto& f : options.copy_files) fs::copy_file(f, fs::join(tmp.path, fs::filename(f)));
   MP_CHECK(!interrupted(), "interrupted while writing ", out_dir, "; nothing was written");
   if (overwrite && fs::exists(out)) fs::remove_all(out);
   fs::rename(tmp.path, out);

@@ -3,12 +3,11 @@
 #include "minipuzzle/config.h"
 
 #include <cmath>
-#include <filesystem>
 #include <limits>
 
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 
-namespace fs = std::filesystem;
 
 namespace mp {
 
@@ -267,10 +266,10 @@ json ModelConfig::to_json() const {
 }
 
 ModelConfig load_config(const std::string& path) {
-  fs::path p(path);
-  if (fs::is_directory(p)) p /= "config.json";
-  MP_CHECK(fs::exists(p), p.string(), ": no config.json found (is this a Hugging Face checkpoint directory?)");
-  return ModelConfig::from_json(read_json_file(p.string()), p.string());
+  std::string p = path;
+  if (fs::is_directory(p)) p = fs::join(p, "config.json");
+  MP_CHECK(fs::exists(p), p, ": no config.json found (is this a Hugging Face checkpoint directory?)");
+  return ModelConfig::from_json(read_json_file(p), p);
 }
 
 }  // namespace mp

@@ -75,10 +75,11 @@ std::string stem(const std::string& path) {
 }
 
 std::string absolute(const std::string& path) {
-  if (!path.empty() && path[0] == '/') return path;
+  // Trailing slashes go: callers append suffixes ("OUT.tmp-PID") that must name a sibling, not a child.
+  if (!path.empty() && path[0] == '/') return strip_trailing_slashes(path);
   char buf[PATH_MAX];
   MP_CHECK(::getcwd(buf, sizeof buf) != nullptr, "cannot read the working directory: ", reason());
-  return path.empty() ? std::string(buf) : join(buf, path);
+  return path.empty() ? std::string(buf) : strip_trailing_slashes(join(buf, path));
 }
 
 std::string temp_directory() {

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 
 namespace mp {
 
@@ -146,21 +147,7 @@ static json box_non_finite(const json& v) {
 }
 
 void write_json_file(const std::string& path, const json& value, int indent) {
-  std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    MP_CHECK(out.good(), path, ": cannot open for writing (is the directory writable?)");
-    out << box_non_finite(value).dump(indent) << "\n";
-    out.flush();
-    if (!out.good()) {
-      std::remove(tmp.c_str());
-      fail(path, ": write failed (disk full?)");
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    fail(path, ": cannot rename temporary file into place");
-  }
+  fs::write_file_atomic(path, box_non_finite(value).dump(indent) + "\n");
 }
 
 double json_to_double(const json& value, const std::string& what) {

@@ -1,14 +1,12 @@
 // Tables (Markdown and HTML) and the one-file HTML page. The page carries its own CSS and inline SVG: no
 // scripts, fonts or images from elsewhere, so it renders the same offline, in CI artefacts and in mail.
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "minipuzzle/error.h"
+#include "minipuzzle/fs.h"
 #include "minipuzzle/report.h"
-
-namespace fs = std::filesystem;
 
 namespace mp::report {
 
@@ -28,21 +26,7 @@ std::string escape_html(const std::string& text) {
   return out;
 }
 
-void write_text_file(const std::string& path, const std::string& text) {
-  fs::path target(path);
-  fs::path tmp = target;
-  tmp += ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    MP_CHECK(out.good(), path, ": cannot open ", tmp.string(), " for writing (does the directory exist and is it writable?)");
-    out << text;
-    out.flush();
-    MP_CHECK(out.good(), path, ": writing failed (disk full?)");
-  }
-  std::error_code ec;
-  fs::rename(tmp, target, ec);
-  MP_CHECK(!ec, path, ": cannot rename the temporary file into place: ", ec.message());
-}
+void write_text_file(const std::string& path, const std::string& text) { fs::write_file_atomic(path, text); }
 
 // Markdown cells: pipes would end the cell and newlines the row.
 static std::string md_cell(const std::string& text) {

@@ -1,16 +1,17 @@
 // `minipuzzle data` with a tokenizer.json tokenizer (trained by tests/reference/train_tokenizers.py): each
 // document in the token file equals the tokenizer's own encoding of that paragraph, plus <eos>.
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "catch.h"
+#include "fixtures.h"
 #include "minipuzzle/token_file.h"
 #include "minipuzzle/tokenizer.h"
 
-namespace fs = std::filesystem;
+namespace fs = mp::fs;
+using mp::test::Path;
 
-static std::string read_file(const fs::path& p) {
+static std::string read_file(const Path& p) {
   std::ifstream in(p, std::ios::binary);
   std::ostringstream s;
   s << in.rdbuf();
@@ -18,15 +19,15 @@ static std::string read_file(const fs::path& p) {
 }
 
 TEST_CASE("data preparation with a BPE tokenizer equals encoding each document", "[data][reference]") {
-  fs::path dir = fs::path(MINIPUZZLE_BINARY_DIR) / "test_scratch" / "data_prepare_bpe";
+  Path dir = Path(MINIPUZZLE_BINARY_DIR) / "test_scratch" / "data_prepare_bpe";
   fs::remove_all(dir);
   // The NFC tokenizer when the build has ICU, else one without a normalizer.
   const char* config = MINIPUZZLE_TEST_HAVE_ICU ? "wikitext2_8192_llama3" : "shakespeare_8192_llama3";
-  fs::path tok_path = fs::path(MINIPUZZLE_FIXTURES) / "tokenizers" / config / "tokenizer.json";
+  Path tok_path = Path(MINIPUZZLE_FIXTURES) / "tokenizers" / config / "tokenizer.json";
   mp::Tokenizer tok = mp::Tokenizer::from_file(tok_path.string());
   mp::DataPrepOptions o;
   o.progress = mp::ProgressMode::Off;
-  o.inputs = {(fs::path(MINIPUZZLE_SHARED_DATA) / "wikitext-2-valid.txt").string()};
+  o.inputs = {(Path(MINIPUZZLE_SHARED_DATA) / "wikitext-2-valid.txt").string()};
   o.tokenizer = tok_path.string();
   o.output = (dir / "wiki").string();
   o.append_eos = true;

@@ -1,17 +1,18 @@
 // The C++ tokenizer against `tokenizers` (tests/reference/train_tokenizers.py): byte-level BPE tokenizers
 // trained on tinyshakespeare and wikitext-2 (vocabularies 512 and 8192, GPT-2 and Llama-3 styles, special
 // and added tokens) must give exactly the ids `tokenizers` gives for both whole corpora, and for edge cases.
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "catch.h"
+#include "fixtures.h"
 #include "minipuzzle/json.h"
 #include "minipuzzle/tokenizer.h"
 
-namespace fs = std::filesystem;
+namespace fs = mp::fs;
+using mp::test::Path;
 
-static std::string read_file(const fs::path& p) {
+static std::string read_file(const Path& p) {
   std::ifstream in(p, std::ios::binary);
   REQUIRE(in.good());
   std::ostringstream s;
@@ -19,7 +20,7 @@ static std::string read_file(const fs::path& p) {
   return s.str();
 }
 
-static std::vector<uint32_t> read_ids(const fs::path& p) {
+static std::vector<uint32_t> read_ids(const Path& p) {
   std::string bytes = read_file(p);
   REQUIRE(bytes.size() % 4 == 0);
   std::vector<uint32_t> ids(bytes.size() / 4);
@@ -27,7 +28,7 @@ static std::vector<uint32_t> read_ids(const fs::path& p) {
   return ids;
 }
 
-static const fs::path kRefDir = fs::path(MINIPUZZLE_FIXTURES) / "tokenizers";
+static const Path kRefDir = Path(MINIPUZZLE_FIXTURES) / "tokenizers";
 // wikitext2_8192_llama3 has an NFC normalizer, which needs ICU in the build.
 static std::vector<const char*> configs() {
   std::vector<const char*> c = {"shakespeare_512_gpt2", "shakespeare_8192_llama3", "wikitext2_512_gpt2_prefix",
@@ -38,7 +39,7 @@ static std::vector<const char*> configs() {
 }
 
 static std::string corpus(const std::string& name) {
-  fs::path data(MINIPUZZLE_SHARED_DATA);
+  Path data(MINIPUZZLE_SHARED_DATA);
   if (name == "tinyshakespeare") return read_file(data / "tinyshakespeare.txt");
   return read_file(data / "wikitext-2-valid.txt") + read_file(data / "wikitext-2-test.txt");
 }
@@ -135,7 +136,7 @@ TEST_CASE("other pipeline pieces match tokenizers: Split behaviours, invert, Dig
 }
 
 TEST_CASE("tokenizer hash and vocabulary lookups", "[tokenizer]") {
-  fs::path path = kRefDir / "shakespeare_512_gpt2" / "tokenizer.json";
+  Path path = kRefDir / "shakespeare_512_gpt2" / "tokenizer.json";
   mp::Tokenizer tok = mp::Tokenizer::from_file(path.string());
   CHECK(tok.kind() == "bpe");
   CHECK(tok.sha256() == mp::sha256_hex(read_file(path)));

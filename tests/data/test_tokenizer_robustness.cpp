@@ -3,17 +3,18 @@
 // given (NFC may legitimately rewrite random text; the corpus round trip in test_tokenizer_reference holds).
 // Inputs come from a fixed seed; each tokenizer gets a time bound far above what the work needs.
 #include <chrono>
-#include <filesystem>
 #include <atomic>
 #include <random>
 #include <thread>
 
 #include "catch.h"
+#include "fixtures.h"
 #include "minipuzzle/tokenizer.h"
 
-namespace fs = std::filesystem;
+namespace fs = mp::fs;
+using mp::test::Path;
 
-static const fs::path kRefDir = fs::path(MINIPUZZLE_FIXTURES) / "tokenizers";
+static const Path kRefDir = Path(MINIPUZZLE_FIXTURES) / "tokenizers";
 
 static bool changes_text(const std::string& name) { return name == "wikitext2_8192_llama3"; }  // has NFC
 

@@ -8,12 +8,12 @@
 //     step's loss: only the order of float sums differs;
 //   - --activation-checkpointing (1 and 2 layers per segment): the same losses, evaluations and final weights as
 //     without it, bit for bit.
+#include "fixtures.h"
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -26,7 +26,8 @@
 #include "tests/fixtures.h"
 #include "tests/run_command.h"
 
-namespace fs = std::filesystem;
+namespace fs = mp::fs;
+using mp::test::Path;
 using namespace mp;
 
 namespace {

@@ -12,7 +12,6 @@
 
 #include <chrono>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -22,7 +21,8 @@
 #include <nlohmann/json.hpp>
 #include "run_command.h"
 
-namespace fs = std::filesystem;
+namespace fs = mp::fs;
+using mp::test::Path;
 using mp::test::run_command;
 
 namespace {
@@ -53,7 +53,7 @@ mp::test::CommandResult run_with_fsize_limit(const std::string& command, int64_t
 }
 
 // FNV-1a (64-bit) of a file's bytes: enough to see any change.
-std::string file_hash(const fs::path& path) {
+std::string file_hash(const Path& path) {
   std::ifstream in(path, std::ios::binary);
   uint64_t h = 1469598103934665603ull;
   char buf[1 << 16];
@@ -66,27 +66,22 @@ std::string file_hash(const fs::path& path) {
 // A hash of every regular file under `dir`, by relative path: the "input untouched" check.
 std::map<std::string, std::string> checksums(const std::string& dir) {
   std::map<std::string, std::string> out;
-  for (auto& e : fs::recursive_directory_iterator(dir)) {
-    if (!e.is_regular_file()) continue;
-    out[fs::relative(e.path(), dir).string()] = file_hash(e.path());
-  }
+  for (const std::string& rel : fs::list_files_recursive(dir)) out[rel] = file_hash(fs::join(dir, rel));
   return out;
 }
 
 // Names in `dir` starting with `prefix` (temporary siblings such as OUT.tmp-1234).
 std::vector<std::string> entries_starting_with(const std::string& dir, const std::string& prefix) {
   std::vector<std::string> out;
-  for (auto& e : fs::directory_iterator(dir)) {
-    std::string name = e.path().filename().string();
+  for (const std::string& name : fs::list_directory(dir))
     if (name.rfind(prefix, 0) == 0) out.push_back(name);
-  }
   return out;
 }
 
-bool dir_is_empty(const std::string& dir) { return fs::is_empty(dir); }
+bool dir_is_empty(const std::string& dir) { return fs::is_empty_directory(dir); }
 
 std::string copy_fixture_model(const std::string& name, const std::string& dest) {
-  fs::copy(mp::test::reference_model(name), dest, fs::copy_options::recursive);
+  fs::copy_tree(mp::test::reference_model(name), dest);
   return dest;
 }
 

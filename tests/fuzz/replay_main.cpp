@@ -1,10 +1,10 @@
 // Stand-in for libFuzzer's main in builds without it (GCC, the ASan+UBSan build): runs every file of the given
 // directories (or the given files) through LLVMFuzzerTestOneInput once. Missing directories are skipped, so an
 // empty crashes/<target>/ needs no placeholder. Exits non-zero when no input at all was found.
+#include "fixtures.h"
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -12,9 +12,10 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 
-namespace fs = std::filesystem;
+namespace fs = mp::fs;
+using mp::test::Path;
 
-static void replay(const fs::path& file, size_t& count) {
+static void replay(const Path& file, size_t& count) {
   std::ifstream in(file, std::ios::binary);
   std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::fprintf(stderr, "replay: %s (%zu bytes)\n", file.c_str(), bytes.size());
@@ -25,11 +26,11 @@ static void replay(const fs::path& file, size_t& count) {
 int main(int argc, char** argv) {
   size_t count = 0;
   for (int i = 1; i < argc; ++i) {
-    fs::path p(argv[i]);
+    Path p(argv[i]);
     if (fs::is_directory(p)) {
-      std::vector<fs::path> files;
-      for (auto& e : fs::directory_iterator(p))
-        if (e.is_regular_file()) files.push_back(e.path());
+      std::vector<Path> files;
+      for (const std::string& name : fs::list_directory(p))
+        if (fs::is_regular_file(p / name)) files.push_back(p / name);
       std::sort(files.begin(), files.end());
       for (auto& f : files) replay(f, count);
     } else if (fs::is_regular_file(p)) {

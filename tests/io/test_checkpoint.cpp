@@ -1,7 +1,6 @@
 // Checkpoint directories: validation against the config, atomic sharded writing, and reload by transformers.
 #include <ATen/ATen.h>
 
-#include <filesystem>
 #include <fstream>
 
 #include "catch.h"
@@ -12,7 +11,8 @@
 #include "run_command.h"
 
 using namespace mp;
-namespace fs = std::filesystem;
+namespace fs = mp::fs;
+using mp::test::Path;
 
 static std::string error_of_open(const std::string& dir) {
   try {
@@ -34,7 +34,7 @@ TEST_CASE("reference checkpoints open, single-file and sharded", "[io][checkpoin
 
 TEST_CASE("a tensor whose shape disagrees with the config is named", "[io][checkpoint]") {
   std::string dir = test::temp_dir("ck_shape") + "/m";
-  fs::copy(test::reference_model("hybrid_g1"), dir);
+  fs::copy_tree(test::reference_model("hybrid_g1"), dir);
   json cfg = read_json_file(dir + "/config.json");
   cfg["intermediate_size"] = 81;
   write_json_file(dir + "/config.json", cfg);
@@ -44,7 +44,7 @@ TEST_CASE("a tensor whose shape disagrees with the config is named", "[io][check
 TEST_CASE("missing weights file and missing tensor are reported", "[io][checkpoint]") {
   std::string dir = test::temp_dir("ck_missing") + "/m";
   fs::create_directories(dir);
-  fs::copy(test::reference_model("hybrid_g1") + "/config.json", dir + "/config.json");
+  fs::copy_file(test::reference_model("hybrid_g1") + "/config.json", dir + "/config.json");
   CHECK_THAT(error_of_open(dir), MP_CONTAINS("no model.safetensors"));
   CHECK_THAT(error_of_open(dir + "/nope"), MP_CONTAINS("not a directory"));
 }
@@ -61,7 +61,7 @@ TEST_CASE("save then reload with transformers gives identical logits; large mode
   json index = read_json_file(out + "/model.safetensors.index.json");
   CHECK(index["weight_map"].size() == expected_tensors(ck.config()).size());
   int shards = 0;
-  for (auto& e : fs::directory_iterator(out)) shards += e.path().extension() == ".safetensors";
+  for (const std::string& name : fs::list_directory(out)) shards += fs::extension(name) == ".safetensors";
   CHECK(shards > 1);
 
   auto back = Checkpoint::open(out);
@@ -90,6 +90,6 @@ TEST_CASE("writing refuses an existing output and leaves nothing on failure", "[
                                 {}));
   CHECK(!fs::exists(root + "/out"));
   int leftovers = 0;
-  for (auto& e : fs::directory_iterator(root)) leftovers += e.path().filename().string().rfind("out", 0) == 0;
+  for (const std::string& name : fs::list_directory(root)) leftovers += name.rfind("out", 0) == 0;
   CHECK(leftovers == 0);
 }

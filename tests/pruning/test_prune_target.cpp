@@ -2,7 +2,6 @@
 // anything is written; targets parse from every accepted form (flags, inline JSON, a full config, a search
 // report candidate).
 #include <cstring>
-#include <filesystem>
 
 #include "catch.h"
 #include "fixtures.h"
@@ -13,7 +12,8 @@
 #include "run_command.h"
 
 using namespace mp;
-namespace fs = std::filesystem;
+namespace fs = mp::fs;
+using mp::test::Path;
 
 namespace {
 
@@ -143,7 +143,7 @@ TEST_CASE("the CLI refuses invalid targets before writing anything", "[pruning][
     CHECK(r.exit_code == 1);
     CHECK_THAT(r.output, MP_CONTAINS(b.message));
     CHECK_FALSE(fs::exists(out));
-    for (auto& e : fs::directory_iterator(dir)) CHECK(e.path().filename().string().find(".tmp-") == std::string::npos);
+    for (const std::string& name : fs::list_directory(dir)) CHECK(name.find(".tmp-") == std::string::npos);
   }
 }
 

@@ -3,22 +3,23 @@
 // against literal expected text, and report.json candidates read back by ModelConfig::from_json.
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <random>
 #include <set>
 #include <sstream>
 
 #include "catch.h"
+#include "fixtures.h"
 #include "minipuzzle/config.h"
 #include "minipuzzle/error.h"
 #include "minipuzzle/report.h"
 #include "minipuzzle/search.h"
 
 using namespace mp;
-namespace fs = std::filesystem;
+namespace fs = mp::fs;
+using mp::test::Path;
 
-static std::string read_file(const fs::path& p) {
+static std::string read_file(const Path& p) {
   std::ifstream in(p);
   std::stringstream ss;
   ss << in.rdbuf();
@@ -27,9 +28,9 @@ static std::string read_file(const fs::path& p) {
 
 // Parses an XML/XHTML fragment with Python's xml.etree (an independent parser); returns its exit status.
 static int python_parses_xml(const std::string& xml) {
-  fs::path dir = fs::temp_directory_path() / "mp_test_report_xml";
+  Path dir = Path(fs::temp_directory()) / "mp_test_report_xml";
   fs::create_directories(dir);
-  fs::path file = dir / "doc.xml";
+  Path file = dir / "doc.xml";
   std::ofstream(file) << xml;
   std::string cmd = std::string(MINIPUZZLE_PYTHON) + " -c \"import sys,xml.etree.ElementTree as E; E.parse(sys.argv[1])\" " +
                     file.string();
@@ -145,7 +146,7 @@ TEST_CASE("the search report: JSON candidates are loadable configs, HTML and Mar
   o.keep_infeasible = 5;
   o.references = {{"Nemotron-Nano-9B-v2", nine}};
   SearchResult r = run_search(parent, hw, o);
-  fs::path dir = fs::temp_directory_path() / "mp_test_search_report";
+  Path dir = Path(fs::temp_directory()) / "mp_test_search_report";
   fs::remove_all(dir);
   auto paths = write_search_report(dir.string(), parent, hw, o, r);
   REQUIRE(paths.size() == 3);

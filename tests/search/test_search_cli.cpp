@@ -6,7 +6,6 @@
 //   - stage 3 (--distill-top K): the best K of stage 2 are distilled briefly and re-ranked by validation loss;
 //   - the inputs stages 2 and 3 need are checked before the search runs.
 #include <cmath>
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -16,7 +15,8 @@
 #include "minipuzzle/token_file.h"
 #include "run_command.h"
 
-namespace fs = std::filesystem;
+namespace fs = mp::fs;
+using mp::test::Path;
 using namespace mp;
 
 namespace {
