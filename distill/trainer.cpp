@@ -4,7 +4,10 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
+#include <sys/resource.h>
+
 #ifdef MINIPUZZLE_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #endif
 
@@ -13,6 +16,7 @@
 #include <fstream>
 
 #include "distill/report.h"
+#include "distill/router_load.h"
 #include "distill/trainer_state.h"
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/data_input.h"
@@ -22,7 +26,9 @@
 #include "minipuzzle/interrupt.h"
 #include "minipuzzle/kd.h"
 #include "minipuzzle/progress.h"
+#include "minipuzzle/report.h"
 #include "minipuzzle/tokenizer.h"
+#include "minipuzzle/train_memory.h"
 
 
 namespace mp::distill {
@@ -67,9 +73,30 @@ void truncate_log(const std::string& path, int64_t last_step) {
   fs::write_file_atomic(path, kept);
 }
 
+// Peak bytes the CUDA caching allocator handed out on `device` since the start (0 on CPU), and the process's
+// peak resident set: what the memory plan predicts.
+double gpu_peak_allocated(c10::Device device) {
+#ifdef MINIPUZZLE_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    return double(stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak);
+  }
+#endif
+  (void)device;
+  return 0;
+}
+double host_peak_rss() {
+  struct rusage u {};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_maxrss) * 1024.0;
+}
+
 class Job {
  public:
   explicit Job(const DistillOptions& o) : o_(o) {}
+  // The memory plan: chooses (fit auto) or checks (fit check) micro-batch, checkpointing and offload; prints it
+  // (rank 0) and writes OUT/plan.json. Throws mp::Error with the plan's one-line reason when it does not fit.
+  json plan_memory();
   DistillResult run();
 
  private:
@@ -77,7 +104,8 @@ class Job {
   void log(const json& j);
   std::vector<int64_t> window_ids(int64_t first, int64_t count);
 
-  const DistillOptions& o_;
+  DistillOptions o_;  // a copy: the memory plan may change micro-batch, checkpointing and offload
+  double offload_fraction_ = 0;
   std::shared_ptr<Communicator> comm_;
   int rank_ = 0, world_ = 1;
   c10::Device device_{c10::kCPU};
@@ -95,12 +123,18 @@ std::vector<int64_t> Job::window_ids(int64_t first, int64_t count) {
   return ids;
 }
 
+constexpr int64_t kEvalTokenChunk = 1024;  // keep in step with the memory plan's evaluation term
+
 // Validation: the first eval windows of the valid file in order, split over ranks; sums reduced over ranks.
 json Job::evaluate() {
   at::NoGradGuard no_grad;
   const int64_t n = std::min(valid_->size(), std::max<int64_t>(1, (o_.eval_tokens + o_.seq_len - 1) / o_.seq_len));
   const int64_t V = student_->config().vocab_size;
   at::Tensor sums = at::zeros({3}, at::kDouble);  // CE sum, KL sum, tokens
+  const bool moe = student_->config().count(LayerType::Moe) > 0;
+  RouterLoad load(student_->config());
+  ForwardOptions fo;
+  if (moe) fo.observer = &load;
   std::vector<int64_t> mine;
   for (int64_t i = rank_; i < n; i += world_) mine.push_back(i);
   for (size_t first = 0; first < mine.size(); first += size_t(o_.micro_batch)) {
@@ -108,7 +142,32 @@ json Job::evaluate() {
     Batch b = make_batch(*valid_, ids);
     at::Tensor input = b.input_ids.to(device_);
     at::Tensor labels = b.labels.to(device_).reshape(-1);
-    at::Tensor logits = student_->forward(input).view({-1, V});
+    if (device_.is_cuda()) {
+      // Logits a chunk of tokens at a time, so that evaluation needs no [tokens, vocab] buffers beside the
+      // optimizer state (the memory plan's "evaluation chunks" transient).
+      const int64_t chunk = kEvalTokenChunk;
+      at::Tensor hs = student_->forward_hidden(input, fo);
+      hs = hs.reshape({-1, hs.size(-1)});
+      TeacherOutput t;
+      if (teacher_) t = teacher_->run(input, /*want_hidden=*/true);
+      for (int64_t r0 = 0; r0 < hs.size(0); r0 += chunk) {
+        const int64_t m = std::min(chunk, hs.size(0) - r0);
+        at::Tensor s = student_->logits(hs.narrow(0, r0, m));
+        at::Tensor lab = labels.narrow(0, r0, m);
+        sums[0] += at::cross_entropy_loss(s, lab, {}, at::Reduction::Sum).item<double>();
+        if (teacher_) {
+          KdOptions k;
+          k.reduction = KdReduction::sum;
+          at::Tensor tl = t.logits.defined()
+                              ? t.logits.reshape({-1, V}).narrow(0, r0, m)
+                              : at::linear(t.hidden.reshape({-1, t.hidden.size(-1)}).narrow(0, r0, m), t.lm_head).to(at::kFloat);
+          sums[1] += kd_loss(s, tl, {}, k).item<double>();
+        }
+      }
+      sums[2] += double(labels.numel());
+      continue;
+    }
+    at::Tensor logits = student_->forward(input, fo).view({-1, V});
     sums[0] += at::cross_entropy_loss(logits, labels, {}, at::Reduction::Sum).item<double>();
     if (teacher_) {
       KdOptions k;  // plain KL(teacher || student) at T = 1
@@ -124,6 +183,11 @@ json Job::evaluate() {
   j["val_loss"] = sums[0].item<double>() / tokens;
   j["val_ppl"] = std::exp(j["val_loss"].get<double>());
   if (teacher_) j["val_kl"] = sums[1].item<double>() / tokens;
+  if (moe) {  // every rank observed its share of the windows: sum the counts (every rank takes part)
+    at::Tensor counts = load.packed();
+    all_reduce_sum(comm_.get(), counts);
+    j["router_load"] = load.summary(counts);
+  }
   return j;
 }
 
@@ -131,6 +195,85 @@ void Job::log(const json& j) {
   if (rank_ != 0) return;
   log_ << j.dump() << "\n";
   log_.flush();
+}
+
+json Job::plan_memory() {
+  MP_CHECK(o_.fit == "auto" || o_.fit == "check" || o_.fit == "off", "distill: --fit must be auto, check or off, found \"",
+           o_.fit, "\"");
+  const bool auto_offload = o_.offload_optimizer == "auto";
+  double fraction = 0;
+  if (!o_.offload_optimizer.empty() && !auto_offload) {
+    try {
+      size_t used = 0;
+      fraction = std::stod(o_.offload_optimizer, &used);
+      MP_CHECK(used == o_.offload_optimizer.size(), "");
+    } catch (...) {
+      fail("distill: --offload-optimizer takes auto or a fraction in [0, 1], found \"", o_.offload_optimizer, "\"");
+    }
+    MP_CHECK(fraction >= 0 && fraction <= 1, "distill: --offload-optimizer fraction must lie in [0, 1], found ", fraction);
+  }
+  offload_fraction_ = fraction;
+  if (o_.fit == "off" && !o_.plan_only && !auto_offload) return json();
+
+  const ModelConfig student = load_config(o_.student);
+  std::optional<ModelConfig> teacher;
+  if (!o_.from_scratch) teacher = load_config(o_.teacher);
+  // Planned as the CUDA trainer holds the models (bf16, kernels, fused KD) on a GPU or with --gpu-memory.
+  const bool gpu = device_.is_cuda() || !o_.gpu_memory.empty();
+  PlanRequest r;
+  r.setup.seq_len = o_.seq_len;
+  r.setup.micro_batch = o_.micro_batch;
+  r.setup.grad_accum = o_.grad_accum;
+  r.setup.weight_bytes = gpu ? 2 : 4;
+  r.setup.mamba_kernels = gpu;
+  r.setup.fused_lm_head = gpu && o_.fused_lm_head;
+  r.setup.checkpoint_layers = o_.activation_checkpointing ? o_.checkpoint_layers : 0;
+  r.setup.offload_fraction = fraction;
+  r.setup.has_teacher = !o_.from_scratch;
+  r.device_bytes = !o_.gpu_memory.empty() ? parse_memory_size(o_.gpu_memory)
+                                          : device_.is_cuda() ? cuda_free_bytes(device_.index()) : 0.0;
+  r.host_bytes = !o_.host_memory.empty() ? parse_memory_size(o_.host_memory) : host_available_bytes();
+  if (world_ > 1) {
+    // Every rank must choose the same setup: plan for the smallest GPU and host of the job.
+    at::Tensor mine = at::zeros({2 * world_}, at::kDouble);
+    mine[2 * rank_] = r.device_bytes;
+    mine[2 * rank_ + 1] = r.host_bytes;
+    all_reduce_sum(comm_.get(), mine);
+    at::Tensor all = mine.view({world_, 2});
+    r.device_bytes = all.select(1, 0).min().item<double>();
+    r.host_bytes = all.select(1, 1).min().item<double>();
+  }
+  const bool choose = o_.fit == "auto";
+  r.choose_micro_batch = choose;
+  r.choose_checkpointing = choose && !o_.activation_checkpointing;
+  r.choose_offload = (choose && o_.offload_optimizer.empty()) || auto_offload;
+  const Plan plan = make_plan(student, teacher, r);
+  json j = plan.to_json();
+  j["fit"] = o_.fit;
+  j["device"] = gpu ? "cuda" : "cpu";
+  j["student_parameters"] = trainable_parameters(student);
+  if (teacher) j["teacher_parameters"] = trainable_parameters(*teacher);
+  if (rank_ == 0) {
+    std::string text = "memory plan (" + std::string(gpu ? "GPU " + format_gib(plan.device_budget) + " usable" : "CPU") +
+                       ", host " + format_gib(plan.host_budget) + "): micro-batch " +
+                       std::to_string(plan.setup.micro_batch) + " x grad-accum " + std::to_string(plan.setup.grad_accum) +
+                       ", activation checkpointing " + (plan.setup.checkpoint_layers > 0 ? "on" : "off") +
+                       ", optimizer state on the host " + std::to_string(int(std::lround(plan.setup.offload_fraction * 100))) +
+                       "%" + (plan.fits ? "" : " -- DOES NOT FIT") + "\n" + plan.memory.table();
+    std::fputs(text.c_str(), stdout);
+    std::fflush(stdout);
+    fs::create_directories(o_.out_dir);
+    report::write_text_file(fs::join(o_.out_dir, "plan.json"), j.dump(1) + "\n");
+  }
+  if (!plan.fits && (o_.fit != "off" || o_.plan_only)) fail("distill: ", plan.reason);
+  if (plan.fits) {
+    o_.micro_batch = plan.setup.micro_batch;
+    o_.grad_accum = plan.setup.grad_accum;
+    o_.activation_checkpointing = plan.setup.checkpoint_layers > 0;
+    if (o_.activation_checkpointing) o_.checkpoint_layers = plan.setup.checkpoint_layers;
+    offload_fraction_ = plan.setup.offload_fraction;
+  }
+  return j;
 }
 
 DistillResult Job::run() {
@@ -148,6 +291,12 @@ DistillResult Job::run() {
   comm_ = make_communicator(env, device_);
   rank_ = env.rank;
   world_ = env.world_size;
+  const json plan = plan_memory();
+  if (o_.plan_only) {
+    DistillResult r;
+    r.exit_code = 0;
+    return r;
+  }
 
   const std::string& out = o_.out_dir;
   if (rank_ == 0) {
@@ -199,7 +348,7 @@ DistillResult Job::run() {
   ScheduleOptions sched = o_.schedule;
   sched.total_steps = total_steps;
 
-  AdamW optimizer(student_->parameters(), o_.adamw);
+  AdamW optimizer(student_->parameters(), o_.adamw, offload_fraction_);
   st_.settings = {{"seq_len", o_.seq_len}, {"micro_batch", o_.micro_batch}, {"grad_accum", o_.grad_accum},
                   {"world_size", world_}, {"seed", o_.seed}, {"tokens", o_.tokens},
                   {"from_scratch", o_.from_scratch}, {"alpha", o_.alpha}, {"temperature", o_.temperature},
@@ -216,7 +365,10 @@ DistillResult Job::run() {
        {"world_size", world_}, {"student_parameters", student_->num_parameters()}, {"settings", st_.settings},
        {"resumed_at_step", st_.step},
        // Not a setting: checkpointing changes memory and time, not the step sequence, so a resume may switch it.
-       {"activation_checkpointing", o_.activation_checkpointing ? json(o_.checkpoint_layers) : json(false)}});
+       {"activation_checkpointing", o_.activation_checkpointing ? json(o_.checkpoint_layers) : json(false)},
+       // Placement, like checkpointing, changes memory and time but not the values: a resume may change it.
+       {"offload_optimizer", double(optimizer.offloaded_elements()) / double(std::max<int64_t>(1, optimizer.total_elements()))},
+       {"memory_plan", plan.is_null() ? json() : plan["memory"]}});
   if (o_.resume && !resumed && rank_ == 0) log_warning("distill: --resume given but " + o_.out_dir + " has no checkpoint; starting fresh");
 
   GradientSync sync(comm_, optimizer.params(), o_.bucket_bytes);
@@ -228,6 +380,7 @@ DistillResult Job::run() {
   Progress progress("distill", (total_steps - st_.step) * tokens_per_step, "tok",
                     rank_ == 0 ? ProgressMode::Auto : ProgressMode::Off);
   auto save = [&] {
+    if (o_.no_save) return;
     if (rank_ == 0) save_trainer_state(o_.out_dir, st_, optimizer);
     barrier(comm_.get());
   };
@@ -243,6 +396,7 @@ DistillResult Job::run() {
 
   DistillResult result;
   result.total_steps = total_steps;
+  bool stopped_early = false;
   while (st_.step < total_steps) {
     const auto t0 = std::chrono::steady_clock::now();
     const double lr = learning_rate(sched, st_.step);
@@ -268,7 +422,9 @@ DistillResult Job::run() {
     st_.learning_rates.push_back(lr);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     json line{{"step", st_.step}, {"tokens", st_.tokens}, {"lr", lr}, {"step_s", seconds},
-              {"tokens_per_s", tokens_per_step / seconds}};
+              {"tokens_per_s", tokens_per_step / seconds}, {"optimizer_s", optimizer.last_step_seconds()},
+              {"host_update_s", optimizer.last_host_seconds()}, {"host_peak_rss_bytes", host_peak_rss()}};
+    if (device_.is_cuda()) line["gpu_peak_bytes"] = gpu_peak_allocated(device_);
     line["loss"] = finite ? json(step_loss) : json(nullptr);
     line["grad_norm"] = std::isfinite(grad_norm) ? json(grad_norm) : json(nullptr);
     if (!finite) line["skipped"] = true;
@@ -296,16 +452,28 @@ DistillResult Job::run() {
       break;
     }
     if (o_.save_every > 0 && st_.step % o_.save_every == 0 && st_.step < total_steps) save();
+    if (o_.stop_after_steps > 0 && st_.step >= o_.stop_after_steps && st_.step < total_steps) {
+      save();
+      if (rank_ == 0)
+        progress.message("distill: stopped after step " + std::to_string(st_.step) + " (--stop-after-steps); continue with --resume");
+      stopped_early = true;
+      break;
+    }
   }
+  const json memory{{"event", "memory"}, {"gpu_peak_bytes", gpu_peak_allocated(device_)},
+                    {"host_peak_rss_bytes", host_peak_rss()},
+                    {"predicted_gpu_bytes", plan.is_null() ? json() : plan["memory"]["device_total_bytes"]},
+                    {"predicted_host_bytes", plan.is_null() ? json() : plan["memory"]["host_total_bytes"]}};
+  log(memory);
 
-  if (result.exit_code == 0) {
+  if (result.exit_code == 0 && !stopped_early) {
     progress.finish({{"loss", st_.train_loss.empty() ? NAN : st_.train_loss.back()}});
     save();
     if (rank_ == 0) {
       std::vector<std::string> copy;
       if (student_ck)
         for (auto& f : student_ck->extra_files()) copy.push_back(f);
-      student_->save(fs::join(out, "final"), save_dtype(o_, student_ck.get()), copy, /*overwrite=*/true);
+      if (!o_.no_save) student_->save(fs::join(out, "final"), save_dtype(o_, student_ck.get()), copy, /*overwrite=*/true);
     }
   }
   if (rank_ == 0) write_training_report(o_, st_, total_steps, tokens_per_step, result.exit_code);

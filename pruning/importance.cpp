@@ -12,8 +12,12 @@
 #include "minipuzzle/model.h"
 #include "minipuzzle/progress.h"
 #include "pruning/depth.h"
+#include "pruning/moe_importance.h"
+#include "pruning/runner.h"
 
 namespace mp {
+
+using importance::LayerRunner;
 
 namespace {
 
@@ -95,7 +99,8 @@ class WidthObserver : public ActivationObserver {
     if (g == gram_.end()) {
       at::Tensor w = model_.parameters().at("backbone.layers." + std::to_string(layer) +
                                             (mamba ? ".mixer.out_proj.weight" : ".mixer.o_proj.weight"));
-      at::Tensor wh = w.detach().to(at::kFloat).view({w.size(0), heads, width}).permute({1, 0, 2});  // [heads,D,w]
+      // Streamed models keep layer weights on the host: the Gram matrix is made on the activations' device.
+      at::Tensor wh = w.detach().to(value.device()).to(at::kFloat).view({w.size(0), heads, width}).permute({1, 0, 2});
       g = gram_.emplace(layer, at::bmm(wh.transpose(1, 2), wh)).first;                              // [heads,w,w]
     }
     const int64_t B = value.size(0), T = value.size(1);
@@ -155,8 +160,8 @@ void fill_width_scores(const NemotronH& model, const WidthObserver& obs, Scores&
         m.heads_out = to_vector(obs.head_contribution(i));
         // FLAP: input variance of out_proj times the squared norm of its weight column, summed per head.
         at::Tensor w = model.parameters().at("backbone.layers." + std::to_string(i) + ".mixer.out_proj.weight");
-        at::Tensor col = at::linalg_vector_norm(w.detach(), 2, std::vector<int64_t>{0}, false,
-                                                w.is_cuda() ? at::kFloat : at::kDouble)
+        at::Tensor col = at::linalg_vector_norm(w.detach().to(model.device()), 2, std::vector<int64_t>{0}, false,
+                                                model.device().is_cuda() ? at::kFloat : at::kDouble)
                              .to(at::kDouble)
                              .square_()
                              .cpu();
@@ -176,6 +181,31 @@ void fill_width_scores(const NemotronH& model, const WidthObserver& obs, Scores&
   }
 }
 
+// d mean next-token cross-entropy / d final hidden state [B,T,H], with lm_head applied a chunk of tokens at a time
+// (a [chunk, V] float32 logits tensor at most, never [B,T,V]). The lm_head weight is taken as a constant: the
+// Taylor scores need the gradient of the activations only.
+at::Tensor mean_next_token_ce_grad(const NemotronH& model, const at::Tensor& ids, const at::Tensor& hidden,
+                                   int64_t logits_chunk_bytes) {
+  const int64_t B = ids.size(0), T = ids.size(1), H = hidden.size(-1), N = B * T;
+  at::Tensor labels = at::full_like(ids, -100);
+  labels.narrow(1, 0, T - 1).copy_(ids.narrow(1, 1, T - 1));
+  labels = labels.reshape({-1});
+  const at::Tensor w = model.lm_head_weight().detach();
+  const at::Tensor h = hidden.detach().reshape({N, H});
+  at::Tensor grad = at::empty_like(h);
+  const int64_t chunk = std::max<int64_t>(1, logits_chunk_bytes / (w.size(0) * int64_t(sizeof(float))));
+  const double predicted = double(B * (T - 1));
+  for (int64_t s = 0; s < N; s += chunk) {
+    const int64_t n = std::min(chunk, N - s);
+    at::Tensor x = h.narrow(0, s, n).detach().requires_grad_(true);
+    at::Tensor z = at::linear(x, w).to(at::kFloat);
+    at::Tensor loss = at::cross_entropy_loss(z, labels.narrow(0, s, n), {}, at::Reduction::Sum) / predicted;
+    loss.backward();
+    grad.narrow(0, s, n).copy_(x.grad());
+  }
+  return grad.view_as(hidden);
+}
+
 }  // namespace
 
 std::vector<double> nested_mamba_head_scores(const MambaScores& m, int64_t heads, int64_t head_dim, int64_t keep_dims) {
@@ -193,7 +223,71 @@ std::vector<double> nested_mamba_head_scores(const MambaScores& m, int64_t heads
   return out;
 }
 
-Scores compute_scores(const NemotronH& model, const at::Tensor& calibration_ids, const ScoreOptions& options) {
+namespace {
+
+// Width statistics with resident weights: batch by batch through the whole model (with Taylor, a backward each).
+void width_pass_batch_by_batch(const NemotronH& model, const at::Tensor& calibration_ids, int64_t bs,
+                               const ScoreOptions& options, WidthObserver& obs, const ForwardOptions& fo) {
+  const int64_t n = calibration_ids.size(0);
+  Progress progress("score: width", n, "samples");
+  // Taylor needs gradients: the embedding table requiring grad makes every activation part of the graph.
+  at::Tensor emb = model.parameters().at("backbone.embeddings.weight");
+  const bool was_requiring = emb.requires_grad();
+  if (options.taylor) const_cast<at::Tensor&>(emb).set_requires_grad(true);
+  for (int64_t s = 0; s < n; s += bs) {
+    at::Tensor ids = calibration_ids.narrow(0, s, std::min(bs, n - s)).to(model.device());
+    if (options.taylor) {
+      c10::AutoGradMode grad(true);
+      at::Tensor h = model.forward_hidden(ids, fo);
+      h.backward(mean_next_token_ce_grad(model, ids, h, options.logits_chunk_bytes));
+      obs.collect_taylor();
+    } else {
+      c10::AutoGradMode no_grad(false);
+      model.forward_hidden(ids, fo);  // lm_head adds nothing to width scores
+    }
+    progress.advance(ids.size(0));
+  }
+  if (options.taylor) {
+    const_cast<at::Tensor&>(emb).set_requires_grad(was_requiring);
+    for (auto& [_, p] : model.parameters()) {
+      if (p.grad().defined()) const_cast<at::Tensor&>(p).mutable_grad() = at::Tensor();
+    }
+  }
+  progress.finish();
+}
+
+// Width statistics with streamed weights: the whole calibration set passes through one layer before the next
+// layer's weights are needed (each layer is copied to the device once). The residual streams of all samples are
+// kept, on the device when they take at most kDeviceHiddenBytes, else on the host. The statistics see the same
+// batches in the same order as the resident path (batch by batch within each layer), so the scores are the same.
+constexpr int64_t kDeviceHiddenBytes = int64_t(2) << 30;
+
+void width_pass_layer_by_layer(const LayerRunner& runner, const at::Tensor& calibration_ids, int64_t bs,
+                               const ForwardOptions& fo) {
+  c10::AutoGradMode no_grad(false);
+  const int64_t n = calibration_ids.size(0), L = runner.config().num_layers();
+  const int64_t bytes = calibration_ids.numel() * runner.config().hidden_size *
+                        int64_t(c10::elementSize(runner.model().dtype()));
+  const bool on_device = bytes <= kDeviceHiddenBytes;
+  std::vector<at::Tensor> hidden;
+  for (int64_t s = 0; s < n; s += bs) {
+    at::Tensor h = runner.embed(calibration_ids.narrow(0, s, std::min(bs, n - s)).to(runner.device()));
+    hidden.push_back(on_device ? h : h.cpu());
+  }
+  Progress progress("score: width (layer streaming)", L, "layers");
+  for (int64_t i = 0; i < L; ++i) {
+    for (size_t b = 0; b < hidden.size(); ++b) {
+      const int64_t next = b + 1 < hidden.size() ? i : (i + 1 < L ? i + 1 : -1);
+      at::Tensor h = runner.layer(i, on_device ? hidden[b] : hidden[b].to(runner.device()), fo, next);
+      hidden[b] = on_device ? h : h.cpu();
+    }
+    progress.advance();
+  }
+  progress.finish();
+}
+
+Scores score_with(const LayerRunner& runner, const at::Tensor& calibration_ids, const ScoreOptions& options) {
+  const NemotronH& model = runner.model();
   const ModelConfig& c = model.config();
   MP_CHECK(calibration_ids.dim() == 2 && calibration_ids.size(0) > 0 && calibration_ids.size(1) > 1,
            "score: calibration must be [samples, seq_len] with seq_len > 1, found ", calibration_ids.sizes());
@@ -213,50 +307,75 @@ Scores compute_scores(const NemotronH& model, const at::Tensor& calibration_ids,
     l.type = c.layers[i];
     scores.layers.push_back(l);
   }
-  const int64_t n = calibration_ids.size(0), bs = std::max<int64_t>(1, options.batch_size);
+  const int64_t bs = std::max<int64_t>(1, options.batch_size);
 
   if (options.width) {
     WidthObserver obs(model, options.reduction, options.taylor);
+    importance::MoeObserver moe(c, options.reduction);  // MoE layers' expert and channel statistics
+    importance::TeeObserver both(&obs, &moe);
     ForwardOptions fo;
-    fo.observer = &obs;
-    Progress progress("score: width", n, "samples");
-    // Taylor needs gradients: the embedding table requiring grad makes every activation part of the graph.
-    at::Tensor emb = model.parameters().at("backbone.embeddings.weight");
-    const bool was_requiring = emb.requires_grad();
-    if (options.taylor) const_cast<at::Tensor&>(emb).set_requires_grad(true);
-    for (int64_t s = 0; s < n; s += bs) {
-      at::Tensor ids = calibration_ids.narrow(0, s, std::min(bs, n - s)).to(model.device());
-      if (options.taylor) {
-        c10::AutoGradMode grad(true);
-        at::Tensor logits = model.forward(ids, fo);
-        at::Tensor loss = at::cross_entropy_loss(logits.narrow(1, 0, ids.size(1) - 1).reshape({-1, logits.size(-1)}),
-                                                 ids.narrow(1, 1, ids.size(1) - 1).reshape({-1}));
-        loss.backward();
-        obs.collect_taylor();
-      } else {
-        c10::AutoGradMode no_grad(false);
-        model.forward_hidden(ids, fo);  // lm_head adds nothing to width scores
-      }
-      progress.advance(ids.size(0));
+    fo.observer = c.count(LayerType::Moe) ? static_cast<ActivationObserver*>(&both) : &obs;
+    if (runner.streaming()) {
+      MP_CHECK(!options.taylor, "score: --taylor needs gradients through every layer at once, which layer streaming "
+               "(--max-gpu-memory) cannot give; score Taylor on a device that holds the model");
+      width_pass_layer_by_layer(runner, calibration_ids, bs, fo);
+    } else {
+      width_pass_batch_by_batch(model, calibration_ids, bs, options, obs, fo);
     }
-    if (options.taylor) {
-      const_cast<at::Tensor&>(emb).set_requires_grad(was_requiring);
-      for (auto& [_, p] : model.parameters()) {
-        if (p.grad().defined()) const_cast<at::Tensor&>(p).mutable_grad() = at::Tensor();
-      }
-    }
-    progress.finish();
     fill_width_scores(model, obs, scores);
+    moe.fill(scores);
     if (options.nested_head_dim > 0)
       for (auto& l : scores.layers)
         if (l.type == LayerType::Mamba)
           l.mamba.heads_nested = nested_mamba_head_scores(l.mamba, c.mamba_num_heads, c.mamba_head_dim, options.nested_head_dim);
   }
+  if (options.expert_loss && c.count(LayerType::Moe)) importance::score_expert_loss(model, calibration_ids, options, scores);
   if (options.depth || options.block_k > 0 || options.iterative_steps > 0) {
     c10::AutoGradMode no_grad(false);
-    importance::score_depth(model, calibration_ids, options, scores);
+    importance::score_depth(runner, calibration_ids, options, scores);
   }
   return scores;
+}
+
+}  // namespace
+
+int64_t score_activation_bytes(const ModelConfig& c, const ScoreOptions& o, int64_t element, bool streaming) {
+  const int64_t tokens = std::max<int64_t>(1, o.batch_size) * o.seq_len;
+  const int64_t d_inner = c.mamba_d_inner(), proj = 2 * d_inner + 2 * c.n_groups * c.ssm_state_size + c.mamba_num_heads;
+  // Per token, the largest set of tensors alive at once within a layer: the Mamba projection and conv output, the
+  // scan output and gated-norm temporaries in float32, the per-head output contributions in float32 (width
+  // scoring); the MLP's up projection, relu and square, and float32 statistics temporaries; attention's q, k, v
+  // (KV repeated to the query heads) and output.
+  int64_t per_token = 0;
+  for (LayerType t : c.layers) {
+    int64_t b = 0;
+    if (t == LayerType::Mamba) b = 2 * proj * element + 16 * d_inner;
+    if (t == LayerType::Mlp) b = c.intermediate_size * (3 * element + 8);
+    if (t == LayerType::Attention) b = 4 * c.num_attention_heads * c.head_dim * element + 8 * c.num_attention_heads * c.head_dim;
+    per_token = std::max(per_token, b);
+  }
+  per_token += 6 * c.hidden_size * element;  // residual stream in and out, norm output, float32 norm statistics
+  int64_t bytes = tokens * per_token;
+  const bool depth = o.depth || o.block_k > 0 || o.iterative_steps > 0;
+  if (depth) {
+    const int64_t samples = o.depth_samples > 0 ? std::min(o.depth_samples, o.samples) : o.samples;
+    bytes += 4 * o.logits_chunk_bytes;                                       // criteria over a chunk of logits
+    bytes += samples * o.seq_len * (c.hidden_size * element + 4 + 8);        // kept references
+    bytes += 2 * tokens * c.hidden_size * element;                           // the prefix and a branch
+  }
+  if (streaming) {
+    const int64_t hidden = o.samples * o.seq_len * c.hidden_size * element;  // all samples' residual streams
+    if (hidden <= kDeviceHiddenBytes) bytes += hidden;
+  }
+  return bytes + (int64_t(512) << 20);  // allocator rounding and fragmentation
+}
+
+Scores compute_scores(const NemotronH& model, const at::Tensor& calibration_ids, const ScoreOptions& options) {
+  return score_with(LayerRunner(model), calibration_ids, options);
+}
+
+Scores compute_scores(LayerStreamer& streamer, const at::Tensor& calibration_ids, const ScoreOptions& options) {
+  return score_with(LayerRunner(streamer), calibration_ids, options);
 }
 
 }  // namespace mp

@@ -57,7 +57,43 @@ const std::vector<double>& mamba_head_scores(const MambaScores& m, const std::st
 // Resolved widths of the target, each checked against the parent.
 struct Widths {
   int64_t hidden, ffn, heads, kv, mamba_heads, mamba_head_dim, groups;
+  int64_t experts = 0, expert_ffn = 0, shared_ffn = 0, top_k = 0;
 };
+
+// MoE widths: experts kept per layer (an equal share of every routing group, so the pruned groups are the
+// parent's groups minus the removed experts and routing is unchanged for the rest), widths, experts per token.
+void resolve_moe_widths(const ModelConfig& s, const PruneTarget& t, Widths& w) {
+  const std::string& what = t.origin;
+  w.experts = t.n_routed_experts.value_or(s.n_routed_experts);
+  w.expert_ffn = t.moe_intermediate_size.value_or(s.moe_intermediate_size);
+  w.shared_ffn = t.moe_shared_expert_intermediate_size.value_or(s.moe_shared_expert_intermediate_size);
+  w.top_k = t.num_experts_per_tok.value_or(std::min(s.num_experts_per_tok, w.experts));
+  if (!s.count(LayerType::Moe)) {
+    MP_CHECK(w.experts == s.n_routed_experts && w.expert_ffn == s.moe_intermediate_size &&
+                 w.shared_ffn == s.moe_shared_expert_intermediate_size && w.top_k == s.num_experts_per_tok,
+             what, ": MoE widths are set but the parent has no moe layers");
+    return;
+  }
+  auto not_larger = [&](int64_t target, int64_t source, const char* name) {
+    MP_CHECK(target > 0, what, ": ", name, " must be positive, found ", target);
+    MP_CHECK(target <= source, what, ": ", name, " ", target, " is larger than the parent's ", source,
+             "; pruning only removes units");
+  };
+  not_larger(w.experts, s.n_routed_experts, "n_routed_experts");
+  not_larger(w.expert_ffn, s.moe_intermediate_size, "moe_intermediate_size");
+  not_larger(w.shared_ffn, s.moe_shared_expert_intermediate_size, "moe_shared_expert_intermediate_size");
+  not_larger(w.top_k, s.num_experts_per_tok, "num_experts_per_tok");
+  MP_CHECK(w.experts % s.n_group == 0, what, ": n_routed_experts ", w.experts, " is not a multiple of n_group ",
+           s.n_group, "; routing ranks experts within groups, so every group keeps the same number of experts (try ",
+           s.n_group * std::max<int64_t>(1, w.experts / s.n_group), ")");
+  MP_CHECK(s.n_group == 1 || w.experts / s.n_group >= 2, what, ": ", w.experts, " experts over n_group ", s.n_group,
+           " leaves ", w.experts / s.n_group, " per group; transformers ranks a group by its two best experts, so each "
+           "group needs at least 2 (keep at least ", 2 * s.n_group, " experts)");
+  MP_CHECK(w.top_k <= w.experts, what, ": num_experts_per_tok ", w.top_k, " exceeds the ", w.experts,
+           " experts kept; lower it with num_experts_per_tok");
+  MP_CHECK(w.top_k <= s.topk_group * (w.experts / s.n_group), what, ": num_experts_per_tok ", w.top_k,
+           " exceeds the experts in the topk_group (", s.topk_group, ") best groups of ", w.experts / s.n_group);
+}
 
 Widths resolve_widths(const ModelConfig& s, const PruneTarget& t) {
   const std::string& what = t.origin;
@@ -113,6 +149,7 @@ Widths resolve_widths(const ModelConfig& s, const PruneTarget& t) {
     MP_CHECK(w.mamba_heads / w.groups <= per_group, what, ": ", w.mamba_heads, " Mamba heads over ", w.groups,
              " groups is ", w.mamba_heads / w.groups, " per group, but the parent's groups hold only ", per_group);
   }
+  resolve_moe_widths(s, t, w);
   if (t.full_config) {  // fields that pruning cannot change must be the parent's
     const ModelConfig& c = *t.full_config;
     auto same = [&](int64_t a, int64_t b, const char* name) {
@@ -127,6 +164,14 @@ Widths resolve_widths(const ModelConfig& s, const PruneTarget& t) {
     same(c.use_bias, s.use_bias, "use_bias");
     same(c.use_conv_bias, s.use_conv_bias, "use_conv_bias");
     same(c.mlp_bias, s.mlp_bias, "mlp_bias");
+    if (c.count(LayerType::Moe)) {
+      same(c.moe_latent_size, s.moe_latent_size, "moe_latent_size");
+      same(c.n_group, s.n_group, "n_group");
+      same(c.topk_group, s.topk_group, "topk_group");
+      same(c.norm_topk_prob, s.norm_topk_prob, "norm_topk_prob");
+      MP_CHECK(c.routed_scaling_factor == s.routed_scaling_factor, what, ": routed_scaling_factor differs from the "
+               "parent's; pruning cannot change it");
+    }
   }
   return w;
 }
@@ -179,6 +224,8 @@ bool needs_scores(const ModelConfig& s, const Widths& w, const PruneTarget& t) {
   return w.hidden < s.hidden_size || (s.count(LayerType::Mlp) && w.ffn < s.intermediate_size) ||
          (s.count(LayerType::Attention) && (w.heads < s.num_attention_heads || w.kv < s.num_key_value_heads)) ||
          (s.count(LayerType::Mamba) && (w.mamba_heads < s.mamba_num_heads || w.mamba_head_dim < s.mamba_head_dim)) ||
+         (s.count(LayerType::Moe) && (w.experts < s.n_routed_experts || w.expert_ffn < s.moe_intermediate_size ||
+                                      w.shared_ffn < s.moe_shared_expert_intermediate_size)) ||
          t.drop_count > 0;
 }
 
@@ -281,6 +328,49 @@ void plan_mamba(LayerPlan& lp, const ModelConfig& s, const Widths& w, const Prun
   }
 }
 
+const std::vector<double>& expert_scores(const MoeScores& m, const std::string& criterion) {
+  if (criterion == "experts") return m.experts;
+  if (criterion == "frequency") return m.frequency;
+  if (criterion == "loss") return m.loss;
+  fail("expert_criterion \"", criterion, "\" is unknown; expected experts, frequency or loss");
+}
+
+void plan_moe(LayerPlan& lp, const ModelConfig& s, const Widths& w, const PruneTarget& t, const Scores* scores) {
+  const int64_t E = s.n_routed_experts, F = s.moe_intermediate_size, G = s.n_group;
+  lp.moe_top_k = w.top_k;
+  if (w.experts == E) {
+    lp.moe_experts = all_of(E);
+  } else {
+    const std::vector<double>& score = expert_scores(layer_scores(scores, lp.source).moe, t.expert_criterion);
+    require(!score.empty(), "MoE expert scores (\"" + t.expert_criterion + "\")", lp.source);
+    const int64_t per = E / G;
+    for (int64_t g = 0; g < G; ++g) {  // the best w.experts / G of every group
+      std::vector<int64_t> members(static_cast<size_t>(per));
+      std::iota(members.begin(), members.end(), g * per);
+      auto kept = top_k(score, members, w.experts / G);
+      lp.moe_experts.insert(lp.moe_experts.end(), kept.begin(), kept.end());
+    }
+  }
+  const auto& channel_scores = scores ? layer_scores(scores, lp.source).moe.expert_channels : std::vector<double>();
+  if (w.expert_ffn < F) require(!channel_scores.empty(), "MoE expert channel scores", lp.source);
+  for (int64_t e : lp.moe_experts) {
+    if (w.expert_ffn == F) {
+      lp.moe_channels.push_back(all_of(F));
+      continue;
+    }
+    std::vector<double> mine(channel_scores.begin() + e * F, channel_scores.begin() + (e + 1) * F);
+    lp.moe_channels.push_back(top_k(mine, all_of(F), w.expert_ffn));
+  }
+  const int64_t S = s.moe_shared_expert_intermediate_size;
+  if (w.shared_ffn == S) {
+    lp.moe_shared = all_of(S);
+  } else {
+    const auto& sh = layer_scores(scores, lp.source).moe.shared;
+    require(!sh.empty(), "MoE shared-expert channel scores", lp.source);
+    lp.moe_shared = top_k(sh, all_of(S), w.shared_ffn);
+  }
+}
+
 }  // namespace
 
 std::vector<int64_t> LayerPlan::mamba_channels(int64_t parent_head_dim) const {
@@ -311,6 +401,10 @@ void check_scores_fit(const Scores& sc, const ModelConfig& c, const std::string&
     check_size(l.mamba.head_dim, c.mamba_head_dim, what, layer + " mamba.head_dim");
     check_size(l.mamba.groups, c.n_groups, what, layer + " mamba.groups");
     check_size(l.mamba.channels, c.mamba_d_inner(), what, layer + " mamba.channels");
+    for (auto* v : {&l.moe.experts, &l.moe.frequency, &l.moe.loss})
+      check_size(*v, c.n_routed_experts, what, layer + " moe.experts");
+    check_size(l.moe.expert_channels, c.n_routed_experts * c.moe_intermediate_size, what, layer + " moe.expert_channels");
+    check_size(l.moe.shared, c.moe_shared_expert_intermediate_size, what, layer + " moe.shared");
   }
   if (!sc.fingerprint.empty()) sc.check_matches(c, what);
 }
@@ -338,6 +432,19 @@ PrunePlan make_plan(const ModelConfig& source, const PruneTarget& target, const 
   out.mamba_num_heads = w.mamba_heads;
   out.mamba_head_dim = w.mamba_head_dim;
   out.n_groups = w.groups;
+  if (source.count(LayerType::Moe)) {
+    out.n_routed_experts = w.experts;
+    out.moe_intermediate_size = w.expert_ffn;
+    out.moe_shared_expert_intermediate_size = w.shared_ffn;
+    out.num_experts_per_tok = w.top_k;
+  }
+  // MTP layers have the main model's hidden size, attention and MoE shapes: copied only if those are unchanged.
+  plan.drop_mtp = target.drop_mtp;
+  plan.mtp_shapes_unchanged = w.hidden == source.hidden_size && w.heads == source.num_attention_heads &&
+                              w.kv == source.num_key_value_heads && out.n_routed_experts == source.n_routed_experts &&
+                              out.moe_intermediate_size == source.moe_intermediate_size &&
+                              out.moe_shared_expert_intermediate_size == source.moe_shared_expert_intermediate_size;
+  if (target.drop_mtp) out.num_nextn_predict_layers = 0;
   if (target.full_config) {
     MP_CHECK(target.full_config->pattern() == out.pattern(), target.origin, ": the target's layer pattern ",
              target.full_config->pattern(), " is not the parent's ", source.pattern(), " without layers [",
@@ -367,7 +474,7 @@ PrunePlan make_plan(const ModelConfig& source, const PruneTarget& target, const 
         break;
       case LayerType::Attention: plan_attention(lp, source, w, scores); break;
       case LayerType::Mamba: plan_mamba(lp, source, w, target, scores); break;
-      case LayerType::Moe: fail("pruning: mixture-of-experts layers are not supported");
+      case LayerType::Moe: plan_moe(lp, source, w, target, scores); break;
     }
     plan.layers.push_back(std::move(lp));
   }
@@ -381,6 +488,14 @@ bool PrunePlan::is_identity() const {
     if (l.type == LayerType::Attention && static_cast<int64_t>(l.attn_heads.size()) != source.num_attention_heads) return false;
     if (l.type == LayerType::Mamba && static_cast<int64_t>(l.mamba_channels(source.mamba_head_dim).size()) != source.mamba_d_inner())
       return false;
+    if (l.type == LayerType::Moe) {
+      if (static_cast<int64_t>(l.moe_experts.size()) != source.n_routed_experts ||
+          static_cast<int64_t>(l.moe_shared.size()) != source.moe_shared_expert_intermediate_size ||
+          l.moe_top_k != source.num_experts_per_tok)
+        return false;
+      for (auto& c : l.moe_channels)
+        if (static_cast<int64_t>(c.size()) != source.moe_intermediate_size) return false;
+    }
   }
   return true;
 }
@@ -402,7 +517,20 @@ std::map<int64_t, LayerMask> PrunePlan::parent_masks() const {
       auto channels = l.mamba_channels(source.mamba_head_dim);
       if (static_cast<int64_t>(channels.size()) < source.mamba_d_inner()) m.mamba_channels = mask_of(source.mamba_d_inner(), channels);
     }
-    if (m.mlp_neurons.defined() || m.attn_heads.defined() || m.mamba_channels.defined()) masks[l.source] = m;
+    if (l.type == LayerType::Moe) {
+      const int64_t E = source.n_routed_experts, F = source.moe_intermediate_size;
+      if (static_cast<int64_t>(l.moe_experts.size()) < E) m.moe_experts = mask_of(E, l.moe_experts);
+      if (static_cast<int64_t>(l.moe_shared.size()) < source.moe_shared_expert_intermediate_size)
+        m.moe_shared_channels = mask_of(source.moe_shared_expert_intermediate_size, l.moe_shared);
+      if (!l.moe_channels.empty() && static_cast<int64_t>(l.moe_channels[0].size()) < F) {
+        m.moe_expert_channels = at::ones({E, F}, at::kFloat);  // removed experts never run: their rows do not matter
+        for (size_t k = 0; k < l.moe_experts.size(); ++k) m.moe_expert_channels[l.moe_experts[k]] = mask_of(F, l.moe_channels[k]);
+      }
+      if (l.moe_top_k != source.num_experts_per_tok) m.moe_top_k = l.moe_top_k;
+    }
+    if (m.mlp_neurons.defined() || m.attn_heads.defined() || m.mamba_channels.defined() || m.moe_experts.defined() ||
+        m.moe_shared_channels.defined() || m.moe_expert_channels.defined() || m.moe_top_k > 0)
+      masks[l.source] = m;
   }
   return masks;
 }
@@ -427,6 +555,12 @@ json PrunePlan::to_json() const {
       e["mamba_groups"] = l.mamba_groups;
       e["mamba_heads"] = l.mamba_heads;
       e["mamba_head_dim"] = l.mamba_head_dim;
+    }
+    if (l.type == LayerType::Moe) {
+      e["moe_experts"] = l.moe_experts;
+      e["moe_expert_channels"] = l.moe_channels;
+      e["moe_shared"] = l.moe_shared;
+      e["num_experts_per_tok"] = l.moe_top_k;
     }
     layers_json.push_back(e);
   }

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
 
 #include "minipuzzle/error.h"
 #include "minipuzzle/progress.h"
@@ -105,6 +106,7 @@ void prune_checkpoint(const Checkpoint& parent, const PrunePlan& plan, const std
   check_output_dir(out_dir, options.overwrite);
   const std::vector<TensorCut> cuts = plan_tensor_cuts(plan);
   std::map<std::string, const TensorCut*> by_name;
+  std::deque<TensorCut> extra_cuts;  // MTP copies (a deque: the pointers in by_name stay valid)
   std::vector<TensorSpec> specs;
   uint64_t total_bytes = 0;
   for (auto& c : cuts) {
@@ -116,6 +118,26 @@ void prune_checkpoint(const Checkpoint& parent, const PrunePlan& plan, const std
     total_bytes += n;
     specs.push_back(spec);
   }
+  // MTP layers (`mtp.*`): copied as stored when their shapes still fit, dropped when asked, else refused.
+  const std::vector<std::string> mtp = parent.mtp_tensor_names();
+  ModelConfig target_config = plan.target;
+  if (!mtp.empty() && !plan.drop_mtp) {
+    MP_CHECK(plan.mtp_shapes_unchanged, parent.dir(), ": the checkpoint has ", mtp.size(),
+             " MTP tensors (mtp.*) whose shapes follow the hidden size, attention heads and MoE widths this target "
+             "changes; minipuzzle does not prune MTP layers. Pass --drop-mtp (target \"drop_mtp\": true) to write "
+             "the pruned model without them (num_nextn_predict_layers 0)");
+    for (const auto& name : mtp) {
+      TensorCut c;
+      c.out = {name, parent.info(name).shape, parent.info(name).dtype};
+      c.source_name = name;
+      by_name[name] = &extra_cuts.emplace_back(c);
+      specs.push_back(c.out);
+      uint64_t n = dtype_size(parent.info(name).dtype);
+      for (auto d : c.out.shape) n *= static_cast<uint64_t>(d);
+      total_bytes += n;
+    }
+  }
+  if (!mtp.empty() && plan.drop_mtp) target_config.num_nextn_predict_layers = 0;
   CheckpointWriteOptions write_options;
   write_options.dtype = parent.storage_dtype();
   write_options.max_shard_bytes = options.max_shard_bytes;
@@ -148,7 +170,7 @@ void prune_checkpoint(const Checkpoint& parent, const PrunePlan& plan, const std
     }
     return out;
   };
-  write_checkpoint(out_dir, plan.target, specs, produce, write_options, options.overwrite);
+  write_checkpoint(out_dir, target_config, specs, produce, write_options, options.overwrite);
   release_pages(pending, pending_bytes);
   progress.finish();
 }

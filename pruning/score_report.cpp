@@ -97,6 +97,10 @@ void write_scores_report(const Scores& s, const std::string& dir) {
       "x slice of in_proj, L2 per head; heads are ranked within their group");
   add(unit_heat_map(s, LayerType::Mamba, "Mamba head_dim positions", [](const LayerScores& l) { return l.mamba.head_dim; }),
       "x slice of in_proj, L2 over heads");
+  add(unit_heat_map(s, LayerType::Moe, "MoE routed experts", [](const LayerScores& l) { return l.moe.experts; }),
+      "router-weighted L2 norm of each expert's output over the calibration tokens");
+  add(unit_heat_map(s, LayerType::Moe, "MoE routing frequency", [](const LayerScores& l) { return l.moe.frequency; }),
+      "fraction of tokens routed to each expert");
   if (!s.hidden.empty()) {
     std::vector<std::vector<double>> h = {normalized(s.hidden)};
     std::vector<std::string> cols(s.hidden.size(), "");

@@ -32,6 +32,9 @@ std::string shape_fingerprint(const ModelConfig& c) {
   os << c.pattern() << "|v" << c.vocab_size << "|h" << c.hidden_size << "|f" << c.intermediate_size << "|a"
      << c.num_attention_heads << "/" << c.num_key_value_heads << "x" << c.head_dim << "|m" << c.mamba_num_heads
      << "x" << c.mamba_head_dim << "g" << c.n_groups << "n" << c.ssm_state_size;
+  if (c.count(LayerType::Moe))
+    os << "|e" << c.n_routed_experts << "k" << c.num_experts_per_tok << "x" << c.moe_intermediate_size << "s"
+       << c.moe_shared_expert_intermediate_size << "l" << c.moe_latent_size;
   return os.str();
 }
 
@@ -82,6 +85,14 @@ json Scores::to_json() const {
       e["mamba"] = mj;
     }
     if (!l.taylor.empty()) e["taylor"] = l.taylor;
+    if (!l.moe.experts.empty() || !l.moe.shared.empty()) {
+      json mj = json::object();
+      for (auto [k, v] : {std::pair<const char*, const std::vector<double>*>{"experts", &l.moe.experts},
+                          {"frequency", &l.moe.frequency}, {"loss", &l.moe.loss},
+                          {"expert_channels", &l.moe.expert_channels}, {"shared", &l.moe.shared}})
+        if (!v->empty()) mj[k] = vec(*v);
+      e["moe"] = mj;
+    }
     layers_j.push_back(e);
   }
   j["layers"] = layers_j;
@@ -116,7 +127,9 @@ Scores Scores::from_json(const json& j, const std::string& what) {
       LayerScores l;
       l.index = int_value(e.at("index"), what + " layer index");
       std::string type = e.at("type").get<std::string>();
-      l.type = type == "mamba" ? LayerType::Mamba : type == "attention" ? LayerType::Attention : LayerType::Mlp;
+      l.type = type == "mamba" ? LayerType::Mamba : type == "attention" ? LayerType::Attention
+             : type == "moe"     ? LayerType::Moe
+                                 : LayerType::Mlp;
       if (e.contains("depth"))
         for (auto& [k, v] : e.at("depth").items()) l.depth.by_criterion[k] = json_to_double(v, k);
       if (e.contains("mlp")) l.mlp_neurons = dvec(e.at("mlp"), "neurons");
@@ -138,6 +151,14 @@ Scores Scores::from_json(const json& j, const std::string& what) {
           MP_CHECK(m.at("head_rank_in_group").is_array(), what, ": head_rank_in_group must be a list of lists");
           for (auto& g : m.at("head_rank_in_group")) l.mamba.head_rank_in_group.push_back(int_list(g, what + " head_rank_in_group"));
         }
+      }
+      if (e.contains("moe")) {
+        const json& m = e.at("moe");
+        l.moe.experts = dvec(m, "experts");
+        l.moe.frequency = dvec(m, "frequency");
+        l.moe.loss = dvec(m, "loss");
+        l.moe.expert_channels = dvec(m, "expert_channels");
+        l.moe.shared = dvec(m, "shared");
       }
       if (e.contains("taylor"))
         for (auto& [k, v] : e.at("taylor").items()) l.taylor[k] = v.get<std::vector<double>>();

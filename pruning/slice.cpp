@@ -30,6 +30,40 @@ void append_blocks(std::vector<int64_t>& out, const std::vector<int64_t>& units,
 
 std::string source_layer(int64_t i) { return "backbone.layers." + std::to_string(i) + "."; }
 
+// MoE: routed expert K of the pruned layer is parent expert moe_experts[K] with its kept channels; the router keeps
+// the kept experts' rows (weight and e_score_correction_bias); the shared expert keeps its kept channels. Hidden
+// channels cut the router, the shared expert, the latent projections, or (without latent projections) the experts.
+void cut_moe_tensor(TensorCut& cut, const LayerPlan& lp, const ModelConfig& s, const std::vector<int64_t>& hidden,
+                    const std::string& rest) {
+  const std::vector<int64_t> experts = or_all(lp.moe_experts, s.n_routed_experts);
+  const std::vector<int64_t> shared = or_all(lp.moe_shared, s.moe_shared_expert_intermediate_size);
+  const std::vector<int64_t> expert_io = s.moe_latent_size > 0 ? std::vector<int64_t>() : hidden;
+  const std::string ex = "mixer.experts.";
+  if (rest.rfind(ex, 0) == 0) {
+    size_t dot = rest.find('.', ex.size());
+    const size_t k = static_cast<size_t>(std::stoll(rest.substr(ex.size(), dot - ex.size())));
+    const int64_t parent_expert = lp.moe_experts.at(k);
+    const std::string what = rest.substr(dot + 1);
+    cut.source_name = cut.source_name.substr(0, cut.source_name.size() - rest.size()) + ex +
+                      std::to_string(parent_expert) + "." + what;
+    const std::vector<int64_t> channels = or_all(lp.moe_channels.at(k), s.moe_intermediate_size);
+    if (what == "up_proj.weight") cut.rows = channels, cut.cols = expert_io;
+    else if (what == "down_proj.weight") cut.rows = expert_io, cut.cols = channels;
+    else fail("pruning: unexpected MoE expert tensor ", rest);
+    return;
+  }
+  if (rest == "mixer.gate.weight") cut.rows = experts, cut.cols = hidden;
+  else if (rest == "mixer.gate.e_score_correction_bias") cut.rows = experts;
+  else if (rest == "mixer.shared_experts.up_proj.weight") cut.rows = shared, cut.cols = hidden;
+  else if (rest == "mixer.shared_experts.up_proj.bias") cut.rows = shared;
+  else if (rest == "mixer.shared_experts.down_proj.weight") cut.rows = hidden, cut.cols = shared;
+  else if (rest == "mixer.shared_experts.down_proj.bias") cut.rows = hidden;
+  else if (rest == "mixer.fc1_latent_proj.weight") cut.cols = hidden;
+  else if (rest == "mixer.fc1_latent_proj.bias") {}
+  else if (rest == "mixer.fc2_latent_proj.weight" || rest == "mixer.fc2_latent_proj.bias") cut.rows = hidden;
+  else fail("pruning: unexpected MoE tensor ", rest);
+}
+
 }  // namespace
 
 std::vector<TensorCut> plan_tensor_cuts(const PrunePlan& plan) {
@@ -99,8 +133,8 @@ std::vector<TensorCut> plan_tensor_cuts(const PrunePlan& plan) {
         else if (rest == "mixer.out_proj.weight") cut.rows = hidden, cut.cols = inner;
         else if (rest == "mixer.out_proj.bias") cut.rows = hidden;
         else fail("pruning: unexpected Mamba tensor ", n);
-      } else {
-        fail("pruning: mixture-of-experts tensors are not supported (", n, ")");
+      } else if (lp.type == LayerType::Moe) {
+        cut_moe_tensor(cut, lp, s, hidden, rest);
       }
     }
     // Every cut must produce exactly the shape the pruned config implies.

@@ -21,6 +21,17 @@ json shape_json(const ModelConfig& c) {
           {"parameters", count_parameters(c)}};
 }
 
+json shape_json_with_moe(const ModelConfig& c) {
+  json j = shape_json(c);
+  if (c.count(LayerType::Moe)) {
+    j["n_routed_experts"] = c.n_routed_experts;
+    j["num_experts_per_tok"] = c.num_experts_per_tok;
+    j["moe_intermediate_size"] = c.moe_intermediate_size;
+    j["moe_shared_expert_intermediate_size"] = c.moe_shared_expert_intermediate_size;
+  }
+  return j;
+}
+
 std::string layer_width(const json& l) {
   const std::string type = l.at("type");
   char buf[128];
@@ -29,6 +40,12 @@ std::string layer_width(const json& l) {
   } else if (type == "attention") {
     std::snprintf(buf, sizeof buf, "%lld heads / %lld kv", static_cast<long long>(l.at("heads").get<int64_t>()),
                   static_cast<long long>(l.at("kv_heads").get<int64_t>()));
+  } else if (type == "moe") {
+    std::snprintf(buf, sizeof buf, "%lld experts x %lld, top %lld, shared %lld",
+                  static_cast<long long>(l.at("experts").get<int64_t>()),
+                  static_cast<long long>(l.at("expert_ffn").get<int64_t>()),
+                  static_cast<long long>(l.at("top_k").get<int64_t>()),
+                  static_cast<long long>(l.at("shared_ffn").get<int64_t>()));
   } else {
     std::snprintf(buf, sizeof buf, "%lld heads x %lld (%lld groups)", static_cast<long long>(l.at("heads").get<int64_t>()),
                   static_cast<long long>(l.at("head_dim").get<int64_t>()),
@@ -65,11 +82,17 @@ json prune_summary(const PrunePlan& plan, double bytes_per_param) {
       e["head_dim"] = l.mamba_head_dim.size();
       e["groups"] = l.mamba_groups.size();
     }
+    if (l.type == LayerType::Moe) {
+      e["experts"] = l.moe_experts.size();
+      e["expert_ffn"] = l.moe_channels.empty() ? 0 : l.moe_channels[0].size();
+      e["shared_ffn"] = l.moe_shared.size();
+      e["top_k"] = l.moe_top_k;
+    }
     layers.push_back(e);
   }
   const int64_t before = count_parameters(plan.source), after = count_parameters(plan.target);
-  return {{"before", shape_json(plan.source)},
-          {"after", shape_json(plan.target)},
+  return {{"before", shape_json_with_moe(plan.source)},
+          {"after", shape_json_with_moe(plan.target)},
           {"dropped_layers", plan.dropped_layers},
           {"parameters", {{"before", before}, {"after", after}, {"ratio", before ? double(after) / before : 0.0}}},
           {"weight_bytes",

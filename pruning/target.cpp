@@ -39,7 +39,9 @@ const std::set<std::string>& shape_keys() {
       "hidden_size", "hidden", "intermediate_size", "ffn", "num_attention_heads", "attn_heads",
       "num_key_value_heads", "kv_heads", "mamba_num_heads", "mamba_heads", "mamba_head_dim", "n_groups",
       "drop_layers", "dropped_layers", "drop_count", "depth_criterion", "mamba_group_removal",
-      "mamba_head_criterion", "id"};
+      "mamba_head_criterion", "id", "n_routed_experts", "experts", "moe_intermediate_size", "expert_ffn",
+      "moe_shared_expert_intermediate_size", "shared_ffn", "num_experts_per_tok", "top_k", "expert_criterion",
+      "drop_mtp"};
   return keys;
 }
 
@@ -75,12 +77,19 @@ PruneTarget PruneTarget::from_json(const json& j, const std::string& what) {
       t.mamba_head_dim = c.mamba_head_dim;
       t.n_groups = c.n_groups;
     }
+    if (c.count(LayerType::Moe)) {
+      t.n_routed_experts = c.n_routed_experts;
+      t.moe_intermediate_size = c.moe_intermediate_size;
+      t.moe_shared_expert_intermediate_size = c.moe_shared_expert_intermediate_size;
+      t.num_experts_per_tok = c.num_experts_per_tok;
+    }
   } else {
     for (auto& [key, _] : j.items()) {
       MP_CHECK(shape_keys().count(key), what, ": unknown field \"", key,
                "\" (expected hidden_size, intermediate_size, num_attention_heads, num_key_value_heads, "
                "mamba_num_heads, mamba_head_dim, n_groups, drop_layers, drop_count, depth_criterion, "
-               "mamba_group_removal, mamba_head_criterion)");
+               "mamba_group_removal, mamba_head_criterion, n_routed_experts, moe_intermediate_size, "
+               "moe_shared_expert_intermediate_size, num_experts_per_tok, expert_criterion, drop_mtp)");
     }
     t.hidden_size = int_field(j, {"hidden_size", "hidden"}, what);
     t.intermediate_size = int_field(j, {"intermediate_size", "ffn"}, what);
@@ -89,17 +98,26 @@ PruneTarget PruneTarget::from_json(const json& j, const std::string& what) {
     t.mamba_num_heads = int_field(j, {"mamba_num_heads", "mamba_heads"}, what);
     t.mamba_head_dim = int_field(j, {"mamba_head_dim"}, what);
     t.n_groups = int_field(j, {"n_groups"}, what);
+    t.n_routed_experts = int_field(j, {"n_routed_experts", "experts"}, what);
+    t.moe_intermediate_size = int_field(j, {"moe_intermediate_size", "expert_ffn"}, what);
+    t.moe_shared_expert_intermediate_size = int_field(j, {"moe_shared_expert_intermediate_size", "shared_ffn"}, what);
+    t.num_experts_per_tok = int_field(j, {"num_experts_per_tok", "top_k"}, what);
   }
   if (j.contains("drop_count")) {
     MP_CHECK(j.at("drop_count").is_number_integer() && j.at("drop_count").get<int64_t>() >= 0, what,
              ": \"drop_count\" must be a non-negative integer");
     t.drop_count = j.at("drop_count").get<int64_t>();
   }
-  for (const char* key : {"depth_criterion", "mamba_head_criterion"})
+  for (const char* key : {"depth_criterion", "mamba_head_criterion", "expert_criterion"})
     MP_CHECK(!j.contains(key) || j.at(key).is_string(), what, ": \"", key, "\" must be a string, found ",
              j.at(key).dump().substr(0, 80));
   if (j.contains("depth_criterion")) t.depth_criterion = j.at("depth_criterion").get<std::string>();
   if (j.contains("mamba_head_criterion")) t.mamba_head_criterion = j.at("mamba_head_criterion").get<std::string>();
+  if (j.contains("expert_criterion")) t.expert_criterion = j.at("expert_criterion").get<std::string>();
+  if (j.contains("drop_mtp")) {
+    MP_CHECK(j.at("drop_mtp").is_boolean(), what, ": \"drop_mtp\" must be true or false");
+    t.drop_mtp = j.at("drop_mtp").get<bool>();
+  }
   if (j.contains("mamba_group_removal")) {
     MP_CHECK(j.at("mamba_group_removal").is_boolean(), what, ": \"mamba_group_removal\" must be true or false");
     t.mamba_group_removal = j.at("mamba_group_removal").get<bool>();

@@ -20,8 +20,13 @@ Shape Shape::of(const ModelConfig& c) {
   s.n_attention = c.count(LayerType::Attention);
   s.n_mlp = c.count(LayerType::Mlp);
   s.n_moe = c.count(LayerType::Moe);
-  MP_CHECK(s.n_moe == 0, "the memory model covers Mamba, attention and MLP layers; this config has ", s.n_moe,
-           " MoE layers ('E'), which are not modelled");
+  if (s.n_moe) {
+    s.experts = c.n_routed_experts;
+    s.experts_per_token = c.num_experts_per_tok;
+    s.expert_ffn = c.moe_intermediate_size;
+    s.shared_ffn = c.moe_shared_expert_intermediate_size;
+    s.moe_latent = c.moe_latent_size;
+  }
   s.attention_heads = c.num_attention_heads;
   s.kv_heads = c.num_key_value_heads;
   s.head_dim = c.head_dim;
@@ -57,6 +62,26 @@ int64_t attention_layer_params(const Shape& s) {
 // MLP (relu^2, no gate): up_proj (H -> F) and down_proj (F -> H), biases when mlp_bias.
 int64_t mlp_layer_params(const Shape& s) { return 2 * s.hidden * s.ffn + (s.mlp_bias ? s.ffn + s.hidden : 0); }
 
+// MoE: each routed expert is a relu^2 MLP on the latent (or hidden) channels without biases; the router has an
+// [E, H] weight and an E-entry correction bias; the shared expert is an MLP of shared_ffn; the latent projections
+// (H -> latent -> H) carry biases when mlp_bias.
+int64_t moe_expert_params(const Shape& s) { return 2 * (s.moe_latent > 0 ? s.moe_latent : s.hidden) * s.expert_ffn; }
+static int64_t moe_layer_fixed_params(const Shape& s) {
+  int64_t p = s.experts * s.hidden + s.experts;                                    // router
+  p += 2 * s.hidden * s.shared_ffn + (s.mlp_bias ? s.shared_ffn + s.hidden : 0);  // shared expert
+  if (s.moe_latent > 0) p += 2 * s.hidden * s.moe_latent + (s.mlp_bias ? s.moe_latent + s.hidden : 0);
+  return p;
+}
+int64_t moe_layer_params(const Shape& s) { return moe_layer_fixed_params(s) + s.experts * moe_expert_params(s); }
+int64_t moe_layer_active_params(const Shape& s) {
+  return moe_layer_fixed_params(s) + s.experts_per_token * moe_expert_params(s);
+}
+double moe_experts_touched(const Shape& s, double tokens) {
+  if (s.experts <= 0) return 0.0;
+  const double E = static_cast<double>(s.experts), k = static_cast<double>(s.experts_per_token);
+  return E * (1.0 - std::pow(1.0 - k / E, std::max(tokens, 0.0)));
+}
+
 ParamCounts count_params(const Shape& s) {
   ParamCounts p;
   p.embeddings = s.vocab * s.hidden;
@@ -66,13 +91,24 @@ ParamCounts count_params(const Shape& s) {
   p.mamba = s.n_mamba * mamba_layer_params(s);
   p.attention = s.n_attention * attention_layer_params(s);
   p.mlp = s.n_mlp * mlp_layer_params(s);
+  if (s.n_moe) {
+    p.moe = s.n_moe * moe_layer_params(s);
+    p.moe_active = s.n_moe * moe_layer_active_params(s);
+    p.moe_routed = s.n_moe * s.experts * moe_expert_params(s);
+  }
   return p;
 }
 
 json ParamCounts::to_json() const {
-  return {{"total", total()},       {"embeddings", embeddings}, {"lm_head", lm_head},
+  json j = {{"total", total()},       {"embeddings", embeddings}, {"lm_head", lm_head},
           {"final_norm", final_norm}, {"layer_norms", layer_norms}, {"mamba", mamba},
           {"attention", attention},   {"mlp", mlp}};
+  if (moe) {
+    j["moe"] = moe;
+    j["moe_active"] = moe_active;
+    j["active"] = active();
+  }
+  return j;
 }
 
 json InferenceSetup::to_json() const {

@@ -36,7 +36,11 @@ StepCost decode_step_cost(const Shape& s, const InferenceSetup& u, int64_t posit
   const double wb = dtype_bytes(u.weights);
   StepCost c;
   // Every weight but the embedding table is read once per step; the table only for the B rows looked up.
-  c.stream_bytes = static_cast<double>(p.total() - p.embeddings) * wb + B * static_cast<double>(s.hidden) * wb;
+  // MoE layers read only the experts the batch's tokens are routed to (expected count under uniform routing).
+  const double untouched = s.n_moe ? static_cast<double>(s.n_moe) * (static_cast<double>(s.experts) - moe_experts_touched(s, B)) *
+                                         static_cast<double>(moe_expert_params(s))
+                                   : 0.0;
+  c.stream_bytes = (static_cast<double>(p.total() - p.embeddings) - untouched) * wb + B * static_cast<double>(s.hidden) * wb;
   // The KV cache up to `position` is read; one new K/V row written. Conv and SSM state read and written back.
   c.kv_bytes = static_cast<double>(s.n_attention) * 2.0 * B * (pos + 1) * static_cast<double>(s.kv_heads * s.head_dim) *
                dtype_bytes(u.kv_cache);
@@ -72,7 +76,10 @@ StepCost prefill_cost(const Shape& s, const InferenceSetup& u, int64_t tokens) {
   c.scan_flops = static_cast<double>(s.n_mamba) * T *
                  (2.0 * Q * static_cast<double>(s.n_groups * s.state) + 2.0 * Q * static_cast<double>(s.d_inner()) +
                   4.0 * static_cast<double>(s.d_inner() * s.state));
-  c.stream_bytes = static_cast<double>(p.total() - p.embeddings) * dtype_bytes(u.weights);
+  const double untouched = s.n_moe ? static_cast<double>(s.n_moe) * (static_cast<double>(s.experts) - moe_experts_touched(s, T)) *
+                                         static_cast<double>(moe_expert_params(s))
+                                   : 0.0;
+  c.stream_bytes = (static_cast<double>(p.total() - p.embeddings) - untouched) * dtype_bytes(u.weights);
   // Activation traffic: each layer reads and writes the hidden stream and its own intermediate.
   const double mamba_width = static_cast<double>(2 * s.d_inner() + 2 * s.n_groups * s.state + s.mamba_heads);
   const double attn_width = static_cast<double>((s.attention_heads + 2 * s.kv_heads) * s.head_dim);

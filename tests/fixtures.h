@@ -19,6 +19,7 @@ struct Path {
   const std::string& string() const { return s; }
   operator const std::string&() const { return s; }
   Path filename() const { return Path(mp::fs::filename(s)); }
+  Path parent_path() const { return Path(mp::fs::parent(s)); }
   std::string extension() const { return mp::fs::extension(s); }
   bool operator==(const Path& o) const { return s == o.s; }
   bool operator<(const Path& o) const { return s < o.s; }
@@ -29,6 +30,8 @@ inline std::string reference_model(const std::string& name) { return fixtures_di
 inline std::vector<std::string> reference_model_names() {
   return {"hybrid_g1", "hybrid_g2_tied", "hybrid_g4_sharded"};
 }
+// Mixture-of-experts hybrids (Nemotron 3 style); moe_mtp is moe_g1 with NVIDIA-style `mtp.*` tensors added.
+inline std::vector<std::string> moe_reference_model_names() { return {"moe_g1", "moe_grouped_latent", "moe_mtp"}; }
 inline std::string shared_data(const std::string& file) { return std::string(MINIPUZZLE_SHARED_DATA) + "/" + file; }
 inline std::string python() { return MINIPUZZLE_PYTHON; }
 inline std::string source_dir() { return MINIPUZZLE_SOURCE_DIR; }

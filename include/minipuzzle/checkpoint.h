@@ -38,6 +38,8 @@ class Checkpoint {
   const std::string& dir() const { return dir_; }
   const ModelConfig& config() const { return config_; }
   std::vector<std::string> tensor_names() const;
+  // The multi-token-prediction tensors (`mtp.*`, NVIDIA's MTP layers; transformers ignores them), in name order.
+  std::vector<std::string> mtp_tensor_names() const;
   bool has(const std::string& name) const;
   const TensorInfo& info(const std::string& name) const;
   // Memory-mapped view (no copy); `model.` prefixed names are accepted as aliases of `backbone.`.

@@ -49,6 +49,22 @@ struct ModelConfig {
   std::string mamba_ssm_cache_dtype = "float32";
   std::string torch_dtype = "bfloat16";
 
+  // Mixture-of-experts layers ('E', transformers' NemotronHMoE): a sigmoid top-k router (selection by score +
+  // e_score_correction_bias, optionally within the best topk_group of n_group groups), routed experts that are
+  // non-gated relu^2 MLPs of moe_intermediate_size (on moe_latent_size channels when that is set, with
+  // fc1/fc2 latent projections around them), and one always-on shared-expert MLP.
+  int64_t n_routed_experts = 0;
+  int64_t num_experts_per_tok = 0;
+  int64_t moe_intermediate_size = 0;
+  int64_t moe_shared_expert_intermediate_size = 0;
+  int64_t moe_latent_size = 0;  // 0: none (experts work on hidden_size channels)
+  int64_t n_group = 1;
+  int64_t topk_group = 1;
+  bool norm_topk_prob = true;
+  double routed_scaling_factor = 1.0;
+  // Multi-token-prediction layers (`mtp.*` tensors). transformers ignores them; we carry them through.
+  int64_t num_nextn_predict_layers = 0;
+
   // The file as read, so that writing keeps fields we do not model (tokens ids, MoE/MTP fields, ...).
   json raw;
 
@@ -58,6 +74,7 @@ struct ModelConfig {
   int64_t mamba_d_inner() const { return mamba_num_heads * mamba_head_dim; }
   int64_t mamba_conv_dim() const { return mamba_d_inner() + 2 * n_groups * ssm_state_size; }
   int64_t mamba_in_proj_dim() const { return 2 * mamba_d_inner() + 2 * n_groups * ssm_state_size + mamba_num_heads; }
+  int64_t moe_expert_dim() const { return moe_latent_size > 0 ? moe_latent_size : hidden_size; }  // experts' in/out
 
   // Throws mp::Error naming the field when the configuration cannot describe a valid model.
   void validate() const;

@@ -64,24 +64,43 @@ struct AdamWOptions {
 
 class AdamW {
  public:
-  AdamW(const std::map<std::string, at::Tensor>& params, AdamWOptions options);
+  // offload_fraction: the share of the parameters (by elements, whole tensors in name order) whose fp32 master
+  // and moments live in host memory and are updated there (optimizer offload, issue 20); the rest stays with the
+  // parameters. Results are the same either way (bit for bit on CPU): the host update runs the same fused kernel.
+  AdamW(const std::map<std::string, at::Tensor>& params, AdamWOptions options, double offload_fraction = 0);
+  ~AdamW();
+  AdamW(const AdamW&) = delete;
+  AdamW& operator=(const AdamW&) = delete;
   // Applies one update from each parameter's .grad() (parameters without a gradient are left alone).
   void step(double lr);
   int64_t steps() const { return steps_; }
-  // State by name: "exp_avg/NAME", "exp_avg_sq/NAME" and, for low-precision parameters, "master/NAME".
+  // State by name: "exp_avg/NAME", "exp_avg_sq/NAME" and, for low-precision parameters, "master/NAME", wherever
+  // it lives (offloaded state is returned as host tensors), so checkpoints do not depend on the placement.
   std::map<std::string, at::Tensor> state_tensors() const;
   void load_state(const std::map<std::string, at::Tensor>& tensors, int64_t steps);
   // Unique parameters in a fixed order (the order of their first name), as optimised.
   const std::vector<std::string>& names() const { return names_; }
   const std::vector<at::Tensor>& params() const { return params_; }
   static bool decays(const std::string& name, const at::Tensor& param);
+  // Elements whose optimizer state is on the host, and all elements.
+  int64_t offloaded_elements() const;
+  int64_t total_elements() const;
+  // Seconds the last step spent in the host update (0 without offload) and in the whole step.
+  double last_host_seconds() const { return last_host_seconds_; }
+  double last_step_seconds() const { return last_step_seconds_; }
+
+  struct Offload;  // distill/optimizer.cpp: host state, staging ring, side stream
 
  private:
+  void offload_begin();             // queues the first gradient pieces' copies to the host
+  void step_offloaded(double lr);   // the host update of every piece, weights streamed back
   AdamWOptions options_;
   std::vector<std::string> names_;
   std::vector<at::Tensor> params_, masters_, exp_avg_, exp_avg_sq_;
-  std::vector<bool> decay_;
+  std::vector<bool> decay_, offloaded_;
   int64_t steps_ = 0;
+  std::unique_ptr<Offload> offload_;
+  double last_host_seconds_ = 0, last_step_seconds_ = 0;
 };
 
 // Global L2 norm of the gradients (float64 accumulation); scales them by max_norm / norm when norm > max_norm
@@ -264,6 +283,16 @@ struct DistillOptions {
   int64_t max_nonfinite = 5;
   int64_t bucket_bytes = int64_t(25) << 20;
   std::string save_dtype;      // "float32" | "bfloat16"; empty: the student's storage (float32 from scratch)
+  // Memory plan (include/minipuzzle/train_memory.h), made before the models load and written to OUT/plan.json.
+  bool plan_only = false;      // --plan: print the plan and return without training
+  std::string fit = "check";   // check: refuse a setup that does not fit; auto: choose micro-batch (not above
+                               // the given one, same tokens per step), checkpointing and offload; off: no plan
+  std::string gpu_memory;      // --gpu-memory SIZE: plan for this much free GPU memory (a CPU run then plans as
+                               // the CUDA trainer would hold the models: bf16, fused KD, and applies the offload)
+  std::string host_memory;     // --host-memory SIZE: host RAM for the plan (default: MemAvailable)
+  std::string offload_optimizer;  // "" none (auto may choose), "auto", or a fraction in [0, 1]
+  int64_t stop_after_steps = 0;   // > 0: after this step, write the checkpoint and return (exit 0); --resume goes on
+  bool no_save = false;           // write neither OUT/checkpoint nor OUT/final (benchmarks whose state exceeds the disk)
 };
 
 struct DistillResult {

@@ -18,6 +18,8 @@
 //                     "heads_out": [heads floats],       // each head's output through o_proj
 //                     "kv_groups": [kv floats]},
 //       "taylor":    {"mlp_neurons"|"attn_heads"|"mamba_heads": [...]}   // with --taylor
+//       "moe":       {"experts": [E], "frequency": [E], "loss": [E],   // see MoeScores
+//                     "expert_channels": [E*F], "shared": [S]}
 //       "mamba":     {"heads": [H floats],              // from the x slice of in_proj (default criterion)
 //                     "heads_out": [H floats],          // alternative: each head's output through out_proj
 //                     "heads_flap": [H floats],         // alternative: FLAP (|W_out col|^2 x input variance)
@@ -66,6 +68,15 @@ struct MambaScores {
   std::vector<std::vector<int64_t>> head_rank_in_group;
 };
 
+// MoE layers. Per routed expert: "experts" = the L2 norm over calibration tokens of each expert's
+// router-weighted output ||w_e(x) E_e(x)|| (0 for tokens not routed to it; ModelOpt's criterion for Nemotron 3),
+// "frequency" = the fraction of tokens routed to it, "loss" = the LM-loss increase when it is removed (masked
+// out of the router; optional). Channels: "expert_channels" [E*F, expert-major] = per expert, the L2 norm of each
+// relu^2 channel over its routed tokens; "shared" [S] = the shared expert's channels (the MLP-neuron reduction).
+struct MoeScores {
+  std::vector<double> experts, frequency, loss, expert_channels, shared;
+};
+
 struct DepthScores {
   std::map<std::string, double> by_criterion;  // "lm_loss_increase", "kl", "mse_hidden", "mse_logits", ...
 };
@@ -78,6 +89,7 @@ struct LayerScores {
   std::vector<double> attn_heads, attn_kv_groups;
   std::vector<double> attn_heads_out;  // each head's output through o_proj
   MambaScores mamba;
+  MoeScores moe;
   std::map<std::string, std::vector<double>> taylor;  // first-order Taylor: "mlp_neurons", "attn_heads", "mamba_heads"
 };
 
@@ -125,6 +137,11 @@ struct ScoreOptions {
   bool taylor = false;               // first-order Taylor (gradient x activation) as an extra criterion
   int64_t depth_samples = 0;         // samples used by the depth criteria (0: all)
   int64_t nested_head_dim = 0;       // also Minitron-SSM nested head scores over the top-k head_dim (0: off)
+  // Logits are made, and losses, log-softmax, KL and MSE computed, a chunk of tokens at a time: at most this many
+  // bytes of float32 logits per chunk (no [batch, seq, vocab] tensor exists). 256 MiB: 512 tokens at V = 131072;
+  // depth scoring holds about four such buffers at once.
+  int64_t logits_chunk_bytes = int64_t(256) << 20;
+  bool expert_loss = false;          // MoE: LM-loss increase per removed expert (a forward per expert per MoE layer)
 };
 
 // Minitron-SSM's nested Mamba head scores: keep the `keep_dims` best head_dim positions (global ranking),
@@ -138,6 +155,19 @@ at::Tensor sample_calibration(const TokenFile& tokens, int64_t samples, int64_t 
 // Scores a model on calibration sequences [N, L] of token ids (streamed in batches: statistics are
 // accumulated, activations never all kept).
 Scores compute_scores(const NemotronH& model, const at::Tensor& calibration_ids, const ScoreOptions& options);
+
+class LayerStreamer;
+// The same with the layer weights streamed to the device (minipuzzle/layer_stream.h): the whole calibration set
+// passes through one layer before the next layer is needed; depth criteria run their sweeps with the next layer's
+// copy overlapping the current one's compute. Same scores as the resident path. Not with `taylor`.
+Scores compute_scores(LayerStreamer& streamer, const at::Tensor& calibration_ids, const ScoreOptions& options);
+
+// Device memory scoring needs beside the weights, estimated from the layer widths (bytes): one batch's activations
+// through the widest layer with the width statistics' temporaries, the depth criteria's logits chunks, kept
+// references and branch, and when `streaming` the residual streams of all calibration samples (kept on the device
+// up to 2 GiB). `element_size`: bytes per element of the model dtype.
+int64_t score_activation_bytes(const ModelConfig& config, const ScoreOptions& options, int64_t element_size,
+                               bool streaming);
 
 // The per-channel aggregation, exposed for tests: activations [B,T,C] -> per-sample partial statistic.
 // Accumulator keeps sum over samples of (mean_t |a|)^2 etc. so batches stream. The sums stay on the

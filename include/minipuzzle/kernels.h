@@ -46,6 +46,9 @@ bool built_with_cuda();
 enum class MambaOp { conv, ssd, norm };
 bool model_uses_kernel(MambaOp op, const at::Tensor& t);
 void set_model_uses_kernels(bool enabled);  // all or none
+// Tests only: CPU tensors too go through the kernels' autograd functions (their ATen bodies), so that a CPU run has
+// the CUDA path's autograd structure: what each Mamba op keeps for backward (the memory plan's test measures it).
+void set_model_kernels_on_cpu(bool enabled);
 
 // Whether ssd_scan would run its CUDA kernel for these shapes on the current device (false off CUDA builds).
 bool ssd_scan_cuda_supported(int64_t heads, int64_t head_dim, int64_t groups, int64_t chunk);

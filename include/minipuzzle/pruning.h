@@ -29,6 +29,15 @@ struct Scores;
 struct PruneTarget {
   std::optional<int64_t> hidden_size, intermediate_size, num_attention_heads, num_key_value_heads;
   std::optional<int64_t> mamba_num_heads, mamba_head_dim, n_groups;
+  // MoE layers: routed experts kept per layer (the same count in every layer, so transformers' config describes
+  // it; which experts go differs per layer), expert and shared-expert widths, experts per token.
+  std::optional<int64_t> n_routed_experts, moe_intermediate_size, moe_shared_expert_intermediate_size,
+      num_experts_per_tok;
+  // Which MoeScores field ranks experts: "experts" (router-weighted output norm), "frequency" or "loss".
+  std::string expert_criterion = "experts";
+  // MTP layers (`mtp.*`) are copied unchanged when the target leaves every width they depend on (hidden size,
+  // attention heads, MoE widths and expert count) as it was; otherwise pruning refuses unless drop_mtp is set.
+  bool drop_mtp = false;
   std::vector<int64_t> drop_layers;  // parent layer indices to remove
   int64_t drop_count = 0;            // or: remove this many, the least important by `depth_criterion`
   // A DepthScores key ("lm_loss_increase", "kl", "mse_hidden", "mse_logits", "block_influence") or "iterative"
@@ -46,7 +55,9 @@ struct PruneTarget {
 
   // Accepted forms: {"hidden_size"|"hidden", "intermediate_size"|"ffn", "num_attention_heads"|"attn_heads",
   // "num_key_value_heads"|"kv_heads", "mamba_num_heads"|"mamba_heads", "mamba_head_dim", "n_groups",
-  // "drop_layers": [..], "drop_count": n, "depth_criterion", "mamba_group_removal", "mamba_head_criterion"};
+  // "drop_layers": [..], "drop_count": n, "depth_criterion", "mamba_group_removal", "mamba_head_criterion",
+  // "n_routed_experts"|"experts", "moe_intermediate_size"|"expert_ffn", "moe_shared_expert_intermediate_size"|
+  // "shared_ffn", "num_experts_per_tok"|"top_k", "expert_criterion", "drop_mtp"};
   // a full student config.json (has "hybrid_override_pattern" or "layers_block_type") with "dropped_layers";
   // a search candidate {"id", "config": {...}, "dropped_layers": [...]}.
   static PruneTarget from_json(const json& j, const std::string& what);
@@ -68,6 +79,10 @@ struct LayerPlan {
   std::vector<int64_t> mamba_groups;    // kept SSM groups (their B and C rows stay whole)
   std::vector<int64_t> mamba_heads;     // kept heads, group by group
   std::vector<int64_t> mamba_head_dim;  // kept positions within every head (the same for all heads)
+  std::vector<int64_t> moe_experts;                  // kept routed experts (ascending; equal count per n_group group)
+  std::vector<std::vector<int64_t>> moe_channels;    // per kept expert (in moe_experts order): its kept channels
+  std::vector<int64_t> moe_shared;                   // kept shared-expert channels
+  int64_t moe_top_k = 0;                             // experts per token in the pruned model
   // Kept channels of d_inner (x, z, gated norm, out_proj columns): head h, position p -> h * head_dim + p.
   std::vector<int64_t> mamba_channels(int64_t parent_head_dim) const;
 };
@@ -77,6 +92,8 @@ struct PrunePlan {
   std::vector<int64_t> hidden;          // kept embedding channels
   std::vector<int64_t> dropped_layers;  // parent indices, ascending
   std::vector<LayerPlan> layers;        // one per layer of the pruned model
+  bool drop_mtp = false;                // the target drops the MTP layers (num_nextn_predict_layers -> 0)
+  bool mtp_shapes_unchanged = true;     // the widths MTP tensors depend on are the parent's: copy them as they are
 
   bool is_identity() const;
   // Masks over the parent that zero exactly the removed width units (MLP neurons, attention heads, Mamba

@@ -116,6 +116,8 @@ struct Shape {
   int64_t attention_heads = 0, kv_heads = 0, head_dim = 0;
   int64_t mamba_heads = 0, mamba_head_dim = 0, n_groups = 1, state = 0, conv_kernel = 4, chunk_size = 128;
   bool tied_embeddings = false, conv_bias = true, mamba_bias = false, mlp_bias = false;
+  // MoE layers: routed experts (count, active per token, width), the shared expert's width, latent size (0: none).
+  int64_t experts = 0, experts_per_token = 0, expert_ffn = 0, shared_ffn = 0, moe_latent = 0;
   int64_t layers() const { return n_mamba + n_attention + n_mlp + n_moe; }
   int64_t d_inner() const { return mamba_heads * mamba_head_dim; }
   int64_t conv_dim() const { return d_inner() + 2 * n_groups * state; }
@@ -126,15 +128,24 @@ struct Shape {
 struct ParamCounts {
   int64_t embeddings = 0, lm_head = 0, final_norm = 0, layer_norms = 0;
   int64_t mamba = 0, attention = 0, mlp = 0;
-  int64_t total() const { return embeddings + lm_head + final_norm + layer_norms + mamba + attention + mlp; }
+  // MoE layers: every expert (what memory holds) and what one token uses (its top-k experts, the shared expert,
+  // router and latent projections: what throughput pays for); moe_routed is the routed experts' part of moe.
+  int64_t moe = 0, moe_active = 0, moe_routed = 0;
+  int64_t total() const { return embeddings + lm_head + final_norm + layer_norms + mamba + attention + mlp + moe; }
+  int64_t active() const { return total() - moe + moe_active; }  // parameters one token touches
   // Parameters used by matrix multiplies each token (everything but the embedding gather and the norms).
-  int64_t matmul() const { return lm_head + mamba + attention + mlp; }
+  int64_t matmul() const { return lm_head + mamba + attention + mlp + moe_active; }
   json to_json() const;
 };
 ParamCounts count_params(const Shape& shape);
 int64_t mamba_layer_params(const Shape& s);
 int64_t attention_layer_params(const Shape& s);
 int64_t mlp_layer_params(const Shape& s);
+int64_t moe_expert_params(const Shape& s);        // one routed expert: up_proj and down_proj
+int64_t moe_layer_params(const Shape& s);         // all experts, shared expert, router (+ bias), latent projections
+int64_t moe_layer_active_params(const Shape& s);  // the same with experts_per_token routed experts
+// Expected distinct experts a layer runs for `tokens` tokens routed uniformly: E (1 - (1 - k/E)^tokens).
+double moe_experts_touched(const Shape& s, double tokens);
 
 // How the model is served: the terms of the memory model follow from this and the shape.
 struct InferenceSetup {

@@ -66,6 +66,24 @@ void add(CLI::App& app) {
                 "recompute peak)")
       ->capture_default_str();
   c->add_flag("--resume", o.resume, "continue from OUT/checkpoint");
+  c->add_flag("--plan", o.plan_only,
+              "print the memory plan (GPU and host bytes per term, the chosen micro-batch, checkpointing and offload), "
+              "write OUT/plan.json and exit without training (exit 1 with one line when nothing fits)");
+  c->add_option("--fit", o.fit,
+                "check: refuse a setup that does not fit the GPU/host (saying what would); auto: choose micro-batch "
+                "(at most --micro-batch, same tokens per step), activation checkpointing and optimizer offload; off")
+      ->capture_default_str();
+  c->add_option("--gpu-memory", o.gpu_memory,
+                "free GPU memory to plan for, e.g. 141GB or 80GiB (default: what the GPU reports free); on a CPU run "
+                "the plan is made as the CUDA trainer would hold the models");
+  c->add_option("--stop-after-steps", o.stop_after_steps,
+                "stop after this step with a checkpoint (exit 0); --resume continues the same run");
+  c->add_flag("--no-save", o.no_save,
+              "write neither OUT/checkpoint nor OUT/final (benchmarks whose optimizer state exceeds the disk)");
+  c->add_option("--host-memory", o.host_memory, "host RAM to plan for (default: MemAvailable)");
+  c->add_option("--offload-optimizer", o.offload_optimizer,
+                "auto or a fraction in [0, 1]: the share of the fp32 master weights and AdamW moments kept and updated "
+                "in host memory (gradients and weights stream over PCIe); same results as on the GPU");
   c->callback([a] {
     a->o.schedule.kind = distill::lr_schedule_from_name(a->schedule);
     distill::DistillResult r = distill::run_distillation(a->o);

@@ -26,7 +26,25 @@ json describe(const Checkpoint& ck) {
   j["checkpoint"] = ck.dir();
   j["pattern"] = c.pattern();
   j["layers"] = {{"total", c.num_layers()}, {"mamba", c.count(LayerType::Mamba)},
-                 {"attention", c.count(LayerType::Attention)}, {"mlp", c.count(LayerType::Mlp)}};
+                 {"attention", c.count(LayerType::Attention)}, {"mlp", c.count(LayerType::Mlp)},
+                 {"moe", c.count(LayerType::Moe)}};
+  if (c.count(LayerType::Moe))
+    j["moe"] = {{"n_routed_experts", c.n_routed_experts}, {"num_experts_per_tok", c.num_experts_per_tok},
+                {"moe_intermediate_size", c.moe_intermediate_size},
+                {"moe_shared_expert_intermediate_size", c.moe_shared_expert_intermediate_size},
+                {"moe_latent_size", c.moe_latent_size}, {"n_group", c.n_group}, {"topk_group", c.topk_group},
+                {"routed_scaling_factor", c.routed_scaling_factor}, {"norm_topk_prob", c.norm_topk_prob}};
+  // MTP layers: not part of the model's forward pass, but carried by prune and save (never silently lost).
+  const auto mtp = ck.mtp_tensor_names();
+  if (!mtp.empty() || c.num_nextn_predict_layers > 0) {
+    int64_t n = 0;
+    for (const auto& name : mtp) {
+      int64_t k = 1;
+      for (auto d : ck.info(name).shape) k *= d;
+      n += k;
+    }
+    j["mtp"] = {{"num_nextn_predict_layers", c.num_nextn_predict_layers}, {"tensors", mtp.size()}, {"parameters", n}};
+  }
   j["shape"] = {{"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size}, {"intermediate_size", c.intermediate_size},
                 {"attention_heads", c.num_attention_heads}, {"kv_heads", c.num_key_value_heads},
                 {"head_dim", c.head_dim}, {"mamba_heads", c.mamba_num_heads}, {"mamba_head_dim", c.mamba_head_dim},
@@ -55,9 +73,21 @@ void run(const InspectArgs& a) {
   t.right_align = {false, true};
   auto row = [&](const std::string& k, const std::string& v) { t.rows.push_back({k, v}); };
   row("pattern", j["pattern"].get<std::string>());
-  row("layers (M / * / -)", std::to_string(j["layers"]["mamba"].get<int64_t>()) + " / " +
-                                std::to_string(j["layers"]["attention"].get<int64_t>()) + " / " +
-                                std::to_string(j["layers"]["mlp"].get<int64_t>()));
+  row("layers (M / * / - / E)", std::to_string(j["layers"]["mamba"].get<int64_t>()) + " / " +
+                                    std::to_string(j["layers"]["attention"].get<int64_t>()) + " / " +
+                                    std::to_string(j["layers"]["mlp"].get<int64_t>()) + " / " +
+                                    std::to_string(j["layers"]["moe"].get<int64_t>()));
+  if (j.contains("moe"))
+    row("experts (routed x width, active, shared)",
+        std::to_string(j["moe"]["n_routed_experts"].get<int64_t>()) + " x " +
+            std::to_string(j["moe"]["moe_intermediate_size"].get<int64_t>()) + ", " +
+            std::to_string(j["moe"]["num_experts_per_tok"].get<int64_t>()) + ", " +
+            std::to_string(j["moe"]["moe_shared_expert_intermediate_size"].get<int64_t>()));
+  if (j.contains("mtp"))
+    row("MTP layers (tensors, parameters; kept by prune)",
+        std::to_string(j["mtp"]["num_nextn_predict_layers"].get<int64_t>()) + " (" +
+            std::to_string(j["mtp"]["tensors"].get<int64_t>()) + ", " +
+            format_number(j["mtp"]["parameters"].get<double>(), true) + ")");
   for (auto& [k, v] : j["parameters"].items()) row("parameters: " + k, format_number(v.get<double>(), true));
   row("weights in bf16", format_number(j["weights_bf16_bytes"].get<double>(), true) + "B");
   row("KV cache per token (bf16)", format_number(j["kv_cache_bytes_per_token_bf16"].get<double>(), true) + "B");

@@ -20,7 +20,9 @@ namespace {
 
 struct PruneArgs {
   std::string checkpoint, scores, target, output, summary_json, plan_json, drop_layers, depth_criterion,
-      mamba_head_criterion;
+      mamba_head_criterion, expert_criterion;
+  int64_t experts = 0, expert_ffn = 0, shared_ffn = 0, top_k = 0;
+  bool drop_mtp = false;
   int64_t hidden = 0, ffn = 0, attn_heads = 0, kv_heads = 0, mamba_heads = 0, mamba_head_dim = 0, n_groups = 0;
   int64_t drop_count = -1;
   bool group_removal = false, dry_run = false, overwrite = false;
@@ -65,6 +67,12 @@ void run(const PruneArgs& a) {
   if (!a.depth_criterion.empty()) target.depth_criterion = a.depth_criterion;
   if (!a.mamba_head_criterion.empty()) target.mamba_head_criterion = a.mamba_head_criterion;
   if (a.group_removal) target.mamba_group_removal = true;
+  set(target.n_routed_experts, a.experts);
+  set(target.moe_intermediate_size, a.expert_ffn);
+  set(target.moe_shared_expert_intermediate_size, a.shared_ffn);
+  set(target.num_experts_per_tok, a.top_k);
+  if (!a.expert_criterion.empty()) target.expert_criterion = a.expert_criterion;
+  if (a.drop_mtp) target.drop_mtp = true;
   if (a.target.empty()) target.origin = "prune flags";
 
   std::unique_ptr<Scores> scores;
@@ -128,6 +136,12 @@ void add(CLI::App& app) {
               "reach --mamba-heads by removing whole groups instead of heads within every group");
   c->add_option("--mamba-head-criterion", args->mamba_head_criterion,
                 "heads (default) | heads_out | heads_flap | heads_nested | nested");
+  c->add_option("--experts", args->experts, "MoE: routed experts kept per layer (a multiple of n_group)");
+  c->add_option("--expert-ffn", args->expert_ffn, "MoE: routed expert width (moe_intermediate_size)");
+  c->add_option("--shared-ffn", args->shared_ffn, "MoE: shared expert width");
+  c->add_option("--top-k", args->top_k, "MoE: experts per token (num_experts_per_tok)");
+  c->add_option("--expert-criterion", args->expert_criterion, "MoE: experts (default) | frequency | loss");
+  c->add_flag("--drop-mtp", args->drop_mtp, "write the pruned model without its MTP layers (mtp.*)");
   c->add_option("--drop-layers", args->drop_layers, "parent layer indices to remove, e.g. 3,7");
   c->add_option("--drop-count", args->drop_count, "remove this many layers, the least important first");
   c->add_option("--depth-criterion", args->depth_criterion,

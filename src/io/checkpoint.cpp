@@ -50,8 +50,30 @@ std::vector<TensorSpec> expected_tensors(const ModelConfig& c) {
         if (c.mlp_bias) t.push_back({m + "up_proj.bias", {c.intermediate_size}, {}});
         t.push_back({m + "up_proj.weight", {c.intermediate_size, c.hidden_size}, {}});
         break;
-      case LayerType::Moe:
-        fail("config: layer ", i, " is a mixture-of-experts layer ('E'), which minipuzzle does not support yet");
+      case LayerType::Moe: {
+        // As NVIDIA's checkpoints and transformers' save_pretrained store them: one tensor per routed expert
+        // (transformers fuses them into 3-D parameters in memory only), the router's correction bias in fp32.
+        const int64_t d = c.moe_expert_dim();
+        for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+          std::string x = m + "experts." + std::to_string(e) + ".";
+          t.push_back({x + "down_proj.weight", {d, c.moe_intermediate_size}, {}});
+          t.push_back({x + "up_proj.weight", {c.moe_intermediate_size, d}, {}});
+        }
+        if (c.moe_latent_size > 0) {
+          if (c.mlp_bias) t.push_back({m + "fc1_latent_proj.bias", {c.moe_latent_size}, {}});
+          t.push_back({m + "fc1_latent_proj.weight", {c.moe_latent_size, c.hidden_size}, {}});
+          if (c.mlp_bias) t.push_back({m + "fc2_latent_proj.bias", {c.hidden_size}, {}});
+          t.push_back({m + "fc2_latent_proj.weight", {c.hidden_size, c.moe_latent_size}, {}});
+        }
+        t.push_back({m + "gate.e_score_correction_bias", {c.n_routed_experts}, DType::F32});
+        t.push_back({m + "gate.weight", {c.n_routed_experts, c.hidden_size}, {}});
+        const int64_t s = c.moe_shared_expert_intermediate_size;
+        if (c.mlp_bias) t.push_back({m + "shared_experts.down_proj.bias", {c.hidden_size}, {}});
+        t.push_back({m + "shared_experts.down_proj.weight", {c.hidden_size, s}, {}});
+        if (c.mlp_bias) t.push_back({m + "shared_experts.up_proj.bias", {s}, {}});
+        t.push_back({m + "shared_experts.up_proj.weight", {s, c.hidden_size}, {}});
+        break;
+      }
     }
   }
   t.push_back({"backbone.norm_f.weight", {c.hidden_size}, {}});
@@ -121,6 +143,13 @@ Checkpoint Checkpoint::open(const std::string& dir) {
              at::IntArrayRef(it->second.second->shape), " but the config implies ", at::IntArrayRef(spec.shape));
   }
   return ck;
+}
+
+std::vector<std::string> Checkpoint::mtp_tensor_names() const {
+  std::vector<std::string> names;
+  for (auto it = tensors_.lower_bound("mtp."); it != tensors_.end() && it->first.rfind("mtp.", 0) == 0; ++it)
+    names.push_back(it->first);
+  return names;
 }
 
 std::vector<std::string> Checkpoint::tensor_names() const {

@@ -173,6 +173,22 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& what) {
   c.use_conv_bias = r.optional_bool("use_conv_bias", true);
   c.mamba_hidden_act = r.optional_string("mamba_hidden_act", "silu");
   c.mamba_ssm_cache_dtype = r.optional_string("mamba_ssm_cache_dtype", "float32");
+
+  // MoE: the sizes that define tensors are required when there are 'E' layers; the routing options default as
+  // in transformers' NemotronHConfig. `num_local_experts` is transformers' alias of n_routed_experts.
+  bool moe = c.count(LayerType::Moe) > 0;
+  auto moe_int = [&](const char* key, int64_t dflt) { return moe ? r.required_int(key) : r.optional_int(key, dflt); };
+  c.n_routed_experts = r.has("n_routed_experts") || !r.has("num_local_experts") ? moe_int("n_routed_experts", 0)
+                                                                                  : r.as_int("num_local_experts");
+  c.num_experts_per_tok = moe_int("num_experts_per_tok", 0);
+  c.moe_intermediate_size = moe_int("moe_intermediate_size", 0);
+  c.moe_shared_expert_intermediate_size = moe_int("moe_shared_expert_intermediate_size", 0);
+  c.moe_latent_size = r.optional_int("moe_latent_size", 0);
+  c.n_group = r.optional_int("n_group", 1);
+  c.topk_group = r.optional_int("topk_group", 1);
+  c.norm_topk_prob = r.optional_bool("norm_topk_prob", true);
+  c.routed_scaling_factor = r.optional_double("routed_scaling_factor", 1.0);
+  c.num_nextn_predict_layers = r.optional_int("num_nextn_predict_layers", 0);
   c.validate();
   return c;
 }
@@ -190,7 +206,11 @@ void ModelConfig::validate() const {
       {"num_attention_heads", num_attention_heads}, {"num_key_value_heads", num_key_value_heads},
       {"head_dim", head_dim},             {"mamba_num_heads", mamba_num_heads}, {"mamba_head_dim", mamba_head_dim},
       {"n_groups", n_groups},             {"ssm_state_size", ssm_state_size}, {"conv_kernel", conv_kernel},
-      {"chunk_size", chunk_size}};
+      {"chunk_size", chunk_size},         {"n_routed_experts", n_routed_experts},
+      {"num_experts_per_tok", num_experts_per_tok}, {"moe_intermediate_size", moe_intermediate_size},
+      {"moe_shared_expert_intermediate_size", moe_shared_expert_intermediate_size},
+      {"moe_latent_size", moe_latent_size}, {"n_group", n_group}, {"topk_group", topk_group},
+      {"num_nextn_predict_layers", num_nextn_predict_layers}};
   for (auto& [name, value] : sizes)
     MP_CHECK(value >= 0 && value <= kMaxConfigSize, what, ": ", name, " is ", value, "; expected 0..", kMaxConfigSize,
              " (corrupt config?)");
@@ -204,7 +224,10 @@ void ModelConfig::validate() const {
       {"attention (num_key_value_heads x head_dim x hidden_size)", wide(num_key_value_heads) * head_dim * h},
       {"Mamba in_proj", (2 * wide(mamba_num_heads) * mamba_head_dim + 2 * wide(n_groups) * ssm_state_size +
                          mamba_num_heads) * h},
-      {"Mamba conv1d", (wide(mamba_num_heads) * mamba_head_dim + 2 * wide(n_groups) * ssm_state_size) * conv_kernel}};
+      {"Mamba conv1d", (wide(mamba_num_heads) * mamba_head_dim + 2 * wide(n_groups) * ssm_state_size) * conv_kernel},
+      {"MoE expert (moe_intermediate_size x expert dim)", wide(moe_intermediate_size) * moe_expert_dim()},
+      {"MoE experts of one layer", wide(n_routed_experts) * moe_intermediate_size * moe_expert_dim()},
+      {"MoE shared expert", wide(moe_shared_expert_intermediate_size) * h}};
   for (auto& [name, n] : tensors)
     MP_CHECK(n <= kMaxConfigTensorElements, what, ": the ", name, " tensor would have ", static_cast<double>(n),
              " elements, over the limit of ", kMaxConfigTensorElements, " (corrupt config?)");
@@ -226,6 +249,26 @@ void ModelConfig::validate() const {
              ") must divide mamba_num_heads (", mamba_num_heads, ")");
     MP_CHECK(conv_kernel > 0 && chunk_size > 0, what, ": conv_kernel and chunk_size must be positive");
     MP_CHECK(mamba_hidden_act == "silu", what, ": mamba_hidden_act \"", mamba_hidden_act, "\" is not supported");
+  }
+  if (count(LayerType::Moe)) {
+    MP_CHECK(n_routed_experts > 0 && moe_intermediate_size > 0 && moe_shared_expert_intermediate_size > 0, what,
+             ": MoE layers need n_routed_experts, moe_intermediate_size and moe_shared_expert_intermediate_size > 0");
+    MP_CHECK(num_experts_per_tok > 0 && num_experts_per_tok <= n_routed_experts, what, ": num_experts_per_tok (",
+             num_experts_per_tok, ") must be 1..n_routed_experts (", n_routed_experts, ")");
+    MP_CHECK(n_group > 0 && n_routed_experts % n_group == 0, what, ": n_group (", n_group,
+             ") must divide n_routed_experts (", n_routed_experts, ")");
+    // transformers scores a group by the sum of its two best experts, so a group needs two when there are groups.
+    MP_CHECK(n_group == 1 || n_routed_experts / n_group >= 2, what, ": with n_group ", n_group,
+             " each group must hold at least 2 experts (transformers sums a group's top two); n_routed_experts is ",
+             n_routed_experts);
+    MP_CHECK(topk_group > 0 && topk_group <= n_group, what, ": topk_group (", topk_group, ") must be 1..n_group (",
+             n_group, ")");
+    MP_CHECK(num_experts_per_tok <= topk_group * (n_routed_experts / n_group), what, ": num_experts_per_tok (",
+             num_experts_per_tok, ") exceeds the experts in topk_group (", topk_group, ") groups of ",
+             n_routed_experts / n_group);
+    MP_CHECK(mlp_hidden_act == "relu2", what, ": mlp_hidden_act \"", mlp_hidden_act,
+             "\" is not supported (Nemotron-H experts use relu2)");
+    MP_CHECK(std::isfinite(routed_scaling_factor), what, ": routed_scaling_factor must be finite");
   }
 }
 
@@ -256,6 +299,21 @@ json ModelConfig::to_json() const {
   j["use_bias"] = use_bias;
   j["use_conv_bias"] = use_conv_bias;
   j["mlp_bias"] = mlp_bias;
+  if (count(LayerType::Moe) || j.contains("n_routed_experts")) {
+    j["n_routed_experts"] = n_routed_experts;
+    j.erase("num_local_experts");
+    j["num_experts_per_tok"] = num_experts_per_tok;
+    j["moe_intermediate_size"] = moe_intermediate_size;
+    j["moe_shared_expert_intermediate_size"] = moe_shared_expert_intermediate_size;
+    if (moe_latent_size > 0) j["moe_latent_size"] = moe_latent_size;
+    else if (j.contains("moe_latent_size")) j["moe_latent_size"] = nullptr;
+    j["n_group"] = n_group;
+    j["topk_group"] = topk_group;
+    j["norm_topk_prob"] = norm_topk_prob;
+    j["routed_scaling_factor"] = routed_scaling_factor;
+  }
+  if (num_nextn_predict_layers > 0 || j.contains("num_nextn_predict_layers"))
+    j["num_nextn_predict_layers"] = num_nextn_predict_layers;
   auto boxed = [](double v) -> json {
     if (std::isinf(v)) return json{{"__float__", v > 0 ? "Infinity" : "-Infinity"}};
     if (std::isnan(v)) return json{{"__float__", "NaN"}};

@@ -542,6 +542,7 @@ bool built_with_cuda() {
 namespace {
 // Bit i set: MambaOp i runs its kernel in the model. -1: not decided yet (the environment is read once).
 std::atomic<int> g_model_kernels{-1};
+std::atomic<bool> g_kernels_on_cpu{false};
 
 int kernels_from_env() {
   const char* env = std::getenv("MINIPUZZLE_MAMBA_KERNELS");
@@ -562,6 +563,7 @@ int kernels_from_env() {
 }  // namespace
 
 bool model_uses_kernel(MambaOp op, const at::Tensor& t) {
+  if (t.is_cpu() && g_kernels_on_cpu.load()) return true;
   if (!built_with_cuda() || !t.is_cuda()) return false;
   int bits = g_model_kernels.load();
   if (bits < 0) {
@@ -572,6 +574,7 @@ bool model_uses_kernel(MambaOp op, const at::Tensor& t) {
 }
 
 void set_model_uses_kernels(bool enabled) { g_model_kernels.store(enabled ? 7 : 0); }
+void set_model_kernels_on_cpu(bool enabled) { g_kernels_on_cpu.store(enabled); }
 
 bool ssd_scan_cuda_supported(int64_t heads, int64_t head_dim, int64_t groups, int64_t chunk) {
 #ifdef MINIPUZZLE_WITH_CUDA

@@ -59,5 +59,6 @@ at::Tensor ssd_chunk_scan(const at::Tensor& x, const at::Tensor& dt, const at::T
 at::Tensor mamba2_mixer(const LayerContext& ctx, const Params& p, const at::Tensor& h);
 at::Tensor attention_mixer(const LayerContext& ctx, const Params& p, const at::Tensor& h);
 at::Tensor mlp_mixer(const LayerContext& ctx, const Params& p, const at::Tensor& h);
+at::Tensor moe_mixer(const LayerContext& ctx, const Params& p, const at::Tensor& h);
 
 }  // namespace mp::model

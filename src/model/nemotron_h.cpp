@@ -19,6 +19,10 @@ const char* tap_name(Tap tap) {
     case Tap::MlpAct: return "mlp_act";
     case Tap::LayerOutput: return "layer_output";
     case Tap::FinalHidden: return "final_hidden";
+    case Tap::MoeShared: return "moe_shared";
+    case Tap::MoeRouting: return "moe_routing";
+    case Tap::MoeExpertOutput: return "moe_expert_output";
+    case Tap::MoeExpertChannels: return "moe_expert_channels";
   }
   return "?";
 }
@@ -49,14 +53,20 @@ NemotronH::NemotronH(ModelConfig config, std::map<std::string, at::Tensor> param
 NemotronH NemotronH::load(const Checkpoint& ck, c10::Device device, at::ScalarType dtype) {
   std::map<std::string, at::Tensor> params;
   for (auto& spec : expected_tensors(ck.config())) {
-    // Copy: the checkpoint tensor is a read-only view of the mapped file.
-    params[spec.name] = ck.tensor(spec.name).to(device, dtype, /*non_blocking=*/false, /*copy=*/true);
+    // Copy: the checkpoint tensor is a read-only view of the mapped file. Tensors stored in float32 whatever the
+    // model's dtype (the router's e_score_correction_bias, as transformers keeps it) stay at least float32.
+    at::ScalarType t = spec.dtype ? at::promote_types(dtype, to_scalar_type(*spec.dtype)) : dtype;
+    params[spec.name] = ck.tensor(spec.name).to(device, t, /*non_blocking=*/false, /*copy=*/true);
   }
   if (ck.config().tie_word_embeddings && ck.info("lm_head.weight").begin == ck.info("backbone.embeddings.weight").begin &&
       &ck.info("lm_head.weight") == &ck.info("backbone.embeddings.weight")) {
     params["lm_head.weight"] = params["backbone.embeddings.weight"];  // truly tied: train one tensor
   }
-  return NemotronH(ck.config(), std::move(params));
+  NemotronH model(ck.config(), std::move(params));
+  // MTP layers: not part of the forward pass (transformers ignores them too), kept as stored so save() writes them.
+  for (const auto& name : ck.mtp_tensor_names())
+    model.mtp_[name] = ck.tensor(name).to(at::kCPU, ck.tensor(name).scalar_type(), false, /*copy=*/true);
+  return model;
 }
 
 NemotronH NemotronH::random_init(const ModelConfig& config, uint64_t seed, c10::Device device, at::ScalarType dtype) {
@@ -91,7 +101,7 @@ NemotronH NemotronH::random_init(const ModelConfig& config, uint64_t seed, c10::
       t = at::empty(spec.shape, cpu).normal_(0.0, std, gen);
       if (ends_with("out_proj.weight")) t = t / std::sqrt(double(config.num_layers()));
     }
-    params[n] = t.to(device, dtype);
+    params[n] = t.to(device, spec.dtype ? at::promote_types(dtype, to_scalar_type(*spec.dtype)) : dtype);
   }
   if (config.tie_word_embeddings) params["lm_head.weight"] = params["backbone.embeddings.weight"];  // one tensor
   return NemotronH(config, std::move(params));
@@ -107,6 +117,11 @@ at::Tensor NemotronH::embed(const at::Tensor& input_ids) const {
 }
 
 at::Tensor NemotronH::forward_layer(int64_t i, const at::Tensor& h, const ForwardOptions& options) const {
+  return forward_layer(i, h, params_, options);
+}
+
+at::Tensor NemotronH::forward_layer(int64_t i, const at::Tensor& h, const std::map<std::string, at::Tensor>& weights,
+                                    const ForwardOptions& options) const {
   MP_CHECK(i >= 0 && i < config_.num_layers(), "model: layer ", i, " does not exist; the model has ",
            config_.num_layers(), " layers");
   MP_CHECK(options.skip_layers.empty() || (int64_t)options.skip_layers.size() == config_.num_layers(),
@@ -123,16 +138,18 @@ at::Tensor NemotronH::forward_layer(int64_t i, const at::Tensor& h, const Forwar
     return h;
   }
   std::string prefix = "backbone.layers." + std::to_string(i) + ".";
-  at::Tensor norm_w = params_.at(prefix + "norm.weight");
+  auto norm = weights.find(prefix + "norm.weight");
+  MP_CHECK(norm != weights.end(), "model: missing parameter \"", prefix, "norm.weight\"");
+  at::Tensor norm_w = norm->second;
   at::Tensor normed = model::rms_norm(h.to(norm_w.scalar_type()), norm_w, config_.layer_norm_epsilon);
   ctx.tap(Tap::NormOutput, normed);
-  model::Params p{params_, prefix + "mixer."};
+  model::Params p{weights, prefix + "mixer."};
   at::Tensor out;
   switch (config_.layers[i]) {
     case LayerType::Mamba: out = model::mamba2_mixer(ctx, p, normed); break;
     case LayerType::Attention: out = model::attention_mixer(ctx, p, normed); break;
     case LayerType::Mlp: out = model::mlp_mixer(ctx, p, normed); break;
-    case LayerType::Moe: fail("model: mixture-of-experts layers are not supported");
+    case LayerType::Moe: out = model::moe_mixer(ctx, p, normed); break;
   }
   at::Tensor next = h + out;
   ctx.tap(Tap::LayerOutput, next);
@@ -172,7 +189,15 @@ at::Tensor NemotronH::forward(const at::Tensor& input_ids, const ForwardOptions&
 }
 
 void NemotronH::set_requires_grad(bool requires_grad) {
-  for (auto& [_, t] : params_) t.set_requires_grad(requires_grad);
+  // The router's e_score_correction_bias is a buffer in transformers (set by the load-balancing rule, not by
+  // gradients; it only selects experts, so no gradient reaches it anyway).
+  for (auto& [name, t] : params_)
+    t.set_requires_grad(requires_grad && name.find("e_score_correction_bias") == std::string::npos);
+}
+
+void NemotronH::drop_mtp() {
+  mtp_.clear();
+  config_.num_nextn_predict_layers = 0;
 }
 
 int64_t NemotronH::num_parameters() const { return count_parameters(config_); }
@@ -185,8 +210,18 @@ void NemotronH::save(const std::string& out_dir, DType storage, const std::vecto
   options.dtype = storage;
   options.copy_files = copy_files;
   options.max_shard_bytes = max_shard_bytes;
-  write_checkpoint(out_dir, config_, expected_tensors(config_),
-                   [&](const TensorSpec& s) { return params_.at(s.name).detach(); }, options, overwrite);
+  std::vector<TensorSpec> specs = expected_tensors(config_);
+  for (auto& [name, t] : mtp_) {
+    TensorSpec spec{name, t.sizes().vec(), {}};
+    if (t.scalar_type() == at::kFloat && name.find("e_score_correction_bias") != std::string::npos) spec.dtype = DType::F32;
+    specs.push_back(spec);
+  }
+  write_checkpoint(out_dir, config_, specs,
+                   [&](const TensorSpec& s) {
+                     auto it = mtp_.find(s.name);
+                     return it != mtp_.end() ? it->second : params_.at(s.name).detach();
+                   },
+                   options, overwrite);
 }
 
 }  // namespace mp

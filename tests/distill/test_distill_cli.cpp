@@ -7,7 +7,9 @@
 //   - two gloo processes with micro-batch B == one process with micro-batch 2B, within 2e-5 (relative) on every
 //     step's loss: only the order of float sums differs;
 //   - --activation-checkpointing (1 and 2 layers per segment): the same losses, evaluations and final weights as
-//     without it, bit for bit.
+//     without it, bit for bit;
+//   - --offload-optimizer: all optimizer state on the host, stopped (--stop-after-steps) and resumed with it on the
+//     device, equals the plain run bit for bit; --plan prints the memory plan and exits 0, or 1 with what would fit.
 #include "fixtures.h"
 #include <signal.h>
 #include <sys/wait.h>
@@ -313,4 +315,46 @@ TEST_CASE("distill: non-finite steps are skipped, and too many in a row stop the
   CHECK(losses[0].is_number());
   for (size_t i = losses.size() - 3; i < losses.size(); ++i) CHECK(losses[i].is_null());
   CHECK(!fs::exists(out + "/final"));
+}
+
+TEST_CASE("distill: --offload-optimizer, stopped and resumed without it, equals the plain run; --plan") {
+  const Setup& s = setup();
+  const std::string args = "--tokens 5120 --micro-batch 4 --grad-accum 2 --lr 2e-3 --warmup 2 --eval-every 5 ";
+  const std::string plain = s.dir + "/offload_plain", off = s.dir + "/offload_on";
+  auto r1 = test::run_command(distill_cmd(s, plain, args));
+  INFO(r1.output);
+  REQUIRE(r1.exit_code == 0);
+  auto r2 = test::run_command(distill_cmd(s, off, args + "--offload-optimizer 1 --stop-after-steps 4"));
+  INFO(r2.output);
+  REQUIRE(r2.exit_code == 0);
+  CHECK(read_json(off + "/checkpoint/trainer.json")["step"] == 4);
+  CHECK_FALSE(fs::exists(off + "/final"));
+  auto r3 = test::run_command(distill_cmd(s, off, args + "--offload-optimizer 0 --resume"));
+  INFO(r3.output);
+  REQUIRE(r3.exit_code == 0);
+  json a = read_json(plain + "/checkpoint/trainer.json"), b = read_json(off + "/checkpoint/trainer.json");
+  REQUIRE(a["train_loss"].size() == 10);
+  CHECK(a["train_loss"].dump() == b["train_loss"].dump());  // bit for bit on CPU
+  CHECK(read_file(plain + "/final/model.safetensors") == read_file(off + "/final/model.safetensors"));
+  CHECK(read_file(off + "/log.jsonl").find("\"offload_optimizer\":1.0") != std::string::npos);
+
+  // --plan for 12B -> 9B on a 141 GB GPU, from the configs alone (no checkpoint is read).
+  const std::string models = test::source_dir() + "/configs/models/";
+  const std::string plan_cmd = test::minipuzzle_binary() + " distill --plan --gpu-memory 141GB --host-memory 128GiB --teacher " +
+                               models + "nemotron-nano-12b-v2.json --student " + models + "nemotron-nano-9b-v2.json" +
+                               " --data none --valid none --tokens 65536 --seq-len 8192 --micro-batch 8 -o " + s.dir + "/plan ";
+  auto p1 = test::run_command(plan_cmd + "--fit auto");
+  INFO(p1.output);
+  CHECK(p1.exit_code == 0);
+  CHECK_THAT(p1.output, MP_CONTAINS("AdamW moments"));
+  json plan = read_json(s.dir + "/plan/plan.json");
+  CHECK(plan["fits"] == true);
+  CHECK(plan["setup"]["offload_fraction"].get<double>() > 0);
+  auto p2 = test::run_command(plan_cmd);  // --fit check: the given setup does not fit
+  INFO(p2.output);
+  CHECK(p2.exit_code == 1);
+  CHECK_THAT(p2.output, MP_CONTAINS("on the GPU, 128.7 GiB available; --offload-optimizer"));
+  auto bad = test::run_command(distill_cmd(s, s.dir + "/offload_bad", args + "--offload-optimizer lots"));
+  CHECK(bad.exit_code == 1);
+  CHECK_THAT(bad.output, MP_CONTAINS("--offload-optimizer takes auto or a fraction"));
 }

@@ -64,3 +64,45 @@ TEST_CASE("wrong configs are refused with the field named", "[io][config]") {
 
   CHECK_THAT(error_of(json::array()), MP_CONTAINS("expected a JSON object"));
 }
+
+TEST_CASE("MoE configs: both layer-list forms, transformers' defaults, round trip, and refusals", "[io][config][moe]") {
+  json a = base_config();
+  a["hybrid_override_pattern"] = "ME*E";
+  a["n_routed_experts"] = 8;
+  a["num_experts_per_tok"] = 2;
+  a["moe_intermediate_size"] = 16;
+  a["moe_shared_expert_intermediate_size"] = 24;
+  json b = a;
+  b.erase("hybrid_override_pattern");
+  b["layers_block_type"] = {"mamba", "moe", "attention", "moe"};  // NVIDIA's older spellings are accepted too
+  ModelConfig ca = ModelConfig::from_json(a), cb = ModelConfig::from_json(b);
+  CHECK(ca.pattern() == "ME*E");
+  CHECK(cb.pattern() == "ME*E");
+  // Unset routing options take transformers' NemotronHConfig defaults.
+  CHECK(ca.n_group == 1);
+  CHECK(ca.topk_group == 1);
+  CHECK(ca.norm_topk_prob);
+  CHECK(ca.routed_scaling_factor == 1.0);
+  CHECK(ca.moe_latent_size == 0);
+  CHECK(ca.moe_expert_dim() == 32);
+  ModelConfig back = ModelConfig::from_json(ca.to_json());
+  CHECK(back.n_routed_experts == 8);
+  CHECK(back.to_json()["layers_block_type"][1] == "moe");
+  // transformers' alias of n_routed_experts
+  json alias = a;
+  alias.erase("n_routed_experts");
+  alias["num_local_experts"] = 8;
+  CHECK(ModelConfig::from_json(alias).n_routed_experts == 8);
+  auto refused = [&](const char* key, json value, const char* words) {
+    json j = a;
+    if (value.is_null()) j.erase(key);
+    else j[key] = value;
+    INFO(key << " = " << value.dump());
+    CHECK_THAT(error_of(j), MP_CONTAINS(words));
+  };
+  refused("moe_intermediate_size", nullptr, "moe_intermediate_size");
+  refused("n_group", 3, "n_group (3) must divide n_routed_experts (8)");
+  refused("n_group", 8, "at least 2 experts");
+  refused("topk_group", 2, "topk_group (2) must be 1..n_group (1)");
+  refused("num_experts_per_tok", 9, "num_experts_per_tok (9)");
+}

@@ -44,6 +44,12 @@ inline Scores make_random_scores(const ModelConfig& c, uint64_t seed) {
       l.mamba.groups = random_scores(rng, c.n_groups);
       l.mamba.channels = random_scores(rng, c.mamba_d_inner());
     }
+    if (l.type == LayerType::Moe) {
+      l.moe.experts = random_scores(rng, c.n_routed_experts);
+      l.moe.frequency = random_scores(rng, c.n_routed_experts);
+      l.moe.expert_channels = random_scores(rng, c.n_routed_experts * c.moe_intermediate_size);
+      l.moe.shared = random_scores(rng, c.moe_shared_expert_intermediate_size);
+    }
     s.layers.push_back(l);
   }
   return s;
