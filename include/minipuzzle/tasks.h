@@ -44,7 +44,7 @@ TaskFile read_task_file(const std::string& path);
 struct TaskOptions {
   int64_t num_fewshot = -1;   // examples in the prefix; -1: every "fewshot" line of the file
   int64_t limit = 0;          // score only the first `limit` questions (0: all)
-  int64_t batch = 16;         // sequences per forward
+  int64_t batch = 32;         // sequences per forward (short sequences: large batches amortise each forward)
   int64_t max_length = 2048;  // longest input; longer ones lose their left end
 };
 

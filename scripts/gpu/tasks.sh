@@ -17,7 +17,7 @@ model=build-gpu/fixtures/models/hybrid_g1
 tasks=build-gpu/fixtures/tasks/tiny_tasks.jsonl
 for dev in cuda cpu; do
   start=$(date +%s.%N)
-  build-gpu/minipuzzle eval "$model" --tasks "$tasks" --tokenizer byte --batch-size 8 --device "$dev" \
+  build-gpu/minipuzzle eval "$model" --tasks "$tasks" --tokenizer byte --task-batch-size 8 --device "$dev" \
     --tasks-details "$OUT/details_$dev.jsonl" > "$OUT/eval_$dev.json" 2> "$OUT/eval_$dev.err"
   echo "eval --tasks on $dev exit $? ($(echo "$(date +%s.%N) - $start" | bc) s)"
 done

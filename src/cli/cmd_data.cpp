@@ -24,7 +24,6 @@ struct TaskArgs {
 };
 
 void run_task(const TaskArgs& t, const DataPrepOptions& o) {
-  MP_CHECK(o.inputs.empty(), "data: --next-line-task reads its token file only; drop the input files");
   TokenFile file = TokenFile::open(t.from);
   std::unique_ptr<Tokenizer> tokenizer;
   if (file.metadata().tokenizer_kind != "byte_level")
@@ -35,7 +34,8 @@ void run_task(const TaskArgs& t, const DataPrepOptions& o) {
 }
 
 void run(const DataPrepOptions& options) {
-  MP_CHECK(!options.inputs.empty(), "data: give the text or JSONL files to tokenize");
+  if (options.inputs.empty())  // a bad command line: exit 2 like CLI11's own errors
+    throw CLI::ValidationError("data", "give the text or JSONL files to tokenize (or --next-line-task TOKEN_FILE)");
   DataPrepResult r = prepare_token_files(options);
   if (r.interrupted) {
     log_warning("minipuzzle data: interrupted; no output was written");
@@ -59,8 +59,8 @@ void add(CLI::App& app) {
   CLI::App* c = app.add_subcommand(
       "data", "Tokenize text and JSONL files into token files (NAME.tokens / NAME.index / NAME.json)");
   auto t = std::make_shared<TaskArgs>();
-  c->add_option("files", o->inputs, "text files, and .jsonl/.ndjson files (one JSON object per line)")
-      ->check(CLI::ExistingFile);
+  CLI::Option* files = c->add_option("files", o->inputs, "text files, and .jsonl/.ndjson files (one JSON object per line)")
+                           ->check(CLI::ExistingFile);
   c->add_option("--tokenizer", o->tokenizer, "tokenizer.json (or its directory), or \"byte\" for bytes + <eos>/<pad>")
       ->capture_default_str();
   c->add_option("-o,--output", o->output, "output NAME (NAME.train/NAME.valid with --valid-fraction)")->required();
@@ -75,7 +75,8 @@ void add(CLI::App& app) {
   c->add_flag("--append-eos", o->append_eos, "end every document with the tokenizer's end-of-document token");
   c->add_option("--next-line-task", t->from,
                 "instead: write a \"which line comes next?\" task (JSONL, docs/TASKS.md) from this token file's "
-                "documents to -o");
+                "documents to -o")
+      ->excludes(files);
   c->add_option("--questions", t->options.questions, "--next-line-task: questions")->capture_default_str();
   c->add_option("--fewshot", t->options.fewshot, "--next-line-task: few-shot examples")->capture_default_str();
   c->add_option("--seed", t->options.seed, "--next-line-task: seed of the draws")->capture_default_str();

@@ -29,7 +29,8 @@ struct EvalArgs {
 };
 
 void run(const EvalArgs& a) {
-  MP_CHECK(!a.data.empty() || !a.tasks.empty(), "eval: give --data (perplexity), --tasks (accuracy) or both");
+  if (a.data.empty() && a.tasks.empty())  // a bad command line: exit 2 like CLI11's own errors
+    throw CLI::ValidationError("eval", "give --data (perplexity), --tasks (accuracy) or both");
   auto ck = Checkpoint::open(a.checkpoint);
   auto tokenizer = tokenizer_for_text(a.tokenizer, a.checkpoint);
   std::vector<TaskFile> task_files;
@@ -59,8 +60,7 @@ void run(const EvalArgs& a) {
     Tokenizer bytes = Tokenizer::byte_level();
     const Tokenizer& tok = tokenizer ? *tokenizer : bytes;
     EncodeFn encode = [&tok](std::string_view text) { return tok.encode(text); };
-    TaskOptions o = a.task_options;
-    o.batch = a.batch;
+    const TaskOptions& o = a.task_options;
     json results = json::array(), details = json::object();
     for (const TaskFile& f : task_files) {
       TaskResult r = score_task(f, encode, model, o, tok.eos_id());
@@ -93,6 +93,7 @@ void add(CLI::App& app) {
                 "tasks: worked examples in the prefix (-1: every \"fewshot\" line of the file)")
       ->capture_default_str();
   c->add_option("--limit", args->task_options.limit, "tasks: score only the first N questions (0: all)");
+  c->add_option("--task-batch-size", args->task_options.batch, "tasks: sequences per forward")->capture_default_str();
   c->add_option("--task-max-length", args->task_options.max_length,
                 "tasks: longest input in tokens; longer ones lose their left end")
       ->capture_default_str();

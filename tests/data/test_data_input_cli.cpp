@@ -134,3 +134,46 @@ TEST_CASE("eval and score read Megatron datasets and .npy arrays in place of tok
   // npy arrays of the unfolded corpus hold bytes >= 97: refused by the vocabulary check, naming the id.
   refused(eval(formats + "/npy_leu2.npy"), "npy_leu2.npy", "not below the model's vocabulary size 97");
 }
+
+TEST_CASE("data --next-line-task: a deterministic next-line task from a token file's documents", "[data_input][cli]") {
+  std::string text;
+  for (int p = 0; p < 30; ++p) {
+    for (int l = 0; l < 4; ++l)
+      text += "Paragraph " + std::to_string(p) + " line " + std::to_string(l) + " says something about ravens\n";
+    text += "\n";
+  }
+  fs::write_file_atomic(dir() + "/lines.txt", text);
+  const std::string bin = test::minipuzzle_binary();
+  auto made = test::run_command(bin + " data " + dir() + "/lines.txt --tokenizer byte -o " + dir() + "/lines");
+  INFO(made.output);
+  REQUIRE(made.exit_code == 0);
+  for (const char* out : {"/task1.jsonl", "/task2.jsonl"}) {
+    auto r = test::run_command(bin + " data --next-line-task " + dir() + "/lines --questions 10 --fewshot 2 -o " +
+                               dir() + out);
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+  }
+  const std::string task = fs::read_file(dir() + "/task1.jsonl");
+  CHECK(task == fs::read_file(dir() + "/task2.jsonl"));  // deterministic
+  size_t rows = 0, shots = 0;
+  for (size_t pos = 0; pos < task.size(); ++rows) {
+    const size_t end = task.find('\n', pos);
+    const json row = json::parse(task.substr(pos, end - pos));
+    pos = end + 1;
+    shots += row.value("fewshot", false);
+    const auto choices = row.at("choices").get<std::vector<std::string>>();
+    REQUIRE(choices.size() == 4);
+    const std::string context = row.at("context").get<std::string>(), right = choices.at(row.at("answer").get<size_t>());
+    // The right choice is the line after the context's two lines in the source; the others come from other
+    // paragraphs ("Paragraph P" differs).
+    CHECK(text.find(context + right + "\n") != std::string::npos);
+    const std::string para = context.substr(0, context.find(" line "));
+    for (const std::string& c : choices)
+      if (c != right) CHECK(c.rfind(para + " ", 0) == std::string::npos);
+  }
+  CHECK(rows == 12);
+  CHECK(shots == 2);
+  // Files and --next-line-task together, or neither, are bad command lines.
+  CHECK(test::run_command(bin + " data --next-line-task " + dir() + "/lines " + dir() + "/lines.txt -o x").exit_code == 2);
+  CHECK(test::run_command(bin + " data -o x").exit_code == 2);
+}

@@ -49,7 +49,7 @@ TEST_CASE("the demo pipeline at a tiny scale: distillation beats scratch and clo
     INFO(label);
     REQUIRE(row.contains("tasks"));
     CHECK(row["tasks"][0]["task"] == "nextline");
-    CHECK(row["tasks"][0]["questions"] == 40);
+    CHECK(row["tasks"][0]["questions"] == 32);
     CHECK(row["tasks"][0]["acc"].get<double>() >= 0.0);
     CHECK(row["tasks"][0]["acc"].get<double>() <= 1.0);
   }

@@ -21,7 +21,7 @@ TEST_CASE("eval --tasks: log-likelihoods, acc and acc_norm agree with transforme
     INFO("max length " << max_length);
     const std::string details = dir + "/details_" + max_length + ".jsonl";
     auto r = test::run_command(test::minipuzzle_binary() + " eval " + test::reference_model("hybrid_g1") + " --tasks " +
-                               tasks + " --tokenizer byte --batch-size 3 --device cpu --task-max-length " + max_length +
+                               tasks + " --tokenizer byte --task-batch-size 3 --device cpu --task-max-length " + max_length +
                                " --tasks-details " + details);
     INFO(r.output);
     REQUIRE(r.exit_code == 0);
@@ -57,6 +57,6 @@ TEST_CASE("eval --tasks: log-likelihoods, acc and acc_norm agree with transforme
   CHECK(j.contains("perplexity"));
   CHECK(j.at("tasks").size() == 1);
   auto none = test::run_command(test::minipuzzle_binary() + " eval " + test::reference_model("hybrid_g1"));
-  CHECK(none.exit_code == 1);
+  CHECK(none.exit_code == 2);
   CHECK(none.output.find("give --data") != std::string::npos);
 }
