@@ -1,12 +1,13 @@
 // Realising a plan: streamed from the parent's memory map into a new checkpoint, or in memory.
 //
 // Speed: the output's layout (shards, headers, every tensor's offset) is known before anything is read, so the
-// work is split into pieces (a block of output rows of one tensor, at most kPieceBytes) that a few threads take in
-// file order and write in place (pwrite). A piece whose rows are whole parent rows in long runs (identity
-// tensors, row-only cuts) is copied file to file inside the kernel (copy_file_range, as `cp` does); a piece
-// that cuts columns is gathered from the map into the thread's buffer with one memcpy per run of kept columns
-// (one load/store per element where runs are short), then written with one pwrite. Writeback starts as pieces
-// land and each shard is fsynced as soon as it is complete (CheckpointWriter), so flushing overlaps the work.
+// work is split into pieces (a block of output rows of one tensor, at most kPieceBytes) that a few threads take
+// in file order, round-robin over the output shards, and write in place (pwrite). A piece whose rows are whole
+// parent rows in long runs (identity tensors, row-only cuts) is copied file to file inside the kernel
+// (copy_file_range, as `cp` does); a piece that cuts columns is gathered from the map into the thread's buffer
+// with one memcpy per run of kept columns (one load/store per element where runs are short), then written with
+// one pwrite. A flusher thread starts writeback as pieces land and fsyncs each shard as soon as it is complete
+// (CheckpointWriter), so flushing overlaps the work.
 //
 // Memory: a mapped file's pages count in the process's resident set once touched, so reading an 8 GB parent
 // through the map would hold 8 GB resident by the end. The pages a piece read are released (madvise
@@ -232,6 +233,23 @@ void prune_checkpoint(const Checkpoint& parent, const PrunePlan& plan, const std
   }
 
   CheckpointWriter writer(out_dir, plan.target, specs, write_options, options.overwrite);
+  // Pieces taken round-robin over the shards (each shard's in file order): the file system serialises buffered
+  // writes to one file, so threads writing different shards copy into the page cache in parallel.
+  {
+    std::vector<std::vector<Piece>> by_shard;
+    for (const Piece& p : pieces) {
+      const size_t k = writer.shard_of(p.source);
+      if (by_shard.size() <= k) by_shard.resize(k + 1);
+      by_shard[k].push_back(p);
+    }
+    pieces.clear();
+    for (size_t j = 0;; ++j) {
+      bool any = false;
+      for (auto& list : by_shard)
+        if (j < list.size()) pieces.push_back(list[j]), any = true;
+      if (!any) break;
+    }
+  }
   const int threads = std::max(1, std::min<int>(options.threads > 0 ? options.threads : auto_threads(),
                                                 static_cast<int>(pieces.size())));
   std::atomic<size_t> next{0};

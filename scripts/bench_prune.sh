@@ -70,11 +70,15 @@ read -r cp1 cps1 < <(time_cp)
 read -r pr_s pr_rss < <(time_prune minitron --scores "$work/scores.json" --target "$work/target.json")
 out_bytes=$(du -sb "$work/out_minitron" | cut -f1)
 # One thread, when the binary has the flag: what the parallel pieces gain on this machine, and the same bytes.
-t1_s=0 t1_rss=0 t1_same=null ref_s=0 ref_rss=0 ref_same=null
+t1_s=0 t1_rss=0 t1_same=null kw_s=0 kw_rss=0 ref_s=0 ref_rss=0 ref_same=null
 if "$build/minipuzzle" prune --help 2>&1 | grep -q -- --threads; then
   read -r t1_s t1_rss < <(time_prune threads1 --scores "$work/scores.json" --target "$work/target.json" --threads 1)
   t1_same=$(same_bytes "$work/out_minitron" "$work/out_threads1")
   rm -rf "$work/out_threads1"
+  # Writeback left to the kernel (no flusher thread starting it early): which is faster depends on the disk.
+  read -r kw_s kw_rss < <(MINIPUZZLE_WRITEBACK=kernel time_prune kernel_writeback --scores "$work/scores.json" \
+    --target "$work/target.json")
+  rm -rf "$work/out_kernel_writeback"
 fi
 if [ -n "${REF_BIN:-}" ]; then
   read -r ref_s ref_rss < <(PRUNE_BIN="$REF_BIN" time_prune reference --scores "$work/scores.json" --target "$work/target.json")
@@ -87,7 +91,7 @@ read -r id_s id_rss < <(time_prune identity)
 rm -rf "$work/out_identity"
 
 python3 - "$synth" "$cp1" "$cps1" "$cp2" "$cps2" "$pr_s" "$pr_rss" "$id_s" "$id_rss" "$out_bytes" "$scale" \
-  "$work/summary_minitron.json" "$t1_s" "$t1_rss" "$t1_same" "$ref_s" "$ref_rss" "$ref_same" "$(nproc)" <<'EOF'
+  "$work/summary_minitron.json" "$t1_s" "$t1_rss" "$t1_same" "$ref_s" "$ref_rss" "$ref_same" "$(nproc)" "$kw_s" <<'EOF'
 import json, sys
 synth = json.loads(sys.argv[1])
 cp1, cps1, cp2, cps2, pr_s, pr_rss, id_s, id_rss, out_bytes = map(float, sys.argv[2:11])
@@ -106,6 +110,7 @@ print(json.dumps({
     "ratio_prune_vs_cp": pr_s / cp, "ratio_prune_vs_cp_plus_sync": pr_s / cps,
     "ratio_identity_vs_cp": id_s / cp, "ratio_identity_vs_cp_plus_sync": id_s / cps,
     "cores": int(sys.argv[19]),
+    "kernel_writeback_prune_seconds": float(sys.argv[20]) or None,
     "one_thread": None if t1_s == 0 else {"prune_seconds": t1_s, "peak_rss_gib": t1_rss / 2**20,
                                           "parallel_speedup": t1_s / pr_s, "same_bytes": t1_same},
     "reference_binary": None if ref_s == 0 else {"prune_seconds": ref_s, "peak_rss_gib": ref_rss / 2**20,

@@ -5,11 +5,15 @@
 #include <ATen/core/Tensor.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "minipuzzle/config.h"
@@ -73,10 +77,11 @@ void write_checkpoint(const std::string& out_dir, const ModelConfig& config, con
                       const TensorProducer& produce, const CheckpointWriteOptions& options, bool overwrite = false);
 
 // The same files as write_checkpoint, filled positionally: the layout (shards, headers, every tensor's offset) is
-// fixed at construction, then any thread writes any byte range of any tensor, in any order. Writeback to the
-// disk is started as ranges arrive, and each shard is fsynced as soon as its last byte is in, so flushing
-// overlaps the rest of the work. commit() checks that every byte was written and renames the directory into
-// place; without commit() (an error, an interrupt) the destructor removes everything it wrote.
+// fixed at construction, then any thread writes any byte range of any tensor, in any order. A flusher thread
+// starts writeback of ranges as they arrive (sync_file_range; MINIPUZZLE_WRITEBACK=kernel leaves it to the
+// kernel) and fsyncs each shard as soon as its last byte is in, so the disk works while the writers go on and
+// the writers never wait on it. commit() waits for the flusher, checks that every byte was written and renames
+// the directory into place; without commit() (an error, an interrupt) the destructor removes everything.
 class CheckpointWriter {
  public:
   CheckpointWriter(const std::string& out_dir, const ModelConfig& config, const std::vector<TensorSpec>& specs,
@@ -87,6 +92,9 @@ class CheckpointWriter {
 
   size_t size() const { return places_.size(); }
   uint64_t nbytes(size_t tensor) const { return places_.at(tensor).nbytes; }
+  // The shard file a tensor goes to: buffered writes to one file are serialised by the file system (the inode
+  // lock), so writers that want to run in parallel spread over shards.
+  size_t shard_of(size_t tensor) const { return places_.at(tensor).shard; }
   // Bytes [offset, offset + n) of tensor `tensor`'s data. Thread-safe.
   void write(size_t tensor, uint64_t offset, const void* data, uint64_t n);
   // The same from another file's bytes [src_offset, src_offset + n), copied inside the kernel
@@ -106,6 +114,18 @@ class CheckpointWriter {
     uint64_t file_offset = 0, nbytes = 0;
   };
   void wrote(size_t tensor, uint64_t offset, uint64_t n);
+  void flusher();
+  void stop_flusher();
+  struct Flush {
+    size_t shard;
+    uint64_t offset, n;  // n == 0: fsync the shard
+  };
+  std::mutex flush_mu_;
+  std::condition_variable flush_cv_;
+  std::deque<Flush> flush_queue_;
+  bool flush_stop_ = false, early_writeback_ = true;
+  std::string flush_error_;
+  std::thread flush_thread_;
   std::string out_dir_, tmp_;
   ModelConfig config_;
   std::vector<TensorSpec> specs_;

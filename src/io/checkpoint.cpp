@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <set>
 
@@ -318,7 +319,7 @@ CheckpointWriter::CheckpointWriter(const std::string& out_dir, const ModelConfig
         places_[plan.shards[k][j]] = {k, layout.file_offsets[j], layout.nbytes[j]};
         sh.bytes += layout.nbytes[j];
       }
-      sh.remaining = sh.bytes;  // counts down as ranges arrive; the range that takes it to 0 fsyncs the shard
+      sh.remaining = sh.bytes;  // counts down as ranges arrive; the range that takes it to 0 queues the fsync
       ssize_t done = 0;
       for (size_t off = 0; off < layout.prefix.size(); off += static_cast<size_t>(done)) {
         done = ::pwrite(sh.fd, layout.prefix.data() + off, layout.prefix.size() - off, static_cast<off_t>(off));
@@ -327,6 +328,9 @@ CheckpointWriter::CheckpointWriter(const std::string& out_dir, const ModelConfig
       }
       if (sh.bytes == 0 && ::fsync(sh.fd) != 0) fail(sh.path, ": flushing failed (", std::strerror(errno), ")");
     }
+    const char* mode = std::getenv("MINIPUZZLE_WRITEBACK");
+    early_writeback_ = !(mode && std::string(mode) == "kernel");
+    flush_thread_ = std::thread([this] { flusher(); });
   } catch (...) {
     for (auto& sh : shards_)
       if (sh->fd >= 0) ::close(sh->fd);
@@ -336,6 +340,7 @@ CheckpointWriter::CheckpointWriter(const std::string& out_dir, const ModelConfig
 }
 
 CheckpointWriter::~CheckpointWriter() {
+  stop_flusher();
   for (auto& sh : shards_)
     if (sh->fd >= 0) ::close(sh->fd);
   if (!committed_) {
@@ -344,14 +349,49 @@ CheckpointWriter::~CheckpointWriter() {
 }
 
 void CheckpointWriter::wrote(size_t tensor, uint64_t offset, uint64_t n) {
-  Shard& sh = *shards_[places_[tensor].shard];
-  const off_t at = static_cast<off_t>(places_[tensor].file_offset + offset);
-  // Start writeback of what just arrived (asynchronous): the disk works while the next ranges are produced, and
-  // the shard's fsync below finds little left to flush.
-  if (n >= (1u << 20)) ::sync_file_range(sh.fd, at, static_cast<off_t>(n), SYNC_FILE_RANGE_WRITE);
-  if (sh.remaining.fetch_sub(n) == n) {  // this range completed the shard
-    if (::fsync(sh.fd) != 0) fail(sh.path, ": flushing failed (", std::strerror(errno), "); is the disk full?");
+  const size_t k = places_[tensor].shard;
+  Shard& sh = *shards_[k];
+  const bool complete = sh.remaining.fetch_sub(n) == n;  // this range completed the shard
+  if (!early_writeback_ && !complete) return;
+  {
+    std::lock_guard<std::mutex> lock(flush_mu_);
+    if (early_writeback_) flush_queue_.push_back({k, places_[tensor].file_offset + offset, n});
+    if (complete) flush_queue_.push_back({k, 0, 0});
   }
+  flush_cv_.notify_one();
+}
+
+// Writeback off the writers' threads: starting it (sync_file_range) allocates blocks and queues I/O in the
+// caller, and an fsync waits for the disk; here neither holds up the cutting and writing.
+void CheckpointWriter::flusher() {
+  for (;;) {
+    Flush f;
+    {
+      std::unique_lock<std::mutex> lock(flush_mu_);
+      flush_cv_.wait(lock, [&] { return flush_stop_ || !flush_queue_.empty(); });
+      if (flush_queue_.empty()) return;
+      f = flush_queue_.front();
+      flush_queue_.pop_front();
+    }
+    Shard& sh = *shards_[f.shard];
+    if (f.n > 0) {
+      ::sync_file_range(sh.fd, static_cast<off_t>(f.offset), static_cast<off_t>(f.n), SYNC_FILE_RANGE_WRITE);
+    } else if (::fsync(sh.fd) != 0) {
+      std::lock_guard<std::mutex> lock(flush_mu_);
+      if (flush_error_.empty())
+        flush_error_ = sh.path + ": flushing failed (" + std::strerror(errno) + "); is the disk full?";
+    }
+  }
+}
+
+void CheckpointWriter::stop_flusher() {
+  if (!flush_thread_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lock(flush_mu_);
+    flush_stop_ = true;
+  }
+  flush_cv_.notify_one();
+  flush_thread_.join();
 }
 
 void CheckpointWriter::write(size_t tensor, uint64_t offset, const void* data, uint64_t n) {
@@ -408,6 +448,8 @@ void CheckpointWriter::commit() {
   MP_CHECK(!committed_, out_dir_, ": committed twice");
   for (auto& sh : shards_)
     MP_CHECK(sh->remaining == 0, sh->path, ": ", sh->remaining.load(), " of ", sh->bytes, " bytes were not written");
+  stop_flusher();  // every shard's fsync has run once it returns
+  MP_CHECK(flush_error_.empty(), flush_error_);
   for (auto& sh : shards_) {
     int rc = ::close(sh->fd);
     sh->fd = -1;
