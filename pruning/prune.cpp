@@ -6,8 +6,8 @@
 // parent rows in long runs (identity tensors, row-only cuts) is copied file to file inside the kernel
 // (copy_file_range, as `cp` does); a piece that cuts columns is gathered from the map into the thread's buffer
 // with one memcpy per run of kept columns (one load/store per element where runs are short), then written with
-// one pwrite. A flusher thread starts writeback as pieces land and fsyncs each shard as soon as it is complete
-// (CheckpointWriter), so flushing overlaps the work.
+// one pwrite. A flusher thread fsyncs each shard as soon as it is complete (CheckpointWriter), so flushing
+// overlaps the work.
 //
 // Memory: a mapped file's pages count in the process's resident set once touched, so reading an 8 GB parent
 // through the map would hold 8 GB resident by the end. The pages a piece read are released (madvise

@@ -75,10 +75,10 @@ if "$build/minipuzzle" prune --help 2>&1 | grep -q -- --threads; then
   read -r t1_s t1_rss < <(time_prune threads1 --scores "$work/scores.json" --target "$work/target.json" --threads 1)
   t1_same=$(same_bytes "$work/out_minitron" "$work/out_threads1")
   rm -rf "$work/out_threads1"
-  # Writeback left to the kernel (no flusher thread starting it early): which is faster depends on the disk.
-  read -r kw_s kw_rss < <(MINIPUZZLE_WRITEBACK=kernel time_prune kernel_writeback --scores "$work/scores.json" \
+  # Writeback started early by the flusher thread (sync_file_range): which is faster depends on the disk.
+  read -r kw_s kw_rss < <(MINIPUZZLE_WRITEBACK=early time_prune early_writeback --scores "$work/scores.json" \
     --target "$work/target.json")
-  rm -rf "$work/out_kernel_writeback"
+  rm -rf "$work/out_early_writeback"
 fi
 if [ -n "${REF_BIN:-}" ]; then
   read -r ref_s ref_rss < <(PRUNE_BIN="$REF_BIN" time_prune reference --scores "$work/scores.json" --target "$work/target.json")
@@ -110,7 +110,7 @@ print(json.dumps({
     "ratio_prune_vs_cp": pr_s / cp, "ratio_prune_vs_cp_plus_sync": pr_s / cps,
     "ratio_identity_vs_cp": id_s / cp, "ratio_identity_vs_cp_plus_sync": id_s / cps,
     "cores": int(sys.argv[19]),
-    "kernel_writeback_prune_seconds": float(sys.argv[20]) or None,
+    "early_writeback_prune_seconds": float(sys.argv[20]) or None,
     "one_thread": None if t1_s == 0 else {"prune_seconds": t1_s, "peak_rss_gib": t1_rss / 2**20,
                                           "parallel_speedup": t1_s / pr_s, "same_bytes": t1_same},
     "reference_binary": None if ref_s == 0 else {"prune_seconds": ref_s, "peak_rss_gib": ref_rss / 2**20,

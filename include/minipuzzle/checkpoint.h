@@ -78,9 +78,8 @@ void write_checkpoint(const std::string& out_dir, const ModelConfig& config, con
 
 // The same files as write_checkpoint, filled positionally: the layout (shards, headers, every tensor's offset) is
 // fixed at construction, then any thread writes any byte range of any tensor, in any order. A flusher thread
-// starts writeback of ranges as they arrive (sync_file_range; MINIPUZZLE_WRITEBACK=kernel leaves it to the
-// kernel) and fsyncs each shard as soon as its last byte is in, so the disk works while the writers go on and
-// the writers never wait on it. commit() waits for the flusher, checks that every byte was written and renames
+// fsyncs each shard as soon as its last byte is in, so the writers never wait on the disk; with
+// MINIPUZZLE_WRITEBACK=early it also starts writeback of ranges as they arrive (sync_file_range). commit() waits for the flusher, checks that every byte was written and renames
 // the directory into place; without commit() (an error, an interrupt) the destructor removes everything.
 class CheckpointWriter {
  public:

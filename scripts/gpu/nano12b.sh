@@ -3,7 +3,7 @@
 # is written by transformers (configs/models/nemotron-nano-12b-v2.json, bf16, 5 GB shards: 24.6 GB), then
 #   make -> inspect -> score (and score --max-gpu-memory 16GiB, when the binary has that flag) -> search
 #   (--config nano2-12b-to-9b --scores) -> cp -r of the parent (timed, then deleted) -> prune to the search's
-#   9B reference shape (--threads 1, writeback left to the kernel, then the default) -> eval -> transformers reload with a logits check.
+#   9B reference shape (--threads 1, writeback started early, then the default) -> eval -> transformers reload with a logits check.
 # Each step prints one JSON line (scripts/gpu/run_step.py): step, seconds, exit, peak host RSS, peak GPU memory
 # over the step; all of them go to $OUT/nano12b_steps.jsonl and a summary (prune vs cp ratio, the search's
 # answer, the logits check) to $OUT/nano12b_summary.json, printed last.
@@ -139,7 +139,7 @@ prune_scores=(); ok score && prune_scores=(--scores "$work/scores.json")
 step prune_threads1 "$mp" prune "$parent" "${prune_scores[@]}" "${target[@]}" --threads 1 -o "$work/pruned1" \
   --summary-json "$work/prune_summary.json"
 rm -rf "$work/pruned1"
-MINIPUZZLE_WRITEBACK=kernel step prune_kernel_writeback "$mp" prune "$parent" "${prune_scores[@]}" "${target[@]}" \
+MINIPUZZLE_WRITEBACK=early step prune_early_writeback "$mp" prune "$parent" "${prune_scores[@]}" "${target[@]}" \
   -o "$work/pruned_kw" --summary-json "$work/prune_summary.json"
 rm -rf "$work/pruned_kw"
 step prune "$mp" prune "$parent" "${prune_scores[@]}" "${target[@]}" -o "$work/pruned" \
@@ -169,10 +169,10 @@ def last_json(name):
         return None
 def secs(name): return by.get(name, {}).get("seconds")
 s = {"tiny": tiny, "steps": rows, "make": last_json("make"), "eval": last_json("eval"), "reload": last_json("reload")}
-cp, cps, pr, pr1, prk = secs("cp"), secs("cp_sync"), secs("prune"), secs("prune_threads1"), secs("prune_kernel_writeback")
+cp, cps, pr, pr1, prk = secs("cp"), secs("cp_sync"), secs("prune"), secs("prune_threads1"), secs("prune_early_writeback")
 if cp and pr:
     s["prune_vs_cp"] = {"cp_s": cp, "cp_plus_sync_s": cp + (cps or 0), "prune_s": pr, "prune_threads1_s": pr1,
-                        "prune_kernel_writeback_s": prk,
+                        "prune_early_writeback_s": prk,
                         "ratio": pr / cp, "ratio_vs_cp_plus_sync": pr / (cp + (cps or 0)),
                         "parallel_speedup": (pr1 / pr) if pr1 else None,
                         "prune_peak_rss_gib": by["prune"]["peak_rss_gib"],
@@ -202,7 +202,7 @@ if "prune_vs_cp" in s:
     q = s["prune_vs_cp"]
     print(f"prune {q['prune_s']:.1f} s vs cp -r {q['cp_s']:.1f} s = {q['ratio']:.2f}x (target <= 1.3x); "
           f"vs cp + sync {q['cp_plus_sync_s']:.1f} s = {q['ratio_vs_cp_plus_sync']:.2f}x; "
-          f"1 thread {q['prune_threads1_s']} s; writeback left to the kernel {q['prune_kernel_writeback_s']} s; peak RSS {q['prune_peak_rss_gib']:.2f} GiB (target <= 1.86 GiB)")
+          f"1 thread {q['prune_threads1_s']} s; early writeback {q['prune_early_writeback_s']} s; peak RSS {q['prune_peak_rss_gib']:.2f} GiB (target <= 1.86 GiB)")
 print("search:", json.dumps(s.get("search", {}).get("references")), "best", json.dumps(s.get("search", {}).get("best")))
 print("reload check:", json.dumps(s.get("reload")))
 PY
