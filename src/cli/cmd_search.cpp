@@ -78,6 +78,7 @@ void run(const SearchArgs& a) {
       msg << "; " << ref.name << ": " << (ref.candidate->feasible ? "fits" : "does not fit")
           << (ref.candidate->rank > 0 ? ", stage-1 rank " + std::to_string(ref.candidate->rank) : "");
   log_info(msg.str());
+  if (!r.ranking_note.empty()) log_warning("search: " + r.ranking_note);
   for (auto& path : paths) log_info("wrote " + path);
 }
 
