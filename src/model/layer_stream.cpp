@@ -128,6 +128,9 @@ void LayerStreamer::limit_device_memory(c10::Device device, int64_t bytes) {
     size_t free = 0, total = 0;
     MP_CHECK(cudaMemGetInfo(&free, &total) == cudaSuccess, "layer streaming: cudaMemGetInfo failed on ", device.str());
     const double fraction = std::min(1.0, double(bytes) / double(total));
+    // The caching allocator initialises on the first allocation; before it, setMemoryFraction fails with
+    // "Allocator not initialized for device" (seen on the H200 with `score --max-gpu-memory 16GiB`).
+    (void)at::empty({1}, at::TensorOptions().device(device).dtype(at::kByte));
     c10::cuda::CUDACachingAllocator::setMemoryFraction(fraction, device.index() < 0 ? 0 : device.index());
   }
 #endif
