@@ -5,6 +5,7 @@
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
+#include <map>
 
 #include "bench/cpu_memory.h"
 #include "catch.h"
@@ -236,6 +237,39 @@ TEST_CASE("the ATen Mamba scan runs in slices: same scores, a fraction of the me
   CHECK(peak_sliced < peak_whole / 2);
   CHECK(peak_whole - peak_sliced > scan_bytes / 2);  // most of the scan's intermediates are gone
   check_same_scores(sliced, whole, "sliced scan");
+}
+
+// With gradients (distillation through the ATen scan) the slices are concatenated: the same loss and gradients.
+TEST_CASE("the sliced Mamba scan gives the same gradients", "[importance][memory]") {
+  json j = {{"hybrid_override_pattern", "M"}, {"vocab_size", 32}, {"hidden_size", 32}, {"intermediate_size", 64},
+            {"num_attention_heads", 2}, {"num_key_value_heads", 1}, {"head_dim", 16}, {"mamba_num_heads", 8},
+            {"mamba_head_dim", 8}, {"n_groups", 2}, {"ssm_state_size", 8}, {"conv_kernel", 4}, {"chunk_size", 8},
+            {"layer_norm_epsilon", 1e-5}};
+  NemotronH net = NemotronH::random_init(ModelConfig::from_json(j, "scan gradient test model"), 7, at::kCPU, at::kFloat);
+  at::Tensor ids = at::randint(0, 32, {3, 20}, at::kLong);  // 20 tokens: a padded last chunk
+  auto grads = [&](int64_t slice_bytes) {
+    const int64_t saved = mp::model::scan_slice_bytes();
+    mp::model::set_scan_slice_bytes(slice_bytes);
+    net.set_requires_grad(true);
+    for (auto& [_, p] : net.parameters()) const_cast<at::Tensor&>(p).mutable_grad() = at::Tensor();
+    at::Tensor loss = net.forward(ids).square().mean();
+    loss.backward();
+    std::map<std::string, at::Tensor> g;
+    for (auto& [name, p] : net.parameters())
+      if (p.grad().defined()) g[name] = p.grad().clone();
+    net.set_requires_grad(false);
+    mp::model::set_scan_slice_bytes(saved);
+    return std::make_pair(loss.item<double>(), g);
+  };
+  auto [loss_whole, g_whole] = grads(int64_t(1) << 40);
+  auto [loss_sliced, g_sliced] = grads(1);  // one head of one sample per slice
+  CHECK(std::abs(loss_sliced - loss_whole) <= 1e-6 * std::abs(loss_whole));
+  REQUIRE(g_sliced.size() == g_whole.size());
+  REQUIRE(g_whole.count("backbone.layers.0.mixer.A_log"));
+  for (auto& [name, g] : g_whole) {
+    INFO(name);
+    CHECK(at::allclose(g_sliced.at(name), g, 1e-5, 1e-7));
+  }
 }
 
 TEST_CASE("score_activation_bytes follows the batch, the widths and the vocabulary", "[importance][stream]") {
