@@ -19,6 +19,7 @@
 #include "distill/router_load.h"
 #include "distill/trainer_state.h"
 #include "minipuzzle/checkpoint.h"
+#include "minipuzzle/data_input.h"
 #include "minipuzzle/distill.h"
 #include "minipuzzle/error.h"
 #include "minipuzzle/fs.h"
@@ -26,6 +27,7 @@
 #include "minipuzzle/kd.h"
 #include "minipuzzle/progress.h"
 #include "minipuzzle/report.h"
+#include "minipuzzle/tokenizer.h"
 #include "minipuzzle/train_memory.h"
 
 
@@ -216,6 +218,13 @@ json Job::plan_memory() {
   const ModelConfig student = load_config(o_.student);
   std::optional<ModelConfig> teacher;
   if (!o_.from_scratch) teacher = load_config(o_.teacher);
+  if (student.count(LayerType::Moe) > 0 || (teacher && teacher->count(LayerType::Moe) > 0)) {
+    // The plan's activation terms cover Mamba, attention and MLP layers; MoE layers train without a plan.
+    MP_CHECK(!o_.plan_only && o_.fit != "auto", "distill: the memory plan does not model mixture-of-experts layers "
+             "('E' in the pattern); run without --plan and --fit auto");
+    if (rank_ == 0) log_warning("distill: mixture-of-experts layers are not in the memory plan; training without one");
+    return json();
+  }
   // Planned as the CUDA trainer holds the models (bf16, kernels, fused KD) on a GPU or with --gpu-memory.
   const bool gpu = device_.is_cuda() || !o_.gpu_memory.empty();
   PlanRequest r;
@@ -320,8 +329,19 @@ DistillResult Job::run() {
   student_->set_requires_grad(true);
 
   // Data.
-  auto train_file = std::make_shared<const TokenFile>(TokenFile::open(o_.train_data));
-  auto valid_file = std::make_shared<const TokenFile>(TokenFile::open(o_.valid_data));
+  // Through the one data resolver (token files, Megatron, .npy, text, raw ids with data_format, blends).
+  std::unique_ptr<Tokenizer> tokenizer = tokenizer_for_data(
+      o_.tokenizer, {o_.teacher, o_.from_scratch ? parent_directory(o_.student) : o_.student});
+  auto open_input = [&](const std::string& path, const char* option) {
+    DataInputOptions d;
+    d.format = o_.data_format;
+    d.tokenizer = tokenizer.get();
+    d.vocab_size = uint64_t(student_->config().vocab_size);
+    d.option = option;
+    return std::make_shared<const TokenFile>(open_data(path, d));
+  };
+  auto train_file = open_input(o_.train_data, "--data");
+  auto valid_file = open_input(o_.valid_data, "--valid");
   for (auto* f : {train_file.get(), valid_file.get()})
     MP_CHECK(int64_t(f->vocab_size()) <= student_->config().vocab_size, "distill: token file ", f->path(),
              " has vocab_size ", f->vocab_size(), ", larger than the model's ", student_->config().vocab_size);

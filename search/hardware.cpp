@@ -1,4 +1,7 @@
 // Hardware profiles (configs/hardware/*.json), dtypes, reservations and the memory budget.
+#include <dirent.h>
+
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
@@ -205,6 +208,28 @@ std::string find_config_file(const std::string& kind, const std::string& name_or
   }
   fail("no ", kind, " profile \"", name_or_path, "\": not a file, and not in configs/", kind,
        "/ (known: ", known.empty() ? "none found" : known, "; set MINIPUZZLE_CONFIGS to the configs directory)");
+}
+
+std::vector<std::string> list_config_files(const std::string& kind) {
+  std::vector<std::string> dirs;
+  if (const char* env = std::getenv("MINIPUZZLE_CONFIGS")) dirs.push_back(std::string(env) + "/" + kind);
+  dirs.push_back("configs/" + kind);
+  if (*MINIPUZZLE_CONFIG_DIR) dirs.push_back(std::string(MINIPUZZLE_CONFIG_DIR) + "/" + kind);
+  for (auto& d : dirs) {
+    std::vector<std::string> out;
+    if (DIR* dir = ::opendir(d.c_str())) {
+      while (const dirent* e = ::readdir(dir)) {
+        const std::string name = e->d_name;
+        if (name.size() > 5 && name.compare(name.size() - 5, 5, ".json") == 0) out.push_back(d + "/" + name);
+      }
+      ::closedir(dir);
+    }
+    if (!out.empty()) {
+      std::sort(out.begin(), out.end());
+      return out;
+    }
+  }
+  return {};
 }
 
 HardwareProfile load_hardware(const std::string& name_or_path) {

@@ -81,12 +81,23 @@ struct Point {
 // products of the same fractions taken in different orders compare equal, and the order stays a strict weak one.
 double quantize_proxy(double v) { return std::round(v * 1e12) / 1e12; }
 
-// Better stage-1 rank first: proxy; at equal proxy, for the importance proxy the smaller student (the same
-// importance kept at a lower cost), for fill the larger one; then the id-defining fields for determinism.
+// Predicted rates on a grid of 1e-3 tokens/s, for the same reason: the enumeration takes them from a line through
+// two roofline evaluations, a reference from its own evaluation, and the two may differ in the last bits.
+double quantize_rate(double v) { return std::round(v * 1e3) / 1e3; }
+
+// The report prints proxies with 4 decimals; candidates printed alike look tied to a reader.
+constexpr double kShownScale = 1e4;
+
+// Better stage-1 rank first: proxy; at equal proxy the higher predicted throughput (what a user of the student
+// feels; without scores whole families of shapes tie on the proxy), then for the importance proxy the smaller
+// student (the same importance kept at a lower cost), for fill the larger one; then the id-defining fields for
+// determinism.
 struct Better {
   bool smaller_first = false;
   bool operator()(const Point& a, const Point& b) const {
     if (a.proxy != b.proxy) return a.proxy > b.proxy;
+    const double ra = quantize_rate(a.tokens_per_s), rb = quantize_rate(b.tokens_per_s);
+    if (ra != rb) return ra > rb;
     if (a.params != b.params) return smaller_first ? a.params < b.params : a.params > b.params;
     if (a.depth != b.depth) return a.depth < b.depth;
     if (a.shape.hidden != b.shape.hidden) return a.shape.hidden > b.shape.hidden;
@@ -138,6 +149,11 @@ class Searcher {
     enumerate();
     r.enumerated = enumerated_;
     r.feasible = feasible_;
+    r.tied_at_best = tied_at_best_;
+    r.shown_as_best = feasible_ ? shown_as_[std::llround(best_proxy_ * kShownScale)] : 0;
+    r.proxy_best = best_proxy_;
+    r.proxy_lowest = lowest_proxy_;
+    r.ranking_note = ranking_note();
     for (auto& [reason, n] : reason_counts_) r.infeasible_by_reason.emplace_back(reason, n);
     std::sort(r.infeasible_by_reason.begin(), r.infeasible_by_reason.end(),
               [](auto& a, auto& b) { return a.second > b.second; });
@@ -247,6 +263,35 @@ class Searcher {
     return m;
   }
 
+  // When stage 1 cannot tell its best candidates apart, what that means and what gives it something to go on:
+  // exact ties at the best proxy, or, without scores, candidates the report prints with the best proxy (their
+  // order then follows memory fill or unit counts in the fourth decimal, which says nothing about accuracy).
+  std::string ranking_note() const {
+    const int64_t shown = feasible_ ? shown_as_.at(std::llround(best_proxy_ * kShownScale)) : 0;
+    const bool exact = tied_at_best_ > 1, shown_tie = o_.scores.empty() && shown > 1;
+    if (feasible_ < 2 || (!exact && !shown_tie)) return "";
+    const bool staged = o_.zero_shot_loss && o_.stage2_top > 0;
+    char best[32];
+    std::snprintf(best, sizeof best, "%.4f", best_proxy_);
+    const std::string why = !use_importance_
+                                ? "the fill proxy measures how much of the budget a student uses, not its accuracy"
+                            : o_.scores.empty()
+                                ? "without scores every unit counts the same, so shapes keeping the same fractions tie"
+                                : "their kept importance is equal";
+    std::string note = "stage 1 cannot tell its best candidates apart: " +
+                       std::to_string(exact ? tied_at_best_ : shown) + " of " + std::to_string(feasible_) +
+                       " feasible candidates " + (exact ? "tie at proxy " : "show proxy ") + best + " (" + why +
+                       (lowest_proxy_ == best_proxy_ ? "; all feasible proxies are equal" : "") +
+                       "); among them the order is predicted throughput, then parameters.";
+    if (o_.scores.empty())
+      note += " Pass --scores scores.json (from `minipuzzle score`) to rank by measured importance";
+    else
+      note += " Give scores for every axis, or rank further";
+    note += staged ? "; stage 2 (zero-shot loss) re-ranked the best " + std::to_string(o_.stage2_top) + "."
+                   : ", and --zero-shot-top M --calib FILE to re-rank the best M by the pruned model's loss.";
+    return note;
+  }
+
   // Reasons a point is infeasible (empty: feasible).
   std::vector<std::string> judge(double memory, double params) const {
     std::vector<std::string> why;
@@ -327,6 +372,10 @@ class Searcher {
                 ++feasible_;
                 p.proxy = proxy(d, s, p.memory);
                 p.tokens_per_s = output_tokens / workload_seconds(s.ffn);
+                if (feasible_ == 1 || p.proxy > best_proxy_) best_proxy_ = p.proxy, tied_at_best_ = 0;
+                if (p.proxy == best_proxy_) ++tied_at_best_;
+                lowest_proxy_ = feasible_ == 1 ? p.proxy : std::min(lowest_proxy_, p.proxy);
+                ++shown_as_[std::llround(p.proxy * kShownScale)];
                 for (size_t r = 0; r < ref_points_.size(); ++r) ref_better_[r] += better_(p, ref_points_[r]);
                 keep_feasible(p);
                 add_to_front(p);
@@ -413,6 +462,8 @@ class Searcher {
       if (depths_[i].dropped == c.dropped_layers) p.depth = static_cast<int32_t>(i);
     p.shape = c.shape;
     p.proxy = c.proxy;
+    const double seconds = c.throughput.prefill_s + c.throughput.decode_s;
+    p.tokens_per_s = seconds > 0 ? static_cast<double>(o_.setup.batch * o_.workload.output_tokens) / seconds : 0;
     p.memory = c.memory.total();
     p.params = static_cast<double>(c.params.total());
     return p;
@@ -534,6 +585,9 @@ class Searcher {
   AxisMass hidden_, ffn_, heads_, head_dim_, attn_;
   std::vector<Depth> depths_;
   int64_t enumerated_ = 0, feasible_ = 0;
+  double best_proxy_ = 0, lowest_proxy_ = 0;
+  int64_t tied_at_best_ = 0;  // feasible points whose proxy equals the best
+  std::map<int64_t, int64_t> shown_as_;  // feasible points by their proxy as the report prints it (4 decimals)
   std::map<std::string, int64_t> reason_counts_;
   std::vector<Point> top_, nearest_infeasible_;
   std::map<double, std::pair<double, Point>> front_;
@@ -573,6 +627,12 @@ json SearchResult::to_json(const ModelConfig& parent_config, const SearchOptions
            {{"stage2_top", o.zero_shot_loss ? o.stage2_top : 0}, {"distill_top", o.distill_loss ? o.distill_top : 0}}},
           {"enumerated", enumerated},
           {"feasible", feasible},
+          {"ranking", {{"tied_at_best", tied_at_best},
+                       {"shown_as_best", shown_as_best},
+                       {"proxy_best", proxy_best},
+                       {"proxy_lowest", proxy_lowest},
+                       {"informative", ranking_note.empty()},
+                       {"note", ranking_note}}},
           {"infeasible_by_reason", reasons},
           {"seconds", seconds},
           {"parent", parent_json},

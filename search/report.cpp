@@ -123,6 +123,13 @@ std::vector<std::string> write_search_report(const std::string& dir, const Model
                                                                  "every unit equal: no scores given)"
                                                                : "fill of the binding constraint (memory / budget, "
                                                                  "params / max params)"},
+      {"stage-1 ranking", r.ranking_note.empty()
+                              ? "informative: the best proxy " + fixed(r.proxy_best, 6) + " is held by " +
+                                    std::to_string(r.tied_at_best) + " candidate(s), " +
+                                    std::to_string(r.shown_as_best) + " print as " + fixed(r.proxy_best, 4) +
+                                    "; feasible proxies span " +
+                                    fixed(r.proxy_lowest, 6) + " to " + fixed(r.proxy_best, 6)
+                              : "UNINFORMATIVE: " + r.ranking_note},
       {"search time", fixed(r.seconds * 1e3, 1) + " ms"}};
   for (auto& b : o.budget.reservations)
     summary.emplace_back("reserved: " + b.name, fixed((b.fraction * o.budget.device_bytes + b.bytes) / kGiB, 3) + " GiB" +
@@ -147,6 +154,7 @@ std::vector<std::string> write_search_report(const std::string& dir, const Model
 
   // ---- Markdown
   std::string md = "# Architecture search: " + hw.name + ", " + std::to_string(o.setup.context) + " tokens\n\n";
+  if (!r.ranking_note.empty()) md += "> **The stage-1 order is not an accuracy ranking.** " + r.ranking_note + "\n\n";
   for (auto& [k, v] : summary) md += "- **" + k + "**: " + v + "\n";
   md += "\n## Memory (GiB)\n\n" + memory_table(memory_rows, budget).markdown();
   if (!r.references.empty()) md += "\n## Reference shapes\n\n" + refs.markdown();
@@ -160,6 +168,7 @@ std::vector<std::string> write_search_report(const std::string& dir, const Model
 
   // ---- HTML
   report::HtmlPage page("Architecture search: " + hw.name + ", " + std::to_string(o.setup.context) + " tokens");
+  if (!r.ranking_note.empty()) page.paragraph("The stage-1 order is not an accuracy ranking. " + r.ranking_note);
   page.key_values(summary);
   page.heading("Memory per candidate");
   {

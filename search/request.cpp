@@ -172,7 +172,17 @@ PreparedSearch prepare_search(const SearchRequest& request) {
   o.budget = make_budget(p.hardware, reserve.empty() ? std::vector<Reservation>{} : parse_reservations(reserve),
                          budget_gib > 0 ? std::optional<double>(budget_gib) : std::nullopt);
 
-  const SearchSpace d = default_space(p.parent);
+  if (v.contains("reference"))
+    for (auto& r : v.at("reference")) {
+      const std::string name = r.get<std::string>();
+      o.references.emplace_back(fs::stem(name), load_model_source(name));
+    }
+  // The default grids hold the published students of this parent (configs/models) and the references, so that
+  // a search without ranges can land on the shapes NVIDIA shipped.
+  std::vector<ModelConfig> hold;
+  for (auto& [_, c] : published_students(p.parent)) hold.push_back(c);
+  for (auto& [_, c] : o.references) hold.push_back(c);
+  const SearchSpace d = default_space(p.parent, hold);
   SearchSpace& s = o.space;
   s = d;
   const std::string depth = text_or(v, "depth", "per-type");
@@ -201,11 +211,6 @@ PreparedSearch prepare_search(const SearchRequest& request) {
   o.keep_feasible = integer("keep", 200);
   o.keep_infeasible = integer("keep_infeasible", 50);
   MP_CHECK(o.keep_feasible >= 0 && o.keep_infeasible >= 0, what, ": keep and keep_infeasible must not be negative");
-  if (v.contains("reference"))
-    for (auto& r : v.at("reference")) {
-      const std::string name = r.get<std::string>();
-      o.references.emplace_back(fs::stem(name), load_model_source(name));
-    }
   return p;
 }
 

@@ -15,6 +15,11 @@ std::vector<int64_t> IntRange::values() const {
   std::vector<int64_t> out;
   MP_CHECK(step > 0, "range ", min, ":", max, " has step ", step, "; the step must be positive");
   for (int64_t v = min; v <= max; v += step) out.push_back(v);
+  if (!extra.empty()) {
+    out.insert(out.end(), extra.begin(), extra.end());
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+  }
   return out;
 }
 
@@ -60,7 +65,11 @@ int64_t SearchSpace::combinations() const {
                                       mamba_head_dim.values().size() * attention_heads.values().size());
 }
 
-static json range_json(const IntRange& r) { return {{"min", r.min}, {"max", r.max}, {"step", r.step}}; }
+static json range_json(const IntRange& r) {
+  json j{{"min", r.min}, {"max", r.max}, {"step", r.step}};
+  if (!r.extra.empty()) j["extra"] = r.extra;
+  return j;
+}
 
 json SearchSpace::to_json() const {
   json j{{"depth", depth_per_type ? "per-type" : "total"},
@@ -90,10 +99,48 @@ static IntRange shrink_range(int64_t v, double max_prune, int64_t step) {
   return {v - k * step, v, step};
 }
 
-SearchSpace default_space(const ModelConfig& parent) {
+// shrink_range, with the held values on the grid: the largest step that is a multiple of `grain`, at most `step`,
+// and divides every distance from v to a held value; the range reaches down to the smallest held value. When no
+// such step exists, the default grid plus the held values as extra points.
+static IntRange holding_range(int64_t v, double max_prune, int64_t step, int64_t grain, std::vector<int64_t> held) {
+  held.erase(std::remove_if(held.begin(), held.end(), [&](int64_t h) { return h <= 0 || h >= v; }), held.end());
+  IntRange r = shrink_range(v, max_prune, step);
+  if (held.empty() || v <= 0) return r;
+  grain = std::max<int64_t>(1, grain);
+  for (int64_t t = std::max(grain, step / grain * grain); t >= grain; t -= grain) {
+    if (!std::all_of(held.begin(), held.end(), [&](int64_t h) { return (v - h) % t == 0; })) continue;
+    r = shrink_range(v, max_prune, t);
+    r.min = std::min(r.min, *std::min_element(held.begin(), held.end()));
+    return r;
+  }
+  for (int64_t h : held)
+    if (!r.contains(h)) r.extra.push_back(h);
+  std::sort(r.extra.begin(), r.extra.end());
+  r.extra.erase(std::unique(r.extra.begin(), r.extra.end()), r.extra.end());
+  return r;
+}
+
+// Could `c` come out of pruning `parent`: the same fixed dimensions, no axis and no layer type larger.
+static bool pruned_form(const ModelConfig& parent, const ModelConfig& c) {
+  return c.vocab_size == parent.vocab_size && c.num_key_value_heads == parent.num_key_value_heads &&
+         c.head_dim == parent.head_dim && c.n_groups == parent.n_groups && c.ssm_state_size == parent.ssm_state_size &&
+         c.conv_kernel == parent.conv_kernel && c.count(LayerType::Moe) == 0 && c.num_layers() <= parent.num_layers() &&
+         c.count(LayerType::Mamba) <= parent.count(LayerType::Mamba) &&
+         c.count(LayerType::Attention) <= parent.count(LayerType::Attention) &&
+         c.count(LayerType::Mlp) <= parent.count(LayerType::Mlp) && c.hidden_size <= parent.hidden_size &&
+         c.intermediate_size <= parent.intermediate_size && c.mamba_num_heads <= parent.mamba_num_heads &&
+         c.mamba_head_dim <= parent.mamba_head_dim && c.num_attention_heads <= parent.num_attention_heads;
+}
+
+SearchSpace default_space(const ModelConfig& parent, const std::vector<ModelConfig>& all_held) {
+  std::vector<ModelConfig> hold;  // shapes of another family (a foreign reference) cannot be held
+  for (auto& c : all_held)
+    if (pruned_form(parent, c)) hold.push_back(c);
   SearchSpace s;
   const double width = 0.4, depth = 0.2;
   int64_t max_drop = static_cast<int64_t>(std::floor(depth * static_cast<double>(parent.num_layers())));
+  // A held student that drops more layers than 20% widens the depth bound to reach it.
+  for (auto& h : hold) max_drop = std::max<int64_t>(max_drop, parent.num_layers() - h.num_layers());
   auto drops = [&](LayerType t) {
     int64_t n = parent.count(t);
     // Keep at least one layer of each type the parent has.
@@ -105,12 +152,57 @@ SearchSpace default_space(const ModelConfig& parent) {
   s.drop_mlp = drops(LayerType::Mlp);
   s.bound_total = true;
   s.drop_total = {0, max_drop, 1};
-  s.hidden = shrink_range(parent.hidden_size, width, 128);
-  s.ffn = shrink_range(parent.intermediate_size, width, 512);
-  s.mamba_heads = shrink_range(parent.mamba_num_heads, width, std::max<int64_t>(1, parent.n_groups));
-  s.mamba_head_dim = shrink_range(parent.mamba_head_dim, width, 8);
-  s.attention_heads = shrink_range(parent.num_attention_heads, width, std::max<int64_t>(1, parent.num_key_value_heads));
+  auto held = [&](auto field) {
+    std::vector<int64_t> v;
+    for (auto& h : hold) v.push_back(field(h));
+    return v;
+  };
+  s.hidden = holding_range(parent.hidden_size, width, 128, 64, held([](const ModelConfig& c) { return c.hidden_size; }));
+  s.ffn = holding_range(parent.intermediate_size, width, 512, 64,
+                        held([](const ModelConfig& c) { return c.count(LayerType::Mlp) ? c.intermediate_size : 0; }));
+  const int64_t groups = std::max<int64_t>(1, parent.n_groups);
+  s.mamba_heads = holding_range(parent.mamba_num_heads, width, groups, groups,
+                                held([](const ModelConfig& c) { return c.count(LayerType::Mamba) ? c.mamba_num_heads : 0; }));
+  s.mamba_head_dim = holding_range(parent.mamba_head_dim, width, 8, 8,
+                                   held([](const ModelConfig& c) { return c.count(LayerType::Mamba) ? c.mamba_head_dim : 0; }));
+  const int64_t kv = std::max<int64_t>(1, parent.num_key_value_heads);
+  s.attention_heads = holding_range(parent.num_attention_heads, width, kv, kv, held([](const ModelConfig& c) {
+                                      return c.count(LayerType::Attention) ? c.num_attention_heads : 0;
+                                    }));
   return s;
+}
+
+std::vector<std::pair<std::string, ModelConfig>> published_students(const ModelConfig& parent) {
+  std::vector<std::pair<std::string, ModelConfig>> out;
+  const double width = 0.4, depth = 0.2;
+  for (const std::string& path : list_config_files("models")) {
+    ModelConfig c;
+    try {
+      c = load_config(path);
+    } catch (const Error&) {
+      continue;  // not a model this search can read; the explicit --reference path reports such files
+    }
+    auto within = [&](int64_t child, int64_t v) {
+      return child <= v && static_cast<double>(child) >= std::ceil((1.0 - width) * static_cast<double>(v)) - 1e-9;
+    };
+    bool fits = pruned_form(parent, c) &&
+                parent.num_layers() - c.num_layers() <=
+                    static_cast<int64_t>(std::floor(depth * static_cast<double>(parent.num_layers()))) &&
+                within(c.hidden_size, parent.hidden_size) &&
+                (!c.count(LayerType::Mlp) || within(c.intermediate_size, parent.intermediate_size)) &&
+                (!c.count(LayerType::Mamba) || (within(c.mamba_num_heads, parent.mamba_num_heads) &&
+                                                within(c.mamba_head_dim, parent.mamba_head_dim))) &&
+                (!c.count(LayerType::Attention) || within(c.num_attention_heads, parent.num_attention_heads));
+    const bool is_parent = c.num_layers() == parent.num_layers() && c.pattern() == parent.pattern() &&
+                           c.hidden_size == parent.hidden_size && c.intermediate_size == parent.intermediate_size &&
+                           c.mamba_num_heads == parent.mamba_num_heads && c.mamba_head_dim == parent.mamba_head_dim &&
+                           c.num_attention_heads == parent.num_attention_heads;
+    if (fits && !is_parent) {
+      std::string name = path.substr(path.find_last_of('/') + 1);
+      out.emplace_back(name.substr(0, name.size() - 5), c);
+    }
+  }
+  return out;
 }
 
 // ------------------------------------------------------------------------------------------- importance

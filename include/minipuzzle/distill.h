@@ -260,7 +260,9 @@ struct DistillOptions {
   std::string teacher;         // HF checkpoint directory (empty with from_scratch)
   std::string student;         // HF checkpoint directory, or with from_scratch a config.json (or dir holding one)
   bool from_scratch = false;   // no teacher: cross-entropy only; student = NemotronH::random_init(config, seed)
-  std::string train_data, valid_data;  // token files
+  std::string train_data, valid_data;  // any data argument of minipuzzle/data_input.h
+  std::string data_format = "auto";    // their kind (DataInputOptions::format)
+  std::string tokenizer;       // for text data: a tokenizer.json; "" the teacher's (else student's) if any, else bytes
   std::string out_dir;
   int64_t tokens = 0;          // training budget; steps = ceil(tokens / (world * micro * accum * seq_len))
   int64_t seq_len = 512, micro_batch = 4, grad_accum = 1;

@@ -131,10 +131,12 @@ struct PruneOptions {
   uint64_t max_shard_bytes = 5ull << 30;
   bool copy_tokenizer = true;  // tokenizer / generation files beside the weights
   std::vector<std::string> extra_files;  // further files copied into the output (e.g. the plan as JSON)
+  int threads = 0;  // reading, cutting and writing threads; 0: MINIPUZZLE_PRUNE_THREADS, else the cores (at most 8)
 };
 
-// Streams the parent checkpoint into `out_dir`: each tensor is read from the memory map, cut and written before
-// the next is touched (pages of the parent are released as it goes), so peak memory is about one tensor.
+// Streams the parent checkpoint into `out_dir`: pieces of at most 16 MiB (a block of one tensor's rows) are read
+// from the memory map, cut and written in place by a few threads (pages of the parent are released as they go),
+// so peak memory is about threads x 2 pieces.
 // Tensors keep their stored dtype; a plan equal to the parent gives the same bytes per tensor.
 void prune_checkpoint(const Checkpoint& parent, const PrunePlan& plan, const std::string& out_dir,
                       const PruneOptions& options = {});

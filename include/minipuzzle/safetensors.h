@@ -47,6 +47,10 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const TensorInfo* find(const std::string& name) const;
   const uint8_t* data(const TensorInfo& info) const { return data_ + info.begin; }
+  // Where a tensor's bytes start in the file (for readers that go around the map: copy_file_range, pread).
+  uint64_t file_offset(const TensorInfo& info) const {
+    return static_cast<uint64_t>(data_ - static_cast<const uint8_t*>(map_)) + info.begin;
+  }
   // A tensor viewing the mapped bytes (no copy); it keeps the mapping alive. Read-only: clone before writing.
   at::Tensor tensor(const std::string& name) const;
 
@@ -73,6 +77,14 @@ class SafetensorsWriter {
   };
   SafetensorsWriter(const std::string& path, std::vector<Spec> specs,
                     const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+  // What the file holds before the data (8-byte length + JSON header padded to 8 bytes) and where each spec's
+  // data starts in the file: the writer's exact layout, for writers that fill files positionally.
+  struct Layout {
+    std::string prefix;
+    std::vector<uint64_t> file_offsets, nbytes;
+  };
+  static Layout layout(const std::vector<Spec>& specs,
+                       const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
   ~SafetensorsWriter();
   // Writes the next tensor; it must match the next spec's name, dtype and shape. Accepts any device/layout.
   void write(const std::string& name, const at::Tensor& tensor);

@@ -5,6 +5,7 @@
 // Search and pruning meet only through a target shape: every candidate is a full ModelConfig plus the indices
 // of the parent's layers to drop; the pruner realises it. Formulas: search/MEMORY_MODEL.md.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -90,6 +91,8 @@ struct HardwareProfile {
 // $MINIPUZZLE_CONFIGS/hardware, ./configs/hardware, the source tree's configs/hardware.
 HardwareProfile load_hardware(const std::string& name_or_path);
 std::string find_config_file(const std::string& kind, const std::string& name_or_path);  // kind: hardware|models
+// The JSON files of the first of those directories that has any (paths, sorted).
+std::vector<std::string> list_config_files(const std::string& kind);
 // "5%", "framework=5%", "vision=1.3GiB", "512MiB", "2GB"; comma-separated lists give several.
 std::vector<Reservation> parse_reservations(const std::string& text);
 // "131072", "128k" (x1024), "1M" (x1024^2), "1000000". Decimal millions must be written out.
@@ -253,8 +256,13 @@ std::vector<double> nnls(const std::vector<std::vector<double>>& rows, const std
 // ---------------------------------------------------------------- candidate space
 struct IntRange {
   int64_t min = 0, max = 0, step = 1;
-  std::vector<int64_t> values() const;  // min, min+step, ..., <= max
-  bool contains(int64_t v) const { return v >= min && v <= max && (v - min) % step == 0; }
+  std::vector<int64_t> extra;  // points off the grid that the range also holds (published shapes)
+  IntRange() = default;
+  IntRange(int64_t lo, int64_t hi, int64_t by) : min(lo), max(hi), step(by) {}
+  std::vector<int64_t> values() const;  // min, min+step, ..., <= max, and the extra points; ascending
+  bool contains(int64_t v) const {
+    return (v >= min && v <= max && (v - min) % step == 0) || std::find(extra.begin(), extra.end(), v) != extra.end();
+  }
 };
 IntRange parse_range(const std::string& text);  // "4480:5120:128", "4480-5120/128", "128" (single value)
 
@@ -272,7 +280,17 @@ struct SearchSpace {
 };
 // NVIDIA's defaults: at most 40% of each width and 20% of the depth pruned; hidden in steps of 128, FFN 512,
 // Mamba heads by n_groups, Mamba head_dim 8, attention heads by KV heads; per-type depth.
-SearchSpace default_space(const ModelConfig& parent);
+// `hold`: shapes the grids must contain (published students, references; shapes that are not pruned forms of the
+// parent are ignored). Per axis the step becomes the largest
+// multiple of the hardware grain (64 channels for hidden and FFN, n_groups Mamba heads, 8 head_dim positions, the
+// KV heads for attention heads) not above the default step that puts every held value on the grid (12B -> 9B:
+// FFN 20480 - k * 320 holds 15680), the range reaching down to the smallest held value; a held value that no such
+// step reaches is added as an extra point.
+SearchSpace default_space(const ModelConfig& parent, const std::vector<ModelConfig>& hold = {});
+// The published shapes in configs/models that are pruned forms of `parent` within the default space's reach
+// (same vocabulary, KV heads, head_dim, groups, state and conv kernel; no axis larger than the parent's; at most
+// 40% of any width and 20% of the layers removed), the parent itself excepted.
+std::vector<std::pair<std::string, ModelConfig>> published_students(const ModelConfig& parent);
 
 // ---------------------------------------------------------------- importance (stage 1 input)
 // What the scoring stage measured, reduced to what the proxy needs. Any part may be empty (then that axis
@@ -363,6 +381,13 @@ struct SearchResult {
   std::vector<std::pair<std::string, int64_t>> infeasible_by_reason;
   std::vector<ReferenceResult> references;
   std::string proxy_kind;  // "importance" (scores), "importance-uniform" (no scores) or "memory-closeness"
+  // Stage 1's resolution: feasible points tied at the best proxy, the best and lowest feasible proxy, and (when
+  // more than one ties at the best, or without scores more than one prints as the best) a note saying the order among them is not an accuracy ranking and which flag
+  // gives it one (--scores).
+  int64_t tied_at_best = 0;
+  int64_t shown_as_best = 0;  // feasible points whose proxy prints (4 decimals) as the best one's
+  double proxy_best = 0, proxy_lowest = 0;
+  std::string ranking_note;
   double seconds = 0;
   json to_json(const ModelConfig& parent_config, const SearchOptions& options,
                const HardwareProfile& hw) const;

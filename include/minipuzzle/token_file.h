@@ -78,6 +78,10 @@ class TokenFile {
   static TokenFile open(const std::string& path);
   // A token file held in memory (one document per entry), e.g. a text file encoded on the fly for `eval`.
   static TokenFile from_documents(const std::vector<std::vector<uint32_t>>& documents, TokenFileMetadata meta);
+  // Ids and document offsets already in memory (other formats, blends): offsets start at 0, never decrease and
+  // end at ids.size(); every id must be below meta.vocab_size. Both are checked.
+  static TokenFile from_ids(std::vector<uint32_t> ids, std::vector<uint64_t> offsets, TokenFileMetadata meta,
+                            std::string path);
 
   uint64_t num_tokens() const { return num_tokens_; }
   uint64_t num_documents() const { return offsets_.empty() ? 0 : offsets_.size() - 1; }
@@ -91,7 +95,6 @@ class TokenFile {
   const std::string& path() const { return path_; }
 
  private:
-  friend TokenFile read_tokens_for_eval(const std::string& path, const Tokenizer* tokenizer);
   std::shared_ptr<const void> storage_;  // the mapping or the in-memory vector; keeps tokens_ alive
   const uint32_t* tokens_ = nullptr;
   uint64_t num_tokens_ = 0;
@@ -159,8 +162,8 @@ bool document_in_valid_split(uint64_t document_index, double valid_fraction);
 // "paragraph" documents of a text (the rule above), as views into it.
 std::vector<std::string_view> split_paragraphs(std::string_view text);
 
-// What `eval` (and calibration) read: a token file as is; otherwise a plain text file, encoded as one
-// document with `tokenizer`, or with the byte-level tokenizer when `tokenizer` is null.
+// A token file as is; otherwise a UTF-8 text file, encoded as one document with `tokenizer`, or with the
+// byte-level tokenizer when `tokenizer` is null. open_data (minipuzzle/data_input.h) with its defaults.
 TokenFile read_tokens_for_eval(const std::string& path, const Tokenizer* tokenizer = nullptr);
 
 }  // namespace mp

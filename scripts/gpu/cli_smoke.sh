@@ -87,6 +87,10 @@ expect 0 bench_hw "$work/profile.json" -- "$bin" bench-hw --hardware h100-80gb \
   --timings tests/search/data/h100_serving_timings.json -o "$work/profile.json"
 # Bad input and bad command lines: one line, the documented codes.
 printf 'abc\0def' > "$work/binary.bin"
+# Issue 18: a file that is not text is refused (one line, exit 1); raw ids are read only when named.
+expect 1 binary_data_refused - -- "$bin" eval "$teacher" --data "$work/binary.bin" --device cuda
+python3 -c "import numpy as np; np.fromfile('$work/corpus.valid.tokens', dtype='<u4')[:8192].astype('<u2').tofile('$work/raw_u16.bin')"
+expect 0 raw_u16_eval - -- "$bin" eval "$teacher" --data "$work/raw_u16.bin" --data-format u16 --seq-len 64 --device cuda
 expect 2 unknown_command - -- "$bin" foo
 expect 2 unknown_command_help - -- "$bin" teacher-logits --help
 expect 2 unknown_flag - -- "$bin" eval "$teacher" --data "$work/corpus.valid" --no-such-flag

@@ -26,4 +26,10 @@ mkdir -p "$carry/data"
 for f in tinyshakespeare.txt wikitext-2-valid.txt; do
   if [ -f "$data_src/$f" ] && [ ! -f "$carry/data/$f" ]; then cp "$data_src/$f" "$carry/data/$f"; fi
 done
+# Pure-Python wheels the GPU host's python3 may lack, installed there offline into a private folder by
+# scripts/gpu/py_kernels.sh: pytest (with its dependencies) and wheel.
+if [ ! -f "$carry/wheels/.done" ]; then
+  "$("$root/scripts/setup.sh")/bin/python" -m pip download -q --only-binary=:all: -d "$carry/wheels" \
+    pytest==9.2.0 wheel==0.48.0 && touch "$carry/wheels/.done"
+fi
 du -sh "$carry" | sed 's/^/carry: /'

@@ -25,8 +25,13 @@ void add(CLI::App& app) {
   c->add_option("--teacher", o.teacher, "teacher checkpoint directory (frozen)");
   c->add_option("--student", o.student, "student checkpoint directory; with --from-scratch a config.json")->required();
   c->add_flag("--from-scratch", o.from_scratch, "no teacher: random-initialised student, cross-entropy only");
-  c->add_option("--data", o.train_data, "training token file (minipuzzle data)")->required();
-  c->add_option("--valid", o.valid_data, "validation token file")->required();
+  c->add_option("--data", o.train_data, "training data: token file (minipuzzle data), Megatron PREFIX, .npy, UTF-8 "
+                "text or a blend \"W1 SRC1 W2 SRC2 ...\"")->required();
+  c->add_option("--valid", o.valid_data, "validation data (same kinds)")->required();
+  c->add_option("--data-format", o.data_format, "auto | tokens | megatron | npy | text | u16 | u32 | u64 | i32 | i64 "
+                "(raw little-endian ids are read only when named)")->capture_default_str();
+  c->add_option("--tokenizer", o.tokenizer, "tokenizer.json for text data (default: the teacher's, else the student's, "
+                "else bytes)");
   c->add_option("--tokens", o.tokens, "training tokens (over all ranks)")->required();
   c->add_option("-o,--out", o.out_dir, "output directory: log.jsonl, checkpoint/, final/, report")->required();
   c->add_option("--seq-len", o.seq_len, "tokens per sequence")->capture_default_str();

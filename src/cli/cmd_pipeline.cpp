@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -127,6 +128,9 @@ void write_report(const json& recipe, const Vars& vars, const std::string& run) 
   table.right_align = {false, true, true, true, true};
   json rows = json::array();
   double teacher_ppl = 0;
+  // Task accuracies of the rows whose eval ran --tasks: task name -> per row label (acc, acc_norm).
+  std::vector<std::string> task_names, task_rows;
+  std::map<std::string, std::map<std::string, std::pair<double, double>>> task_acc;
   for (auto& row : rep.at("rows")) {
     std::string label = row.at("label").get<std::string>();
     std::string ckpt = vars.expand(row.at("checkpoint").get<std::string>());
@@ -143,6 +147,15 @@ void write_report(const json& recipe, const Vars& vars, const std::string& run) 
     json r{{"label", label}, {"checkpoint", ckpt}, {"loss", ev.at("loss")}, {"perplexity", ppl},
            {"parameters", count_parameters(c)}, {"memory_bytes", memory}, {"context", context}};
     if (teacher_ppl > 0) r["perplexity_gap_to_teacher"] = ppl - teacher_ppl;
+    if (ev.contains("tasks")) {
+      r["tasks"] = ev["tasks"];
+      task_rows.push_back(label);
+      for (const json& t : ev["tasks"]) {
+        const std::string name = t.at("task").get<std::string>();
+        if (std::find(task_names.begin(), task_names.end(), name) == task_names.end()) task_names.push_back(name);
+        task_acc[name][label] = {t.at("acc").get<double>(), t.at("acc_norm").get<double>()};
+      }
+    }
     rows.push_back(r);
     table.rows.push_back({label, report::format_number(ev.at("loss").get<double>()), report::format_number(ppl),
                           report::format_number(double(count_parameters(c)), true),
@@ -153,6 +166,43 @@ void write_report(const json& recipe, const Vars& vars, const std::string& run) 
   page.paragraph(recipe.value("description", std::string()));
   page.table(table, "Held-out perplexity, parameters and predicted inference memory (bf16 weights and cache)");
   std::string md = "# minipuzzle pipeline: " + recipe.value("name", std::string()) + "\n\n" + table.markdown() + "\n";
+  std::string task_md;
+  if (!task_names.empty()) {
+    // Accuracy beside perplexity: a table (acc / acc_norm per task) and grouped bars of acc per model.
+    report::Table tasks;
+    tasks.header = {"model"};
+    tasks.right_align = {false};
+    for (const std::string& t : task_names) {
+      tasks.header.push_back(t + " acc");
+      tasks.header.push_back(t + " acc_norm");
+      tasks.right_align.insert(tasks.right_align.end(), {true, true});
+    }
+    std::vector<report::Series> series;
+    for (const std::string& t : task_names) series.push_back({t + " acc", {}, {}, ""});
+    for (const std::string& label : task_rows) {
+      std::vector<std::string> cells{label};
+      for (size_t i = 0; i < task_names.size(); ++i) {
+        auto it = task_acc[task_names[i]].find(label);
+        const bool has = it != task_acc[task_names[i]].end();
+        char acc[32] = "-", norm[32] = "-";
+        if (has) {
+          std::snprintf(acc, sizeof acc, "%.3f", it->second.first);
+          std::snprintf(norm, sizeof norm, "%.3f", it->second.second);
+        }
+        cells.insert(cells.end(), {acc, norm});
+        series[i].y.push_back(has ? it->second.first : 0.0);
+      }
+      tasks.rows.push_back(cells);
+    }
+    report::PlotOptions plot;
+    plot.title = "Task accuracy (multiple choice, log-likelihood)";
+    plot.y_label = "accuracy";
+    page.heading("Task accuracy");
+    page.table(tasks, "Multiple-choice accuracy by log-likelihood (acc; acc_norm: per byte of the choice)");
+    page.figure(report::bar_chart(task_rows, series, plot, /*stacked=*/false), "Accuracy per model and task");
+    task_md = tasks.markdown();
+    md += "\n## Task accuracy\n\n" + task_md + "\n";
+  }
   const json sections = rep.value("sections", json::array());
   for (auto& section : sections) {
     std::string html = vars.expand(section.at("html").get<std::string>());
@@ -164,7 +214,8 @@ void write_report(const json& recipe, const Vars& vars, const std::string& run) 
   }
   page.write(run + "/report.html");
   report::write_text_file(run + "/report.md", md);
-  std::printf("%s\nreport: %s/report.html (and report.md, report.json)\n", table.markdown().c_str(), run.c_str());
+  std::printf("%s\n%s%sreport: %s/report.html (and report.md, report.json)\n", table.markdown().c_str(),
+              task_md.c_str(), task_md.empty() ? "" : "\n", run.c_str());
 }
 
 void run(const PipelineArgs& a) {

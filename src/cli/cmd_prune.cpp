@@ -27,6 +27,7 @@ struct PruneArgs {
   int64_t drop_count = -1;
   bool group_removal = false, dry_run = false, overwrite = false;
   double max_shard_gib = 5.0;
+  int threads = 0;
 };
 
 std::vector<int64_t> parse_layer_list(const std::string& text) {
@@ -110,6 +111,7 @@ void run(const PruneArgs& a) {
   PruneOptions options;
   options.overwrite = a.overwrite;
   options.max_shard_bytes = static_cast<uint64_t>(a.max_shard_gib * double(1ull << 30));
+  options.threads = a.threads;
   options.extra_files = {fs::join(scratch, "minipuzzle_prune.json")};
   prune_checkpoint(ck, plan, a.output, options);
   if (!a.summary_json.empty()) write_json_file(a.summary_json, summary);
@@ -150,6 +152,9 @@ void add(CLI::App& app) {
   c->add_option("--summary-json", args->summary_json, "write the before/after summary as JSON");
   c->add_option("--plan-json", args->plan_json, "write the kept indices per layer as JSON");
   c->add_option("--max-shard-gib", args->max_shard_gib, "largest output shard")->capture_default_str();
+  c->add_option("--threads", args->threads, "reading/cutting/writing threads (0: the cores, at most 8)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   c->add_flag("--dry-run", args->dry_run, "validate and summarise only; write no checkpoint");
   c->add_flag("--overwrite", args->overwrite, "replace an existing output directory");
   c->callback([args] {

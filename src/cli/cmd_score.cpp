@@ -20,7 +20,8 @@ namespace mp::cli {
 namespace {
 
 struct ScoreArgs {
-  std::string checkpoint, calib, output, tokenizer, device = "auto", reduction = "mean_l2", report, max_gpu_memory;
+  std::string checkpoint, calib, output, tokenizer, device = "auto", reduction = "mean_l2", report, max_gpu_memory,
+      data_format = "auto";
   ScoreOptions options;
   uint64_t seed = 0;
   bool no_depth = false;
@@ -60,7 +61,7 @@ void run(const ScoreArgs& a) {
   check_output_dir(a.output, /*overwrite=*/true);
   auto ck = Checkpoint::open(a.checkpoint);
   auto tokenizer = tokenizer_for_text(a.tokenizer, a.checkpoint);
-  TokenFile tokens = read_tokens_for_eval(a.calib, tokenizer.get());
+  TokenFile tokens = open_data_argument(a.calib, "--calib", a.data_format, tokenizer.get(), ck.config().vocab_size);
   MP_CHECK(tokens.vocab_size() <= uint64_t(ck.config().vocab_size), a.calib, ": token ids go up to ",
            tokens.vocab_size(), " but the model's vocabulary has ", ck.config().vocab_size, " entries");
   c10::Device device = parse_device(a.device);
@@ -133,7 +134,9 @@ void add(CLI::App& app) {
   auto args = std::make_shared<ScoreArgs>();
   CLI::App* c = app.add_subcommand("score", "Importance of layers, heads, neurons and channels from calibration data");
   c->add_option("checkpoint", args->checkpoint, "Hugging Face checkpoint directory")->required();
-  c->add_option("--calib", args->calib, "token file (minipuzzle data) or plain text")->required();
+  c->add_option("--calib", args->calib, "token file (minipuzzle data), Megatron PREFIX, .npy, UTF-8 text or a blend")
+      ->required();
+  add_data_format_option(c, &args->data_format);
   c->add_option("-o,--output", args->output, "scores.json to write")->required();
   c->add_option("--samples", args->options.samples, "calibration sequences")->capture_default_str();
   c->add_option("--seq-len", args->options.seq_len, "tokens per sequence")->capture_default_str();

@@ -78,6 +78,7 @@ void run(const SearchArgs& a) {
       msg << "; " << ref.name << ": " << (ref.candidate->feasible ? "fits" : "does not fit")
           << (ref.candidate->rank > 0 ? ", stage-1 rank " + std::to_string(ref.candidate->rank) : "");
   log_info(msg.str());
+  if (!r.ranking_note.empty()) log_warning("search: " + r.ranking_note);
   for (auto& path : paths) log_info("wrote " + path);
 }
 
@@ -129,7 +130,8 @@ void add(CLI::App& app) {
   c->add_option("--zero-shot-top", a->zero_shot_top,
                 "stage 2: re-rank the best M by the LM loss of each candidate pruned in memory (needs a checkpoint "
                 "SOURCE, --scores and --calib)");
-  c->add_option("--calib", s.calib, "stage 2: token file or text the zero-shot loss is measured on");
+  c->add_option("--calib", s.calib, "stage 2: token file, Megatron PREFIX, .npy or text the zero-shot loss is measured on");
+  add_data_format_option(c, &s.data_format);
   c->add_option("--calib-tokens", s.calib_tokens, "stage 2: tokens of --calib used (0: all)")->capture_default_str();
   c->add_option("--seq-len", s.seq_len, "stages 2-3: tokens per sequence")->capture_default_str();
   c->add_option("--batch-size", s.batch, "stage 2: sequences per forward")->capture_default_str();

@@ -2,9 +2,8 @@
 
 #include <ATen/Context.h>
 
-
+#include "minipuzzle/data_input.h"
 #include "minipuzzle/error.h"
-#include "minipuzzle/fs.h"
 #include "src/cli/command.h"
 
 namespace mp::cli {
@@ -27,10 +26,24 @@ void add_device_option(CLI::App* app, std::string* device) {
 }
 
 std::unique_ptr<Tokenizer> tokenizer_for_text(const std::string& explicit_path, const std::string& checkpoint) {
-  std::string path = explicit_path;
-  if (path.empty() && fs::exists(checkpoint + "/tokenizer.json")) path = checkpoint + "/tokenizer.json";
-  if (path.empty() || path == "byte") return nullptr;
-  return std::make_unique<Tokenizer>(Tokenizer::from_file(path));
+  return tokenizer_for_data(explicit_path, {checkpoint});
+}
+
+void add_data_format_option(CLI::App* app, std::string* format) {
+  app->add_option("--data-format", *format,
+                  "auto (token file, Megatron .bin/.idx, .npy or UTF-8 text, told apart by their contents) | tokens "
+                  "| megatron | npy | text | u16 | u32 | u64 | i32 | i64 (raw little-endian ids, read only when named)")
+      ->capture_default_str();
+}
+
+TokenFile open_data_argument(const std::string& path, const std::string& option, const std::string& format,
+                             const Tokenizer* tokenizer, int64_t vocab_size) {
+  DataInputOptions o;
+  o.format = format;
+  o.tokenizer = tokenizer;
+  o.vocab_size = uint64_t(vocab_size);
+  o.option = option;
+  return open_data(path, o);
 }
 
 }  // namespace mp::cli

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "minipuzzle/token_file.h"
 #include "minipuzzle/tokenizer.h"
 
 namespace mp::cli {
@@ -18,5 +19,10 @@ void add_device_option(CLI::App* app, std::string* device);
 // The tokenizer for text input: --tokenizer, else the checkpoint's tokenizer.json, else byte-level (nullptr;
 // also for --tokenizer byte).
 std::unique_ptr<Tokenizer> tokenizer_for_text(const std::string& explicit_path, const std::string& checkpoint);
+// --data-format, the kind of every data argument of a command (see minipuzzle/data_input.h).
+void add_data_format_option(CLI::App* app, std::string* format);
+// A data argument (--data, --calib, --valid) through the one resolver, its ids checked against `vocab_size`.
+TokenFile open_data_argument(const std::string& path, const std::string& option, const std::string& format,
+                             const Tokenizer* tokenizer, int64_t vocab_size);
 
 }  // namespace mp::cli

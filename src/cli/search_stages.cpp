@@ -71,7 +71,8 @@ void attach_search_stages(search::SearchOptions& options, const ModelConfig& par
   check_scores_fit(ctx->scores, ctx->checkpoint->config(), s.scores);
   ctx->device = parse_device(s.device);
   auto tokenizer = tokenizer_for_text(s.tokenizer, s.checkpoint);
-  ctx->calib = std::make_unique<TokenFile>(read_tokens_for_eval(s.calib, tokenizer.get()));
+  ctx->calib = std::make_unique<TokenFile>(
+      open_data_argument(s.calib, "--calib", s.data_format, tokenizer.get(), parent.vocab_size));
   MP_CHECK(int64_t(ctx->calib->vocab_size()) <= parent.vocab_size, "search: --calib ", s.calib, " has vocab_size ",
            ctx->calib->vocab_size(), ", larger than the model's ", parent.vocab_size);
   MP_CHECK(int64_t(ctx->calib->num_tokens()) > 1, "search: --calib ", s.calib, " holds no tokens to predict");
@@ -90,8 +91,9 @@ void attach_search_stages(search::SearchOptions& options, const ModelConfig& par
   MP_CHECK(!s.distill_data.empty(), "search: --distill-top needs --distill-data (a token file to distil on)");
   MP_CHECK(!s.report_dir.empty(), "search: --distill-top writes its students under the report directory (-o)");
   const std::string valid = s.distill_valid.empty() ? s.calib : s.distill_valid;
-  for (const std::string& f : {s.distill_data, valid})
-    (void)TokenFile::open(f);  // a token file (minipuzzle data), checked now rather than after stage 2
+  for (const std::string& f : {s.distill_data, valid})  // checked now rather than after stage 2
+    (void)open_data_argument(f, f == valid ? "--distill-valid" : "--distill-data", s.data_format, tokenizer.get(),
+                             parent.vocab_size);
   MP_CHECK(s.distill_tokens > 0 && s.distill_micro_batch > 0 && s.distill_lr > 0, "search: need --distill-tokens, ",
            "--distill-micro-batch and --distill-lr > 0");
   options.distill_top = distill_top;
@@ -108,6 +110,8 @@ void attach_search_stages(search::SearchOptions& options, const ModelConfig& par
     d.student = fs::join(dir, "student");
     d.train_data = o.distill_data;
     d.valid_data = valid;
+    d.data_format = o.data_format;
+    d.tokenizer = o.tokenizer;
     d.out_dir = fs::join(dir, "distill");
     d.tokens = o.distill_tokens;
     d.seq_len = o.seq_len;

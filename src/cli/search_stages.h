@@ -20,6 +20,7 @@ struct SearchStageOptions {
   std::string scores;      // scores.json of the parent (which units and layers the pruner keeps)
   std::string calib;       // token file or text: stage 2's tokens, and stage 3's validation tokens by default
   std::string tokenizer;   // for text calibration input (default: the checkpoint's tokenizer.json, else bytes)
+  std::string data_format = "auto";  // of --calib, --distill-data and --distill-valid (minipuzzle/data_input.h)
   std::string device = "auto";
   int64_t calib_tokens = 262144, seq_len = 2048, batch = 4;
   int threads = 0;

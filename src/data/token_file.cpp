@@ -12,6 +12,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "minipuzzle/data_input.h"
 #include "minipuzzle/error.h"
 #include "minipuzzle/fs.h"
 #include "minipuzzle/tokenizer.h"
@@ -191,6 +192,28 @@ TokenFile TokenFile::from_documents(const std::vector<std::vector<uint32_t>>& do
   return f;
 }
 
+TokenFile TokenFile::from_ids(std::vector<uint32_t> ids, std::vector<uint64_t> offsets, TokenFileMetadata meta,
+                              std::string path) {
+  MP_CHECK(!offsets.empty() && offsets.front() == 0 && offsets.back() == ids.size(), path,
+           ": document offsets must run from 0 to the token count");
+  for (size_t i = 1; i < offsets.size(); ++i)
+    MP_CHECK(offsets[i] >= offsets[i - 1], path, ": document offset ", i, " is below the previous one");
+  for (size_t i = 0; i < ids.size(); ++i)
+    MP_CHECK(ids[i] < meta.vocab_size, path, ": token ", i, " is id ", ids[i], ", not below vocab_size ",
+             meta.vocab_size);
+  auto all = std::make_shared<std::vector<uint32_t>>(std::move(ids));
+  TokenFile f;
+  f.num_tokens_ = all->size();
+  f.tokens_ = all->data();
+  f.storage_ = all;
+  f.offsets_ = std::move(offsets);
+  meta.num_tokens = f.num_tokens_;
+  meta.num_documents = f.offsets_.size() - 1;
+  f.meta_ = std::move(meta);
+  f.path_ = std::move(path);
+  return f;
+}
+
 TokenSpan TokenFile::document(uint64_t i) const {
   MP_CHECK(i < num_documents(), "document ", i, " out of range: ", path_, " has ", num_documents(), " documents");
   return {tokens_ + offsets_[i], size_t(offsets_[i + 1] - offsets_[i])};
@@ -262,29 +285,9 @@ TokenFileMetadata TokenFileWriter::finish() {
 }
 
 TokenFile read_tokens_for_eval(const std::string& path, const Tokenizer* tokenizer) {
-  if (is_token_file(path)) {
-    TokenFile f = TokenFile::open(path);
-    if (tokenizer != nullptr)
-      MP_CHECK(f.metadata().tokenizer_sha256 == tokenizer->sha256(), path, " was tokenized with a different tokenizer (",
-               f.metadata().tokenizer_kind, " ", f.metadata().tokenizer_path, ", sha256 ",
-               f.metadata().tokenizer_sha256.substr(0, 12), "...) than the one given (", tokenizer->kind(), ", sha256 ",
-               tokenizer->sha256().substr(0, 12), "...); re-run `minipuzzle data` with the model's tokenizer");
-    return f;
-  }
-  MP_CHECK(fs::is_regular_file(path), "cannot read ", path, ": expected a token file (NAME.tokens + NAME.index + ",
-           "NAME.json from `minipuzzle data`) or a plain text file");
-  std::string text = read_whole_file(path, "text file");
-  Tokenizer fallback = Tokenizer::byte_level();
-  const Tokenizer& tok = tokenizer ? *tokenizer : fallback;
-  TokenFileMetadata meta;
-  meta.tokenizer_kind = tok.kind();
-  meta.tokenizer_sha256 = tok.sha256();
-  meta.vocab_size = tok.vocab_size();
-  meta.eos_id = tok.eos_id();
-  meta.sources = {path};
-  TokenFile f = TokenFile::from_documents({tok.encode(text)}, meta);
-  f.path_ = path;
-  return f;
+  DataInputOptions o;
+  o.tokenizer = tokenizer;
+  return open_data(path, o);
 }
 
 }  // namespace mp

@@ -206,27 +206,36 @@ static void write_all(int fd, const void* data, uint64_t n, const std::string& p
   }
 }
 
-SafetensorsWriter::SafetensorsWriter(const std::string& path, std::vector<Spec> specs,
-                                     const std::map<std::string, std::string>& metadata)
-    : path_(path), specs_(std::move(specs)) {
+SafetensorsWriter::Layout SafetensorsWriter::layout(const std::vector<Spec>& specs,
+                                                   const std::map<std::string, std::string>& metadata) {
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
+  Layout out;
   uint64_t offset = 0;
-  for (auto& s : specs_) {
+  for (auto& s : specs) {
     uint64_t n = dtype_size(s.dtype);
     for (auto d : s.shape) n *= static_cast<uint64_t>(d);
     header[s.name] = {{"dtype", dtype_name(s.dtype)}, {"shape", s.shape}, {"data_offsets", {offset, offset + n}}};
+    out.file_offsets.push_back(offset);
+    out.nbytes.push_back(n);
     offset += n;
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // pad so the data section starts 8-byte aligned
+  const uint64_t n = text.size();
+  for (int i = 0; i < 8; ++i) out.prefix.push_back(static_cast<char>(static_cast<uint8_t>(n >> (8 * i))));
+  out.prefix += text;
+  for (auto& o : out.file_offsets) o += out.prefix.size();
+  return out;
+}
+
+SafetensorsWriter::SafetensorsWriter(const std::string& path, std::vector<Spec> specs,
+                                     const std::map<std::string, std::string>& metadata)
+    : path_(path), specs_(std::move(specs)) {
+  const Layout l = layout(specs_, metadata);
   fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   MP_CHECK(fd_ >= 0, path, ": cannot create (", std::strerror(errno), ")");
-  uint8_t len[8];
-  uint64_t n = text.size();
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
-  write_all(fd_, len, 8, path_);
-  write_all(fd_, text.data(), text.size(), path_);
+  write_all(fd_, l.prefix.data(), l.prefix.size(), path_);
 }
 
 SafetensorsWriter::~SafetensorsWriter() {

@@ -241,9 +241,12 @@ TEST_CASE("data preparation: JSONL, whole-file documents, errors", "[data]") {
 
 TEST_CASE("eval input: token files as they are, text through a tokenizer", "[data]") {
   Path dir = scratch("eval");
+  // Not UTF-8: refused (issue 18: id files were read as text); see tests/data/test_data_input_cli.cpp.
   write_file(dir / "plain.txt", "Hi\xff");
+  CHECK_THROWS_WITH(mp::read_tokens_for_eval((dir / "plain.txt").string()), Catch::Contains("invalid UTF-8"));
+  write_file(dir / "plain.txt", "Hi\xc3\xa9");
   mp::TokenFile t = mp::read_tokens_for_eval((dir / "plain.txt").string());
-  CHECK(std::vector<uint32_t>(t.all().begin(), t.all().end()) == std::vector<uint32_t>{'H', 'i', 0xff});
+  CHECK(std::vector<uint32_t>(t.all().begin(), t.all().end()) == std::vector<uint32_t>{'H', 'i', 0xc3, 0xa9});
   CHECK(t.num_documents() == 1);
   CHECK(t.vocab_size() == 258);
 
@@ -252,7 +255,7 @@ TEST_CASE("eval input: token files as they are, text through a tokenizer", "[dat
   o.output = (dir / "tok").string();
   mp::prepare_token_files(o);
   mp::Tokenizer byte = mp::Tokenizer::byte_level();
-  CHECK(mp::read_tokens_for_eval((dir / "tok").string(), &byte).num_tokens() == 3);
+  CHECK(mp::read_tokens_for_eval((dir / "tok").string(), &byte).num_tokens() == 4);
   mp::Tokenizer other = mp::Tokenizer::byte_level({"<s>"});
   CHECK_THROWS_WITH(mp::read_tokens_for_eval((dir / "tok").string(), &other), Catch::Contains("different tokenizer"));
 }

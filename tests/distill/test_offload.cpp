@@ -1,7 +1,7 @@
 // Optimizer offload (AdamW's offload_fraction, `distill --offload-optimizer`) on CPU against the resident optimizer:
 //   - N steps of train_step (KD, clipping, gradient accumulation) with all, half or none of the state offloaded give
-//     the same losses and weights bit for bit, fp32 and bf16 parameters (bf16: fp32 masters rounded into the
-//     parameters), and the same optimizer state;
+//     the same losses and weights bit for bit, fp32 parameters (all and half offloaded) and bf16 ones (all; fp32
+//     masters rounded into the parameters), and the same optimizer state;
 //   - checkpoints do not depend on the placement: saved with offload and resumed without (and the reverse), the
 //     continuation equals the uninterrupted resident run bit for bit;
 //   - a fraction outside [0, 1] is one clear error.
@@ -37,8 +37,8 @@ std::vector<std::vector<Batch>> make_steps(int64_t steps) {
   for (int64_t s = 0; s < steps; ++s) {
     std::vector<Batch> micro;
     for (int k = 0; k < 2; ++k) {
-      at::Tensor w = at::randint(0, 96, {2, 33}, gen, at::kLong);
-      micro.push_back({w.narrow(1, 0, 32).contiguous(), w.narrow(1, 1, 32).contiguous()});
+      at::Tensor w = at::randint(0, 96, {2, 21}, gen, at::kLong);  // 20 tokens: two SSD chunks, one padded
+      micro.push_back({w.narrow(1, 0, 20).contiguous(), w.narrow(1, 1, 20).contiguous()});
     }
     out.push_back(micro);
   }
@@ -85,7 +85,7 @@ void check_equal(const Run& a, const Run& b) {
 
 TEST_CASE("optimizer offload: the same steps as the resident optimizer, bit for bit on CPU") {
   at::set_num_threads(2);  // the host update's chunks run in parallel
-  const auto steps = make_steps(4);
+  const auto steps = make_steps(3);
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
     Run reference;
     {
@@ -97,6 +97,7 @@ TEST_CASE("optimizer offload: the same steps as the resident optimizer, bit for 
       run_steps(student, opt, &t, steps, 0, steps.size(), reference);
     }
     for (double fraction : {1.0, 0.5}) {
+      if (dtype == at::kBFloat16 && fraction != 1.0) continue;  // bf16 on CPU is slow; the split is tested in fp32
       INFO(dtype << ", offloaded fraction " << fraction);
       NemotronH student = NemotronH::random_init(tiny_config(32, "M*-M"), 3, c10::kCPU, dtype);
       student.set_requires_grad(true);
@@ -116,7 +117,7 @@ TEST_CASE("optimizer offload: the same steps as the resident optimizer, bit for 
 TEST_CASE("optimizer offload: checkpoints saved with offload resume without it, and the reverse, identically") {
   at::set_num_threads(2);
   ModelTeacher teacher(NemotronH::random_init(tiny_config(48, "M*-"), 2, c10::kCPU, at::kFloat));
-  const auto steps = make_steps(4);
+  const auto steps = make_steps(3);
   Run reference;
   {
     NemotronH student = NemotronH::random_init(tiny_config(32, "M*-M"), 3, c10::kCPU, at::kFloat);
@@ -124,7 +125,7 @@ TEST_CASE("optimizer offload: checkpoints saved with offload resume without it, 
     AdamW opt(student.parameters(), {});
     run_steps(student, opt, &teacher, steps, 0, steps.size(), reference);
   }
-  for (auto [save_fraction, resume_fraction] : {std::pair<double, double>{1.0, 0.0}, {0.0, 1.0}, {0.5, 1.0}}) {
+  for (auto [save_fraction, resume_fraction] : {std::pair<double, double>{1.0, 0.0}, {0.0, 0.5}}) {
     INFO("saved with offload " << save_fraction << ", resumed with " << resume_fraction);
     const std::string dir = test::temp_dir("offload_resume");
     Run first, second;

@@ -44,6 +44,15 @@ TEST_CASE("the demo pipeline at a tiny scale: distillation beats scratch and clo
   CHECK(distilled < scratch_same);
   CHECK(std::abs(distilled - teacher) < std::abs(pruned - teacher));
   CHECK(rows["pruned + distilled"]["parameters"].get<double>() < 0.65 * rows["teacher"]["parameters"].get<double>());
+  // Task accuracy beside perplexity: every row scored the next-line task made from the held-out split.
+  for (auto& [label, row] : rows) {
+    INFO(label);
+    REQUIRE(row.contains("tasks"));
+    CHECK(row["tasks"][0]["task"] == "nextline");
+    CHECK(row["tasks"][0]["questions"] == 32);
+    CHECK(row["tasks"][0]["acc"].get<double>() >= 0.0);
+    CHECK(row["tasks"][0]["acc"].get<double>() <= 1.0);
+  }
   // One self-contained page with the plots of every stage.
   std::ifstream html(run + "/run/report.html");
   std::stringstream ss;
@@ -53,5 +62,6 @@ TEST_CASE("the demo pipeline at a tiny scale: distillation beats scratch and clo
   for (size_t p = page.find("<svg"); p != std::string::npos; p = page.find("<svg", p + 1)) ++svgs;
   CHECK(svgs >= 5);
   CHECK(page.find("Architecture search") != std::string::npos);
+  CHECK(page.find("Task accuracy") != std::string::npos);
   CHECK(page.find("<script") == std::string::npos);
 }

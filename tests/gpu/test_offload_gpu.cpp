@@ -92,32 +92,39 @@ TEST_CASE("optimizer offload on CUDA bf16: the resident optimizer's steps within
   ModelTeacher teacher(NemotronH::random_init(gpu_config(768, "M*-"), 2, cuda, at::kBFloat16));
   std::vector<std::vector<Batch>> steps;
   for (int s = 0; s < 3; ++s) steps.push_back({random_batch(2, 512, cfg.vocab_size, 10 + s), random_batch(2, 512, cfg.vocab_size, 20 + s)});
-  auto run = [&](double fraction, std::vector<double>& losses) {
+  // Weights are compared after the first step, whose gradients are identical in both runs, so any difference is
+  // the optimizer's arithmetic (ATen's CPU fused AdamW against its CUDA one, both fp32, then one bf16 rounding).
+  // Later steps amplify those ulps chaotically (a near-zero gradient flips sign, and Adam's update is then +-lr
+  // either way: seen as 2.5 lr on the H200), so over three steps only the losses are compared.
+  auto run = [&](double fraction, std::vector<double>& losses, size_t num_steps) {
     NemotronH student = NemotronH::random_init(cfg, 1, cuda, at::kBFloat16);
     student.set_requires_grad(true);
     AdamW opt(student.parameters(), {}, fraction);
     GradientSync sync(nullptr, opt.params(), 25 << 20);
-    for (auto& micro : steps) losses.push_back(train_step(student, &teacher, opt, sync, nullptr, micro, 1e-3, 1.0, {}).loss);
+    for (size_t s = 0; s < num_steps; ++s)
+      losses.push_back(train_step(student, &teacher, opt, sync, nullptr, steps[s], 1e-3, 1.0, {}).loss);
     std::map<std::string, at::Tensor> w;
     for (auto& [name, p] : student.parameters()) w[name] = p.detach().to(at::kFloat).cpu();
     return w;
   };
-  std::vector<double> ref_losses;
-  const auto ref = run(0.0, ref_losses);
+  std::vector<double> ref_losses, ignored;
+  run(0.0, ref_losses, steps.size());
+  const auto ref = run(0.0, ignored, 1);
   for (double fraction : {1.0, 0.5}) {
     std::vector<double> losses;
-    const auto got = run(fraction, losses);
+    run(fraction, losses, steps.size());
     for (size_t i = 0; i < losses.size(); ++i) CHECK(std::abs(losses[i] - ref_losses[i]) <= 1e-3 * std::abs(ref_losses[i]));
+    const auto got = run(fraction, ignored, 1);
     int64_t differing = 0, total = 0;
     for (auto& [name, w] : ref) {
       const at::Tensor d = (got.at(name) - w).abs();
       differing += (d > 0).sum().item<int64_t>();
       total += w.numel();
-      const at::Tensor bound = w.abs() * (2.0 / 128.0) + 1e-6;  // two bf16 ulps
+      const at::Tensor bound = at::maximum(w.abs(), got.at(name).abs()) * (2.0 / 128.0) + 1e-6;  // two bf16 ulps
       INFO(name << ": max |difference| " << d.max().item<double>());
       CHECK((d <= bound).all().item<bool>());
     }
-    std::printf("offload %.1f: %lld of %lld weights differ from the resident run after 3 steps\n", fraction,
+    std::printf("offload %.1f: %lld of %lld weights differ from the resident run after one step\n", fraction,
                 (long long)differing, (long long)total);
   }
 }

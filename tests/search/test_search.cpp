@@ -422,3 +422,162 @@ TEST_CASE("default space follows NVIDIA's rules; ranges parse; foreign reference
   CHECK_FALSE(res.references[0].reachable);
   CHECK(res.references[0].note.find("not a pruned form") != std::string::npos);
 }
+
+// ------------------------------------------------------------------ issue 19: default grids, ties, the note
+
+static std::string slurp(const std::string& path) {
+  std::string out;
+  if (FILE* f = std::fopen(path.c_str(), "rb")) {
+    char buf[65536];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) out.append(buf, n);
+    std::fclose(f);
+  }
+  return out;
+}
+
+TEST_CASE("default grids hold the published shapes on multiples of 64; off-grid values become extra points", "[search]") {
+  ModelConfig parent = published("nemotron-nano-12b-v2"), nine = published("nemotron-nano-9b-v2");
+  // configs/models: the 9B is the 12B's only published student within the default reach.
+  auto students = published_students(parent);
+  REQUIRE(students.size() == 1);
+  CHECK(students[0].first == "nemotron-nano-9b-v2");
+  CHECK(published_students(nine).empty());  // nothing published below the 9B in its family
+
+  SearchSpace s = default_space(parent, {nine});
+  // FFN 20480 -> 15680 is 4800 = 75 x 64: the largest multiple of 64 not above 512 dividing it is 5 x 64 = 320.
+  CHECK(s.ffn.step == 320);
+  CHECK(s.ffn.contains(15680));
+  CHECK(s.ffn.max == 20480);
+  CHECK(s.ffn.min >= 12288);  // at most 40% pruned, on the 320 grid
+  CHECK(s.ffn.min - 320 < 12288);
+  for (int64_t v : s.ffn.values()) CHECK(v % 64 == 0);
+  CHECK(s.hidden.step == 128);  // 5120 - 4480 = 640 = 5 x 128: the default step already holds it
+  CHECK(s.hidden.contains(4480));
+  CHECK(s.mamba_heads.contains(128));
+  // A held value no multiple of 64 reaches (20480 - 100) is an extra point; the grid stays as it was.
+  ModelConfig odd = nine;
+  odd.intermediate_size = 20380;
+  SearchSpace t = default_space(parent, {nine, odd});
+  CHECK(t.ffn.step == 512);
+  CHECK(t.ffn.contains(20380));
+  CHECK(t.ffn.contains(15680));
+  const auto values = t.ffn.values();
+  CHECK(std::is_sorted(values.begin(), values.end()));
+  CHECK(std::count(values.begin(), values.end(), 15680) == 1);
+  CHECK(t.combinations() == default_space(parent).combinations() / int64_t(default_space(parent).ffn.values().size()) *
+                                int64_t(values.size()));
+  // A foreign shape (another family: the 56B's widths) is not held.
+  CHECK(default_space(parent, {published("nemotron-h-56b")}).ffn.step == 512);
+}
+
+TEST_CASE("the default 12B search reaches the 9B; without scores it says the ranking is uninformative", "[search][paper]") {
+  // minipuzzle search nemotron-nano-12b-v2 --hardware a10g --context 128k --reference nemotron-nano-9b-v2
+  SearchRequest req;
+  req.set("source", "nemotron-nano-12b-v2");
+  req.set("hardware", "a10g");
+  req.set("context", "128k");
+  req.set("reference", json::array({"nemotron-nano-9b-v2"}));
+  PreparedSearch p = prepare_search(req);
+  const SearchOptions& o = p.options;
+  CHECK(o.space.ffn.contains(15680));
+  SearchResult r = run_search(p.parent, p.hardware, o);
+  REQUIRE(r.references.size() == 1);
+  const ReferenceResult& ref = r.references[0];
+  CHECK(ref.reachable);
+  CHECK(ref.note.find("not reachable") == std::string::npos);
+  REQUIRE(ref.candidate);
+  // Feasible the way the paper says: the 9B's bf16 weights (8.89B x 2 bytes), the 128k KV cache of its 4 attention
+  // layers and the Mamba states fit the A10G's budget (22.06 GiB less the 5% framework buffer).
+  CHECK(ref.candidate->params.total() == 8888227328);
+  CHECK(ref.candidate->memory.weights == Approx(8888227328.0 * 2));
+  CHECK(ref.candidate->memory.kv_cache == Approx(4.0 * 2 * 8 * 128 * 2 * 131072));
+  CHECK(ref.candidate->memory.total() <= o.budget.usable_bytes());
+  CHECK(ref.candidate->feasible);
+  CHECK(ref.candidate->rank >= 1);
+  CHECK(ref.candidate->rank <= r.feasible);
+  WARN("default 12B space: the 9B ranks " << ref.candidate->rank << " of " << r.feasible << " feasible; "
+                                         << r.tied_at_best << " tie at the best proxy " << r.proxy_best);
+  // No scores: the fill proxy puts many candidates at the top within the report's 4 decimals, and the report says
+  // so and names the fix.
+  CHECK(r.proxy_kind == "memory-closeness");
+  CHECK(r.shown_as_best > 1);
+  CHECK(r.ranking_note.find("--scores") != std::string::npos);
+  char tmpl[] = "/tmp/mp_test_search_note_XXXXXX";
+  REQUIRE(::mkdtemp(tmpl) != nullptr);
+  const std::string dir = tmpl;
+  write_search_report(dir, p.parent, p.hardware, o, r);
+  json j = read_json_file(dir + "/report.json");
+  CHECK(j["ranking"]["informative"] == false);
+  CHECK(j["ranking"]["tied_at_best"] == r.tied_at_best);
+  CHECK(j["ranking"]["shown_as_best"] == r.shown_as_best);
+  CHECK(j["ranking"]["note"].get<std::string>().find("--scores") != std::string::npos);
+  CHECK(slurp(dir + "/report.md").find("not an accuracy ranking") != std::string::npos);
+  CHECK(slurp(dir + "/report.html").find("--scores") != std::string::npos);
+  std::system(("rm -rf '" + dir + "'").c_str());
+}
+
+TEST_CASE("stage-1 ties are ordered by predicted throughput, then parameters", "[search]") {
+  // Uniform importance: hidden 4480 with the full FFN keeps 4480/5120 = 0.875, as does hidden 5120 with FFN
+  // 17920 (0.875 of 20480): equal proxies, different shapes, so throughput decides.
+  ModelConfig parent = published("nemotron-nano-12b-v2");
+  HardwareProfile hw = load_hardware("h100-80gb");
+  SearchOptions o;
+  o.setup.context = 8192;
+  o.budget = make_budget(hw, {}, std::nullopt);
+  o.proxy = Proxy::Importance;
+  o.space.drop_mamba = {0, 2, 1};
+  o.space.drop_attention = {0, 1, 1};
+  o.space.drop_mlp = {0, 2, 1};
+  o.space.hidden = {3840, 5120, 640};
+  o.space.ffn = {15360, 20480, 2560};
+  o.space.mamba_heads = {96, 128, 32};
+  o.space.mamba_head_dim = {80, 80, 1};
+  o.space.attention_heads = {40, 40, 8};
+  o.keep_feasible = 1000;
+  SearchResult r = run_search(parent, hw, o);
+  REQUIRE(r.feasible == o.space.combinations());  // all fit an H100 at 8k
+  int64_t tie_pairs = 0;
+  std::vector<const Candidate*> ranked;
+  for (auto& c : r.candidates)
+    if (c.feasible && c.rank > 0) ranked.push_back(&c);
+  std::sort(ranked.begin(), ranked.end(), [](auto* a, auto* b) { return a->rank < b->rank; });
+  REQUIRE(static_cast<int64_t>(ranked.size()) == r.feasible);
+  for (size_t i = 1; i < ranked.size(); ++i) {
+    const Candidate &a = *ranked[i - 1], &b = *ranked[i];
+    CHECK(a.proxy >= b.proxy);
+    if (a.proxy != b.proxy) continue;
+    ++tie_pairs;
+    // Throughput evaluated afresh for each candidate, not the enumeration's interpolation.
+    const double ta = predict_throughput(a.shape, o.setup, hw, o.workload).output_tokens_per_s;
+    const double tb = predict_throughput(b.shape, o.setup, hw, o.workload).output_tokens_per_s;
+    CHECK(ta >= tb * (1 - 1e-9));
+    if (std::abs(ta - tb) <= 1e-9 * ta) CHECK(a.params.total() <= b.params.total());  // importance: smaller first
+  }
+  CHECK(tie_pairs > 10);
+  // The two 0.875 shapes at full depth: hidden 4480 x FFN 20480 and hidden 5120 x FFN 17920.
+  const Candidate *narrow = nullptr, *short_ffn = nullptr;
+  for (auto* c : ranked)
+    if (c->dropped_layers.empty() && c->shape.mamba_heads == 128) {
+      if (c->shape.hidden == 4480 && c->shape.ffn == 20480) narrow = c;
+      if (c->shape.hidden == 5120 && c->shape.ffn == 17920) short_ffn = c;
+    }
+  REQUIRE(narrow);
+  REQUIRE(short_ffn);
+  CHECK(narrow->proxy == short_ffn->proxy);
+  const bool narrow_faster = narrow->throughput.output_tokens_per_s > short_ffn->throughput.output_tokens_per_s;
+  CHECK((narrow->rank < short_ffn->rank) == narrow_faster);
+  // Informative ranking with scores that tell every unit apart: no note.
+  ImportanceScores s;
+  for (int i = 0; i < 5120; ++i) s.hidden.push_back(1.0 + 1e-3 * i);
+  for (int i = 0; i < 20480; ++i) s.ffn.push_back(1.0 + 1e-4 * i);
+  for (int i = 0; i < 128; ++i) s.mamba_heads.push_back(1.0 + 1e-2 * i);
+  for (int i = 0; i < 62; ++i) s.layer.push_back(1.0 + 0.01 * i);
+  SearchOptions scored = o;
+  scored.scores = s;
+  SearchResult rs = run_search(parent, hw, scored);
+  CHECK(rs.tied_at_best == 1);
+  CHECK(rs.ranking_note.empty());
+  // Without scores the uniform proxy's best (the whole parent) is unique, but nothing else separates the rest.
+  CHECK(r.tied_at_best == 1);
+  CHECK(r.ranking_note.empty() == (r.shown_as_best == 1));
+}
