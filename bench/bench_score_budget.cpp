@@ -22,7 +22,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <stdexcept>
 #include <string>
+#include <tuple>
 
 #include "bench/cpu_memory.h"
 #include "bench/gpu_timer.h"
@@ -222,15 +224,33 @@ int main(int argc, char** argv) {
 
   json summary = base;
   summary["mode"] = "summary";
+  // A failed stage prints one error line and the summary still comes, with what was measured.
+  auto report_error = [&](const std::string& stage, const std::exception& e) {
+    std::string what = e.what();
+    const size_t cut = what.find("\nException raised from");  // c10's stack trace: the first lines say it all
+    if (cut != std::string::npos) what.resize(cut);
+    json j = base;
+    j["mode"] = stage + "_error";
+    j["error"] = what;
+    emit(j);
+    summary[stage + "_error"] = what;
+#ifdef MINIPUZZLE_WITH_CUDA
+    if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+#endif
+  };
   summary["make_model_s"] = make_s;
   Scores rw, rd;
+  double rw_s = 0, rd_s = 0;
+  Peak rw_p, rd_p;
+  bool resident_ok = false;
+  try {
   {  // warm-up: library initialisation and kernel selection out of the timings (one batch, width only)
     ScoreOptions w = width;
     w.samples = std::min(batch, samples);
     compute_scores(*model, ids.narrow(0, 0, w.samples), w);
   }
-  auto [rw_s, rw_p] = measure(device, [&] { rw = compute_scores(*model, ids, width); });
-  auto [rd_s, rd_p] = measure(device, [&] { rd = compute_scores(*model, ids, depth); });
+  std::tie(rw_s, rw_p) = measure(device, [&] { rw = compute_scores(*model, ids, width); });
+  std::tie(rd_s, rd_p) = measure(device, [&] { rd = compute_scores(*model, ids, depth); });
   const double width_tokens = double(samples * seq);
   for (auto [mode, s, p] : {std::make_tuple("resident_width", rw_s, rw_p), std::make_tuple("resident_depth", rd_s, rd_p)}) {
     json j = base;
@@ -243,11 +263,17 @@ int main(int argc, char** argv) {
   summary["resident_width_s"] = rw_s;
   summary["resident_depth_s"] = rd_s;
   summary["resident_peak_above_weights_gib"] = gib(std::max(rw_p.allocated, rd_p.allocated));
+  summary["resident_width_peak_gib"] = gib(rw_p.allocated);
+  summary["resident_depth_peak_gib"] = gib(rd_p.allocated);
   summary["resident_peak_reserved_gib"] = gib(std::max(rw_p.reserved, rd_p.reserved));
   summary["resident_goal_gib"] = gib(weights) + 8.0;
   summary["resident_width_tokens_per_s"] = width_tokens / rw_s;
+  resident_ok = true;
+  } catch (const std::exception& e) {
+    report_error("resident", e);
+  }
 
-  if (old) {
+  if (old && resident_ok) try {
     const int64_t k = std::min(old_layers, L);
     Scores ref;
     for (int64_t i = 0; i < L; ++i) {
@@ -272,16 +298,28 @@ int main(int argc, char** argv) {
     summary["depth_goal"] = 0.5;
     summary["old_depth_peak_above_weights_gib"] = gib(od_p.allocated);
     summary["new_vs_old_max_rel_diff"] = j["new_vs_old_max_rel_diff"];
+  } catch (const std::exception& e) {
+    report_error("old_depth", e);
   }
 
-  if (stream) {
+  if (stream) try {
     const int64_t budget = [&] {
       const double v = std::stod(budget_text);  // GiB: "16GiB" or "16" or "0.01"
       return int64_t(v * double(1ll << 30));
     }();
     const int64_t elem = int64_t(c10::elementSize(dtype));
+    // As `score --max-gpu-memory` does: the whole batch per forward if it fits beside the least weights, else fewer.
+    const int64_t least = LayerStreamer::min_weight_bytes(config, dtype);
+    const int64_t per_forward = !device.is_cuda() ? batch
+                                : std::min(score_stream_batch_size(config, width, elem, budget - least),
+                                           score_stream_batch_size(config, depth, elem, budget - least));
+    summary["budget_gib"] = gib(budget);
+    summary["stream_samples_per_forward"] = per_forward;
+    if (device.is_cuda() && per_forward == 0) throw std::runtime_error("--budget too small for one sample per forward");
+    width.stream_batch_size = depth.stream_batch_size = per_forward;
     const int64_t activations = std::max(score_activation_bytes(config, width, elem, true),
                                          score_activation_bytes(config, depth, elem, true));
+    summary["activation_estimate_gib"] = gib(activations);
     // On the CPU nothing caps the allocator: the budget is the weights' alone (a small one streams every layer).
     const int64_t weight_budget = device.is_cuda() ? budget - activations : budget;
     t0 = std::chrono::steady_clock::now();
@@ -294,6 +332,8 @@ int main(int argc, char** argv) {
 #endif
     LayerStreamer::limit_device_memory(device, budget);
     Scores sw, sd;
+    summary["budget_weights_gib"] = gib(weight_budget);
+    summary["stream_resident_layers"] = streamer->stats().resident_layers;
     auto [sw_s, sw_p] = measure(device, [&] { sw = compute_scores(*streamer, ids, width); });
     const auto after_width = streamer->stats();
     auto [sd_s, sd_p] = measure(device, [&] { sd = compute_scores(*streamer, ids, depth); });
@@ -305,7 +345,7 @@ int main(int argc, char** argv) {
     jw["peak_reserved_gib"] = gib(sw_p.reserved);
     jw["layer_copies"] = after_width.loads;
     jw["seconds_per_layer"] = sw_s / double(L);
-    jw["same_scores_max_rel_diff"] = scores_diff(sw, rw, L, true);
+    jw["same_scores_max_rel_diff"] = resident_ok ? scores_diff(sw, rw, L, true) : -1.0;
     emit(jw);
     jd["mode"] = "streamed_depth";
     jd["seconds"] = sd_s;
@@ -314,12 +354,8 @@ int main(int argc, char** argv) {
     jd["layer_copies"] = st.loads - after_width.loads;
     jd["copied_gib"] = gib(st.bytes_loaded);
     jd["prefetch_hits"] = st.prefetch_hits;
-    jd["same_scores_max_rel_diff"] = scores_diff(sd, rd, L, false);
+    jd["same_scores_max_rel_diff"] = resident_ok ? scores_diff(sd, rd, L, false) : -1.0;
     emit(jd);
-    summary["budget_gib"] = gib(budget);
-    summary["budget_weights_gib"] = gib(weight_budget);
-    summary["activation_estimate_gib"] = gib(activations);
-    summary["stream_resident_layers"] = st.resident_layers;
     summary["stream_pinned"] = st.pinned;
     summary["stream_host_copy_s"] = host_s;
     summary["streamed_width_s"] = sw_s;
@@ -333,6 +369,8 @@ int main(int argc, char** argv) {
     summary["stream_copy_gib_per_s"] = gib(after_width.bytes_loaded) / sw_s;
     summary["streamed_vs_resident_max_rel_diff"] = std::max(jw["same_scores_max_rel_diff"].get<double>(),
                                                             jd["same_scores_max_rel_diff"].get<double>());
+  } catch (const std::exception& e) {  // c10::Error included (out of memory under the cap): reported, not aborted
+    report_error("streamed", e);
   }
   emit(summary);
   return 0;

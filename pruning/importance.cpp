@@ -9,11 +9,13 @@
 
 #include "minipuzzle/error.h"
 #include "minipuzzle/importance.h"
+#include "minipuzzle/kernels.h"
 #include "minipuzzle/model.h"
 #include "minipuzzle/progress.h"
 #include "pruning/depth.h"
 #include "pruning/moe_importance.h"
 #include "pruning/runner.h"
+#include "src/model/layers.h"
 
 namespace mp {
 
@@ -103,15 +105,25 @@ class WidthObserver : public ActivationObserver {
       at::Tensor wh = w.detach().to(value.device()).to(at::kFloat).view({w.size(0), heads, width}).permute({1, 0, 2});
       g = gram_.emplace(layer, at::bmm(wh.transpose(1, 2), wh)).first;                              // [heads,w,w]
     }
-    const int64_t B = value.size(0), T = value.size(1);
-    at::Tensor a = value.detach().to(at::kFloat).reshape({B * T, heads, width}).transpose(0, 1);  // [heads,BT,w]
-    at::Tensor sq = at::bmm(a, g->second).mul_(a).sum(-1);                                       // [heads,BT]
-    at::Tensor per_head = sq.clamp_min_(0.0).sqrt_().t().view({B, T, heads});
+    const int64_t B = value.size(0), T = value.size(1), N = B * T;
+    // A chunk of tokens at a time: the float32 copy of the activations and the product are [heads, chunk, width]
+    // (64 MiB), not [heads, B*T, width] (0.6 GiB each for a Mamba layer of the 12B at 4 x 4096 tokens).
+    const at::Tensor all = value.detach().reshape({N, heads, width});
+    const int64_t chunk = std::max<int64_t>(1, kHeadChunkBytes / (heads * width * int64_t(sizeof(float))));
+    at::Tensor per_head = at::empty({N, heads}, all.options().dtype(at::kFloat));
+    for (int64_t s = 0; s < N; s += chunk) {
+      const int64_t n = std::min(chunk, N - s);
+      at::Tensor a = all.narrow(0, s, n).to(at::kFloat).transpose(0, 1);  // [heads,n,w]
+      at::Tensor sq = at::bmm(a, g->second).mul_(a).sum(-1);             // [heads,n]
+      per_head.narrow(0, s, n).copy_(sq.clamp_min_(0.0).sqrt_().t());
+    }
+    per_head = per_head.view({B, T, heads});
     auto it = contributions_.find(layer);
     if (it == contributions_.end()) it = contributions_.emplace(layer, ChannelStatistic(reduction_, heads)).first;
     it->second.add(per_head);
   }
 
+  static constexpr int64_t kHeadChunkBytes = int64_t(64) << 20;
   const NemotronH& model_;
   Reduction reduction_;
   bool taylor_;
@@ -307,7 +319,11 @@ Scores score_with(const LayerRunner& runner, const at::Tensor& calibration_ids, 
     l.type = c.layers[i];
     scores.layers.push_back(l);
   }
-  const int64_t bs = std::max<int64_t>(1, options.batch_size);
+  int64_t bs = std::max<int64_t>(1, options.batch_size);
+  // Streaming within a budget may run fewer samples per forward (score_stream_batch_size): width and depth alike.
+  if (runner.streaming() && options.stream_batch_size > 0) bs = std::min(bs, options.stream_batch_size);
+  ScoreOptions per_forward = options;
+  per_forward.batch_size = bs;
 
   if (options.width) {
     WidthObserver obs(model, options.reduction, options.taylor);
@@ -332,7 +348,7 @@ Scores score_with(const LayerRunner& runner, const at::Tensor& calibration_ids, 
   if (options.expert_loss && c.count(LayerType::Moe)) importance::score_expert_loss(model, calibration_ids, options, scores);
   if (options.depth || options.block_k > 0 || options.iterative_steps > 0) {
     c10::AutoGradMode no_grad(false);
-    importance::score_depth(runner, calibration_ids, options, scores);
+    importance::score_depth(runner, calibration_ids, per_forward, scores);
   }
   return scores;
 }
@@ -340,34 +356,70 @@ Scores score_with(const LayerRunner& runner, const at::Tensor& calibration_ids, 
 }  // namespace
 
 int64_t score_activation_bytes(const ModelConfig& c, const ScoreOptions& o, int64_t element, bool streaming) {
-  const int64_t tokens = std::max<int64_t>(1, o.batch_size) * o.seq_len;
-  const int64_t d_inner = c.mamba_d_inner(), proj = 2 * d_inner + 2 * c.n_groups * c.ssm_state_size + c.mamba_num_heads;
-  // Per token, the largest set of tensors alive at once within a layer: the Mamba projection and conv output, the
-  // scan output and gated-norm temporaries in float32, the per-head output contributions in float32 (width
-  // scoring); the MLP's up projection, relu and square, and float32 statistics temporaries; attention's q, k, v
-  // (KV repeated to the query heads) and output.
+  const int64_t samples_per_forward =
+      streaming && o.stream_batch_size > 0 ? std::min(o.stream_batch_size, o.batch_size) : o.batch_size;
+  const int64_t tokens = std::max<int64_t>(1, samples_per_forward) * o.seq_len;
+  const int64_t H = c.hidden_size, F = c.intermediate_size, d_inner = c.mamba_d_inner();
+  const int64_t heads = c.mamba_num_heads, P = c.mamba_head_dim, N = c.ssm_state_size, Q = c.chunk_size;
+  const int64_t proj = 2 * d_inner + 2 * c.n_groups * N + heads, conv_dim = d_inner + 2 * c.n_groups * N;
+  // The CUDA scan kernel (bf16, head_dim and chunk multiples of 32) holds its buffers for the whole batch: per head
+  // and token M (Q bf16), the weighted x (P bf16), chunk and start states (P N / Q, float32 and bf16), y_off and y
+  // (P float32 each) and its input copies. Every other shape runs ATen's scan in slices of at most
+  // model::scan_slice_bytes() (src/model/layers.h), whatever the batch.
+  const bool scan_kernel = kernels::built_with_cuda() && element == 2 && P % 32 == 0 && Q % 32 == 0;
+  const int64_t scan_per_token = scan_kernel ? heads * (2 * Q + 2 * P + 6 * P * N / std::max<int64_t>(1, Q) + 10 * P) : 0;
+  const int64_t scan_fixed =
+      scan_kernel || c.count(LayerType::Mamba) == 0
+          ? 0
+          : std::min(model::scan_slice_bytes(), tokens * heads * model::ssd_aten_bytes_per_head_token(P, N, Q));
+  // Per token, the tensors alive together at each layer type's peak:
+  //   Mamba: in_proj's output (kept to the end), the conv output, the scan output and the gated norm's output in
+  //          float32, and that output cast back for out_proj;
+  //   MLP:   up_proj's output and its relu (or relu and its square), and a float32 copy for the statistics'
+  //          reductions where ATen widens before reducing;
+  //   attention: q, k, v, k and v repeated to the query heads, the output and its [B,T,heads*d] copy.
   int64_t per_token = 0;
   for (LayerType t : c.layers) {
     int64_t b = 0;
-    if (t == LayerType::Mamba) b = 2 * proj * element + 16 * d_inner;
-    if (t == LayerType::Mlp) b = c.intermediate_size * (3 * element + 8);
-    if (t == LayerType::Attention) b = 4 * c.num_attention_heads * c.head_dim * element + 8 * c.num_attention_heads * c.head_dim;
+    if (t == LayerType::Mamba) b = (proj + conv_dim + d_inner) * element + 2 * d_inner * 4 + scan_per_token;
+    if (t == LayerType::Mlp) b = 2 * F * element + 4 * F;
+    if (t == LayerType::Attention)
+      b = (5 * c.num_attention_heads * c.head_dim + 2 * c.num_key_value_heads * c.head_dim) * element;
+    if (t == LayerType::Moe) b = 2 * F * element + 4 * F + 8 * H;  // a shared expert's width, routing in float32
     per_token = std::max(per_token, b);
   }
-  per_token += 6 * c.hidden_size * element;  // residual stream in and out, norm output, float32 norm statistics
-  int64_t bytes = tokens * per_token;
+  per_token += 3 * H * element;  // the residual stream in and out, the norm output
+  int64_t bytes = tokens * per_token + scan_fixed;
+  if (o.width) {  // head contributions, a chunk of tokens at a time: a float32 copy and the product
+    const int64_t widest_heads = std::max(d_inner, c.num_attention_heads * c.head_dim) * 4;
+    bytes += 2 * std::min(int64_t(64) << 20, tokens * widest_heads);
+  }
   const bool depth = o.depth || o.block_k > 0 || o.iterative_steps > 0;
   if (depth) {
     const int64_t samples = o.depth_samples > 0 ? std::min(o.depth_samples, o.samples) : o.samples;
-    bytes += 4 * o.logits_chunk_bytes;                                       // criteria over a chunk of logits
-    bytes += samples * o.seq_len * (c.hidden_size * element + 4 + 8);        // kept references
-    bytes += 2 * tokens * c.hidden_size * element;                           // the prefix and a branch
+    const int64_t V = c.vocab_size;
+    // Logits are made a chunk of tokens at a time (DepthEvaluator): a small batch makes smaller chunks.
+    const int64_t chunk_tokens = std::min(tokens, std::max<int64_t>(1, o.logits_chunk_bytes / (V * 4)));
+    bytes += 4 * chunk_tokens * V * 4;                               // two logits chunks, their difference, exp
+    bytes += samples * o.seq_len * (H * element + 4 + 8);            // kept references: final hidden, lse, labels
+    bytes += tokens * H * element;                                   // the prefix, kept while a branch runs
+    bytes += tokens * H * 4 * 4;                                     // mse_hidden: both sides, difference, square
   }
   if (streaming) {
-    const int64_t hidden = o.samples * o.seq_len * c.hidden_size * element;  // all samples' residual streams
+    const int64_t hidden = o.samples * o.seq_len * H * element;  // all samples' residual streams
     if (hidden <= kDeviceHiddenBytes) bytes += hidden;
   }
-  return bytes + (int64_t(512) << 20);  // allocator rounding and fragmentation
+  // The caching allocator's rounding and fragmentation, and cuBLAS workspaces (which it also serves).
+  return bytes + bytes / 20 + (int64_t(128) << 20);
+}
+
+int64_t score_stream_batch_size(const ModelConfig& c, const ScoreOptions& o, int64_t element, int64_t available) {
+  ScoreOptions t = o;
+  for (int64_t b = std::max<int64_t>(1, o.batch_size); b >= 1; --b) {
+    t.stream_batch_size = b;
+    if (score_activation_bytes(c, t, element, /*streaming=*/true) <= available) return b;
+  }
+  return 0;
 }
 
 Scores compute_scores(const NemotronH& model, const at::Tensor& calibration_ids, const ScoreOptions& options) {

@@ -142,6 +142,9 @@ struct ScoreOptions {
   // depth scoring holds about four such buffers at once.
   int64_t logits_chunk_bytes = int64_t(256) << 20;
   bool expert_loss = false;          // MoE: LM-loss increase per removed expert (a forward per expert per MoE layer)
+  // Layer streaming only: samples per forward through a layer (0: batch_size). A smaller value fits a smaller
+  // --max-gpu-memory (score_stream_batch_size picks it); the statistics then sum the same samples in smaller groups.
+  int64_t stream_batch_size = 0;
 };
 
 // Minitron-SSM's nested Mamba head scores: keep the `keep_dims` best head_dim positions (global ranking),
@@ -168,6 +171,10 @@ Scores compute_scores(LayerStreamer& streamer, const at::Tensor& calibration_ids
 // up to 2 GiB). `element_size`: bytes per element of the model dtype.
 int64_t score_activation_bytes(const ModelConfig& config, const ScoreOptions& options, int64_t element_size,
                                bool streaming);
+// The largest samples per streamed forward (at most options.batch_size) whose score_activation_bytes fits
+// `available` bytes; 0 when not even one sample fits.
+int64_t score_stream_batch_size(const ModelConfig& config, const ScoreOptions& options, int64_t element_size,
+                                int64_t available);
 
 // The per-channel aggregation, exposed for tests: activations [B,T,C] -> per-sample partial statistic.
 // Accumulator keeps sum over samples of (mean_t |a|)^2 etc. so batches stream. The sums stay on the

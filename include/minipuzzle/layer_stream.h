@@ -53,6 +53,8 @@ class LayerStreamer {
   // Bytes of layer `layer`'s tensors in `dtype`, and of the non-layer tensors.
   static int64_t layer_bytes(const ModelConfig& config, int64_t layer, at::ScalarType dtype);
   static int64_t non_layer_bytes(const ModelConfig& config, at::ScalarType dtype);
+  // The least weight budget streaming takes: the non-layer tensors and the two widest layers (in flight).
+  static int64_t min_weight_bytes(const ModelConfig& config, at::ScalarType dtype);
 
   struct Stats {
     int64_t resident_layers = 0;  // kept on the device for the whole run

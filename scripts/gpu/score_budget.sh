@@ -26,8 +26,10 @@ MINIPUZZLE_PROGRESS=off timeout 420 ./build-gpu/bench/bench_score_budget "${src[
   --samples "${SCORE_SAMPLES:-8}" --depth-samples "${SCORE_DEPTH_SAMPLES:-4}" --seq "${SCORE_SEQ:-4096}" \
   --batch "${SCORE_BATCH:-4}" --budget "${SCORE_BUDGET:-16}" --old-layers "${SCORE_OLD_LAYERS:-6}" \
   | tee "$OUT/score_budget.jsonl" || echo "bench_score_budget did not finish (exit $?)"
-# CLI: --max-gpu-memory on a fixture model (tiny budget: every layer streamed) against the resident run.
+# CLI: --max-gpu-memory on a fixture model against the resident run. The budget is the smallest that works, as the
+# CLI itself states when given too little (1 MiB): every layer streamed, one batch's activations beside them.
 m=build-gpu/fixtures/models/hybrid_g1
+echo '{}' > "$OUT/score_budget_cli.json"
 if [ -d "$m" ] && [ -x build-gpu/minipuzzle ]; then
   python3 - /tmp/score_budget_calib 97 <<'PY'
 import json, struct, sys
@@ -40,29 +42,62 @@ json.dump({"format": "minipuzzle-tokens", "version": 1, "tokenizer": {"kind": "b
            "vocab_size": vocab, "eos_id": None, "eos_appended": False, "num_tokens": len(ids), "num_documents": 1,
            "sources": ["random"], "split": "calib", "dtype": "uint32_le"}, open(out + ".json", "w"))
 PY
-  for mode in resident streamed; do
-    extra=(); [ $mode = streamed ] && extra=(--max-gpu-memory 64MiB)
+  cli() {  # cli NAME [extra args]
+    local name=$1; shift
     MINIPUZZLE_PROGRESS=off ./build-gpu/minipuzzle score "$m" --calib /tmp/score_budget_calib.tokens --tokenizer byte \
-      --samples 8 --seq-len 64 --batch-size 4 --device cuda -o "$OUT/score_budget_cli_$mode.json" "${extra[@]}" \
-      > "$OUT/score_budget_cli_$mode.log" 2>&1 || { echo "score ($mode) FAILED"; tail -5 "$OUT/score_budget_cli_$mode.log"; }
-  done
-  grep -h "streaming\|copies" "$OUT/score_budget_cli_streamed.log" || true
-  python3 - "$OUT/score_budget_cli_resident.json" "$OUT/score_budget_cli_streamed.json" <<'PY' || true
+      --samples 8 --seq-len 64 --batch-size 4 --device cuda -o "$OUT/score_budget_cli_$name.json" "$@" \
+      > "$OUT/score_budget_cli_$name.log" 2>&1
+  }
+  cli resident || { echo "score (resident) FAILED"; tail -5 "$OUT/score_budget_cli_resident.log"; }
+  cli probe --max-gpu-memory 1MiB && echo "score --max-gpu-memory 1MiB unexpectedly succeeded"
+  least=$(grep -o 'smallest budget that works is [0-9]* bytes' "$OUT/score_budget_cli_probe.log" | grep -o '[0-9][0-9]*' | head -1 || true)
+  grep -h "too small" "$OUT/score_budget_cli_probe.log" | head -1 || true
+  if [ -n "$least" ]; then
+    cli streamed --max-gpu-memory "$least" || { echo "score (streamed, $least bytes) FAILED"; tail -5 "$OUT/score_budget_cli_streamed.log"; }
+    grep -h "streaming\|copies\|per forward" "$OUT/score_budget_cli_streamed.log" || true
+  fi
+  python3 - "$OUT/score_budget_cli_resident.json" "$OUT/score_budget_cli_streamed.json" "${least:-0}" \
+    "$OUT/score_budget_cli.json" <<'PY' || true
 import json, sys
-a, b = (json.load(open(p)) for p in sys.argv[1:3])
-worst = 0.0
-for la, lb in zip(a["layers"], b["layers"]):
-    for k, v in la.get("depth", {}).items():
-        worst = max(worst, abs(v - lb["depth"][k]) / max(abs(v), 1e-12))
-print(json.dumps({"cli_streamed_vs_resident_depth_max_rel_diff": worst}))
+r = {"cli_budget_bytes": int(sys.argv[3])}
+try:
+    a, b = (json.load(open(p)) for p in sys.argv[1:3])
+    worst = 0.0
+    for la, lb in zip(a["layers"], b["layers"]):
+        for k, v in la.get("depth", {}).items():
+            worst = max(worst, abs(v - lb["depth"][k]) / max(abs(v), 1e-12))
+    r["cli_streamed_vs_resident_depth_max_rel_diff"] = worst
+except Exception as e:
+    r["cli_error"] = str(e)
+print(json.dumps(r))
+json.dump(r, open(sys.argv[4], "w"))
 PY
 fi
-python3 - "$OUT/score_budget.jsonl" configs/models/nemotron-h-56b.json <<'PY' || true
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
+# The summary line comes last whatever failed above: the bench's summary (or the lines it printed, if it died),
+# the CLI check, and the 56B estimate where the figures exist.
+python3 - "$OUT/score_budget.jsonl" configs/models/nemotron-h-56b.json "$OUT/score_budget_cli.json" <<'PY' ||
+import json, os, sys
+rows = []
+for l in (open(sys.argv[1]) if os.path.exists(sys.argv[1]) else []):
+    try:
+        if l.strip().startswith("{"):
+            rows.append(json.loads(l))
+    except ValueError:
+        pass
+try:
+    cli = json.load(open(sys.argv[3]))
+except Exception:
+    cli = {}
 s = next((r for r in rows if r.get("mode") == "summary"), None)
 if not s:
-    sys.exit("no summary line")
+    out = {"summary_missing": "bench_score_budget printed no summary (crashed or timed out)",
+           "modes_printed": [r.get("mode") for r in rows]}
+    for r in rows:
+        for k in ("seconds", "peak_allocated_above_weights_gib", "error"):
+            if k in r:
+                out[r.get("mode", "?") + "_" + k] = r[k]
+    print(json.dumps(out | cli))
+    sys.exit(0)
 c = json.load(open(sys.argv[2]))
 # 56B estimate from the measured per-layer rate: streamed width time per layer and sample scales with the layer's
 # weights (FLOPs per token ~ 2 x parameters); host RAM = the bf16 weights (page-locked copies).
@@ -76,10 +111,13 @@ sweep = lambda n: n * (n - 1) / 2 + 2 * n  # layer forwards of the one-layer dep
 est = {"nemotron_h_56b_host_ram_gib": params56 * 2 / 2**30,
        "nemotron_h_56b_width_s_per_1024_samples_estimate": per_layer_sample * scale * layers56 * 1024 if per_layer_sample else None,
        "nemotron_h_56b_depth_s_estimate": s["streamed_depth_s"] * scale * sweep(layers56) / sweep(L) if "streamed_depth_s" in s else None}
-keys = ["weights_gib", "resident_peak_above_weights_gib", "resident_goal_gib", "resident_width_s", "resident_depth_s",
-        "old_depth_s_estimated", "depth_new_over_old", "new_vs_old_max_rel_diff", "budget_gib", "stream_resident_layers",
+keys = ["weights_gib", "resident_peak_above_weights_gib", "resident_width_peak_gib", "resident_depth_peak_gib", "resident_goal_gib", "resident_width_s", "resident_depth_s",
+        "old_depth_s_estimated", "depth_new_over_old", "new_vs_old_max_rel_diff", "budget_gib", "activation_estimate_gib",
+        "budget_weights_gib", "stream_samples_per_forward", "stream_resident_layers",
         "stream_pinned", "streamed_width_s", "streamed_depth_s", "streamed_peak_reserved_gib",
         "stream_throughput_vs_resident", "stream_width_throughput_vs_resident", "stream_copy_gib_per_s",
         "streamed_vs_resident_max_rel_diff", "stream_width_s_per_layer"]
-print(json.dumps({k: s.get(k) for k in keys} | est))
+errors = {k: v for k, v in s.items() if k.endswith("_error")}
+print(json.dumps({k: s.get(k) for k in keys} | est | errors | cli))
 PY
+  echo '{"summary_missing": "the summary script failed"}'

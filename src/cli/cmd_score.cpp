@@ -89,10 +89,27 @@ void run(const ScoreArgs& a) {
   Scores scores;
   if (budget > 0) {
     // On the CPU nothing caps the allocator: the budget bounds the weights' copies alone (what the tests exercise).
-    const int64_t activations = device.is_cuda() ? score_activation_bytes(config, o, element, /*streaming=*/true) : 0;
-    MP_CHECK(budget > activations, "score: --max-gpu-memory ", gib(budget), " leaves nothing for weights: scoring ",
-             o.batch_size, " x ", o.seq_len, " tokens per batch needs about ", gib(activations),
-             " beside them; use a smaller --batch-size or --seq-len");
+    int64_t activations = 0;
+    if (device.is_cuda()) {
+      // The whole batch per forward when it fits beside the least weights streaming takes, else fewer samples.
+      const int64_t least = LayerStreamer::min_weight_bytes(config, dtype);
+      const int64_t per_forward = score_stream_batch_size(config, o, element, budget - least);
+      if (per_forward == 0) {
+        ScoreOptions one = o;
+        one.stream_batch_size = 1;
+        const int64_t need = least + score_activation_bytes(config, one, element, /*streaming=*/true);
+        fail("score: --max-gpu-memory ", gib(budget), " is too small: the smallest budget that works is ", need,
+             " bytes (", gib(need), "): the embeddings, final norm, lm_head and two layers in flight (", gib(least),
+             ") and one sample of ", o.seq_len, " tokens through a layer (", gib(need - least),
+             "); use a smaller --seq-len or a larger budget");
+      }
+      if (per_forward < o.batch_size)
+        log_info("score: " + gib(budget) + " fits " + std::to_string(per_forward) + " of the " +
+                 std::to_string(o.batch_size) + " samples of a batch per forward: streamed forwards take " +
+                 std::to_string(per_forward) + " at a time");
+      o.stream_batch_size = per_forward;
+      activations = score_activation_bytes(config, o, element, /*streaming=*/true);
+    }
     LayerStreamer::limit_device_memory(device, budget);
     auto streamer = LayerStreamer::open(ck, device, dtype, budget - activations);
     log_info("score: layer streaming within " + gib(budget) + ": " + std::to_string(streamer->stats().resident_layers) +

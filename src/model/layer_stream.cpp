@@ -109,6 +109,12 @@ int64_t LayerStreamer::non_layer_bytes(const ModelConfig& config, at::ScalarType
   return n * int64_t(c10::elementSize(dtype));
 }
 
+int64_t LayerStreamer::min_weight_bytes(const ModelConfig& config, at::ScalarType dtype) {
+  int64_t widest = 0;
+  for (int64_t i = 0; i < config.num_layers(); ++i) widest = std::max(widest, layer_bytes(config, i, dtype));
+  return non_layer_bytes(config, dtype) + 2 * widest;
+}
+
 int64_t LayerStreamer::device_free_bytes(c10::Device device) {
 #ifdef MINIPUZZLE_WITH_CUDA
   if (device.is_cuda()) {

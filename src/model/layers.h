@@ -56,6 +56,14 @@ at::Tensor gated_rms_norm(const at::Tensor& y, const at::Tensor& z, const at::Te
 at::Tensor ssd_chunk_scan(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& Bm,
                           const at::Tensor& Cm, const at::Tensor& D, int64_t chunk_size);
 
+// The ATen scans (the CPU path, and CUDA shapes the fused kernel does not take, such as Nemotron Nano 12B v2's
+// head_dim 80) hold every intermediate in float32, about 4 (10 P + 3 N + 5 Q) bytes per head and token (7.3 KB at
+// the 12B's P 80, N 128, Q 128: 13.5 GiB at 4 x 4096 tokens and 128 heads). Heads and samples are independent, so
+// mamba2_mixer runs those scans on slices of samples and heads (never of time) holding at most this many bytes.
+int64_t ssd_aten_bytes_per_head_token(int64_t head_dim, int64_t state, int64_t chunk);
+int64_t scan_slice_bytes();
+void set_scan_slice_bytes(int64_t bytes);  // tests: force slicing on small shapes
+
 at::Tensor mamba2_mixer(const LayerContext& ctx, const Params& p, const at::Tensor& h);
 at::Tensor attention_mixer(const LayerContext& ctx, const Params& p, const at::Tensor& h);
 at::Tensor mlp_mixer(const LayerContext& ctx, const Params& p, const at::Tensor& h);

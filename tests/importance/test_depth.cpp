@@ -5,15 +5,18 @@
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
+#include <map>
 
 #include "bench/cpu_memory.h"
 #include "catch.h"
 #include "fixtures.h"
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/importance.h"
+#include "minipuzzle/json.h"
 #include "minipuzzle/layer_stream.h"
 #include "minipuzzle/model.h"
 #include "pruning/depth.h"
+#include "src/model/layers.h"
 
 using namespace mp;
 
@@ -192,7 +195,120 @@ TEST_CASE("streamed layers give the resident path's scores", "[importance][strea
       CHECK(st.loads >= c.num_layers());
       CHECK(st.prefetch_hits > st.loads / 2);  // most copies were started one layer ahead
     }
+    // Fewer samples per streamed forward (what a small --max-gpu-memory chooses): the same samples summed in
+    // smaller groups, so the same scores up to float32 summation order.
+    ScoreOptions one = o;
+    one.stream_batch_size = 1;
+    auto streamer = LayerStreamer::from_model(model, at::kCPU, at::kFloat, fixed);
+    check_same_scores(compute_scores(*streamer, ids, one), want, name + " one sample per streamed forward");
   }
+}
+
+// The width pass at a scaled shape whose Mamba scan dominates its memory, as at the 12B (head_dim 80: ATen's scan,
+// every intermediate in float32): the scan run in slices of samples and heads holds far less, same scores.
+TEST_CASE("the ATen Mamba scan runs in slices: same scores, a fraction of the memory", "[importance][memory]") {
+  c10::AutoGradMode no_grad(false);
+  json j = {{"hybrid_override_pattern", "M-M*"}, {"vocab_size", 64}, {"hidden_size", 64},
+            {"intermediate_size", 128}, {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"head_dim", 16},
+            {"mamba_num_heads", 16}, {"mamba_head_dim", 16}, {"n_groups", 4}, {"ssm_state_size", 32},
+            {"conv_kernel", 4}, {"chunk_size", 32}, {"layer_norm_epsilon", 1e-5}};
+  NemotronH model = NemotronH::random_init(ModelConfig::from_json(j, "scan-heavy test model"), 5, at::kCPU, at::kFloat);
+  at::Tensor ids = at::randint(0, 64, {4, 256}, at::kLong);
+  ScoreOptions o;
+  o.depth = false;
+  o.batch_size = 4;
+  auto run = [&](int64_t slice_bytes, Scores& out) {
+    const int64_t saved = mp::model::scan_slice_bytes();
+    mp::model::set_scan_slice_bytes(slice_bytes);
+    bench::CountingCpuAllocator counter;
+    const int64_t before = counter.live_bytes();
+    out = compute_scores(model, ids, o);
+    mp::model::set_scan_slice_bytes(saved);
+    return counter.peak_bytes() - before;
+  };
+  // One scan: 4 samples x 16 heads x 256 tokens x 4 (10 P + 3 N + 5 Q) bytes = 27 MB; 1 MiB slices hold 2 heads.
+  const int64_t scan_bytes = 4 * 16 * 256 * mp::model::ssd_aten_bytes_per_head_token(16, 32, 32);
+  Scores whole, sliced;
+  const int64_t peak_whole = run(int64_t(1) << 40, whole);
+  const int64_t peak_sliced = run(int64_t(1) << 20, sliced);
+  INFO("peak bytes above the weights: one scan " << peak_whole << ", sliced " << peak_sliced << "; scan estimate "
+                                                  << scan_bytes);
+  CHECK(peak_whole > scan_bytes / 2);  // the measure sees the scan's intermediates
+  CHECK(peak_sliced < peak_whole / 2);
+  CHECK(peak_whole - peak_sliced > scan_bytes / 2);  // most of the scan's intermediates are gone
+  check_same_scores(sliced, whole, "sliced scan");
+}
+
+// With gradients (distillation through the ATen scan) the slices are concatenated: the same loss and gradients.
+TEST_CASE("the sliced Mamba scan gives the same gradients", "[importance][memory]") {
+  json j = {{"hybrid_override_pattern", "M"}, {"vocab_size", 32}, {"hidden_size", 32}, {"intermediate_size", 64},
+            {"num_attention_heads", 2}, {"num_key_value_heads", 1}, {"head_dim", 16}, {"mamba_num_heads", 8},
+            {"mamba_head_dim", 8}, {"n_groups", 2}, {"ssm_state_size", 8}, {"conv_kernel", 4}, {"chunk_size", 8},
+            {"layer_norm_epsilon", 1e-5}};
+  NemotronH net = NemotronH::random_init(ModelConfig::from_json(j, "scan gradient test model"), 7, at::kCPU, at::kFloat);
+  at::Tensor ids = at::randint(0, 32, {3, 20}, at::kLong);  // 20 tokens: a padded last chunk
+  auto grads = [&](int64_t slice_bytes) {
+    const int64_t saved = mp::model::scan_slice_bytes();
+    mp::model::set_scan_slice_bytes(slice_bytes);
+    net.set_requires_grad(true);
+    for (auto& [_, p] : net.parameters()) const_cast<at::Tensor&>(p).mutable_grad() = at::Tensor();
+    at::Tensor loss = net.forward(ids).square().mean();
+    loss.backward();
+    std::map<std::string, at::Tensor> g;
+    for (auto& [name, p] : net.parameters())
+      if (p.grad().defined()) g[name] = p.grad().clone();
+    net.set_requires_grad(false);
+    mp::model::set_scan_slice_bytes(saved);
+    return std::make_pair(loss.item<double>(), g);
+  };
+  auto [loss_whole, g_whole] = grads(int64_t(1) << 40);
+  auto [loss_sliced, g_sliced] = grads(1);  // one head of one sample per slice
+  CHECK(std::abs(loss_sliced - loss_whole) <= 1e-6 * std::abs(loss_whole));
+  REQUIRE(g_sliced.size() == g_whole.size());
+  REQUIRE(g_whole.count("backbone.layers.0.mixer.A_log"));
+  for (auto& [name, g] : g_whole) {
+    INFO(name);
+    CHECK(at::allclose(g_sliced.at(name), g, 1e-5, 1e-7));
+  }
+}
+
+TEST_CASE("score_activation_bytes follows the batch, the widths and the vocabulary", "[importance][stream]") {
+  ScoreOptions o;
+  o.samples = 8;
+  o.seq_len = 64;
+  o.batch_size = 4;
+  o.depth_samples = 4;
+  // A tiny fixture (vocabulary 97, 4 x 64 tokens): megabytes beside the allocator margin, not the 1.5 GiB that a
+  // full 256 MiB logits chunk per buffer made of it.
+  const ModelConfig tiny = Checkpoint::open(test::reference_model("hybrid_g1")).config();
+  CHECK(score_activation_bytes(tiny, o, 2, true) < (int64_t(200) << 20));
+  // Nemotron Nano 12B v2 at 4 x 4096 tokens, bf16: the width pass's layer peak (Mamba: in_proj output, conv output,
+  // scan and gated-norm outputs in float32 = 172 KB per token, plus the residual) is about 3.7 GiB with a 0.5 GiB
+  // scan slice; depth adds 4 logits chunks (1 GiB), the float32 mse_hidden terms (1.25 GiB) and the references.
+  const ModelConfig big = ModelConfig::from_json(read_json_file(test::source_dir() + "/configs/models/nemotron-nano-12b-v2.json"),
+                                                 "nemotron-nano-12b-v2");
+  ScoreOptions w = o;
+  w.seq_len = 4096;
+  w.depth = false;
+  const double gib = double(int64_t(1) << 30);
+  const double width = double(score_activation_bytes(big, w, 2, false)) / gib;
+  CHECK(width > 3.0);
+  CHECK(width < 5.0);
+  ScoreOptions d = w;
+  d.width = false;
+  d.depth = true;
+  const double depth = double(score_activation_bytes(big, d, 2, false)) / gib;
+  CHECK(depth > width);
+  CHECK(depth < 8.0);
+  // Fewer samples per streamed forward fit a smaller budget; none when not even one sample fits.
+  const int64_t two = [&] {
+    ScoreOptions t = d;
+    t.stream_batch_size = 2;
+    return score_activation_bytes(big, t, 2, true);
+  }();
+  CHECK(score_stream_batch_size(big, d, 2, int64_t(1) << 40) == 4);
+  CHECK(score_stream_batch_size(big, d, 2, two) == 2);
+  CHECK(score_stream_batch_size(big, d, 2, int64_t(64) << 20) == 0);
 }
 
 TEST_CASE("layer streaming refuses a budget below two layers and the non-layer tensors", "[importance][stream]") {
