@@ -16,7 +16,8 @@
 # minipuzzle: skips the CUDA build), NANO12B_PYTHON (python3), NANO12B_TINY=1 (a 62-layer model of the 12B's
 # pattern but tiny widths, for testing this script's logic on a CPU machine: search with the default space,
 # the 9B's pattern at tiny widths as the search's reference), NANO12B_SCORE_ARGS (default
-# "--samples 8 --seq-len 4096 --batch-size 4 --depth-samples 2").
+# "--samples 8 --seq-len 4096 --batch-size 4 --depth-samples 2"), NANO12B_STOP_AFTER=score (stop after the
+# scoring steps; with KEEP_AS_TEACHER=DIR the parent is moved there for scripts/gpu/distill_9b.sh to reuse).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 root="$(pwd)"
@@ -105,6 +106,14 @@ if "$mp" score --help 2>&1 | grep -q -- --max-gpu-memory; then
     --max-gpu-memory 16GiB -o "$work/scores_16gib.json"
 else
   echo '{"step": "score_16gib", "skipped": "this minipuzzle has no --max-gpu-memory"}' | tee -a "$steps"
+fi
+
+if [ "${NANO12B_STOP_AFTER:-}" = score ]; then
+  # Only the scoring steps (the streaming measurement); KEEP_AS_TEACHER=DIR leaves the parent there for
+  # distill_9b.sh (its TEACHER) on the same warm machine.
+  if [ -n "${KEEP_AS_TEACHER:-}" ]; then rm -rf "$KEEP_AS_TEACHER"; mv "$parent" "$KEEP_AS_TEACHER"; touch "$KEEP_AS_TEACHER/.complete"; fi
+  grep -h '"score' "$work"/score*.log 2>/dev/null | tail -4
+  exit 0
 fi
 
 # ---- search: the paper's width search at 56 layers, with the measured scores

@@ -578,7 +578,7 @@ void set_model_kernels_on_cpu(bool enabled) { g_kernels_on_cpu.store(enabled); }
 
 bool ssd_scan_cuda_supported(int64_t heads, int64_t head_dim, int64_t groups, int64_t chunk) {
 #ifdef MINIPUZZLE_WITH_CUDA
-  if (groups <= 0 || heads % groups != 0 || chunk % 32 != 0 || head_dim % 32 != 0 || chunk <= 0) return false;
+  if (groups <= 0 || heads % groups != 0 || chunk % 32 != 0 || head_dim % 8 != 0 || chunk <= 0) return false;
   SsdShape s;
   s.heads = heads, s.head_dim = head_dim, s.groups = groups, s.chunk = chunk;
   return ssd_scan_backward_smem_bytes(s) <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;

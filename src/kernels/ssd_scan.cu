@@ -28,6 +28,13 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Sum over aligned segments of `width` lanes (a power of two <= 32); every lane gets its segment's sum. All 32
+// lanes must take part (the full mask).
+__device__ __forceinline__ float segment_sum(float v, int width) {
+  for (int o = width >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 // Sum over the block; every thread gets the result. `scratch` holds >= 32 floats. Ends with a barrier.
 __device__ float block_sum(float v, float* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
@@ -332,8 +339,10 @@ __global__ void decayed_cb_backward_kernel(SsdShape s, const float* CB, const fl
   }
 }
 
-// Everything per position of one (b, c, h): dx, ddt, and the dA, dD contributions. Needs P % 32 == 0 so that a
-// warp's 32 consecutive elements share one row l. Shared memory: 6 arrays of Q floats.
+// Everything per position of one (b, c, h): dx, ddt, and the dA, dD contributions. The row sums over p run as
+// shuffles over segments of `seg` lanes: seg is the largest power of two <= 32 dividing P (16 for the 12B's
+// head_dim 80), so the seg consecutive elements of an aligned segment share one row l; Q * P is a multiple of 32
+// (Q is), so whole warps enter and leave the loop together. Shared memory: 6 arrays of Q floats.
 __global__ void final_grad_kernel(SsdShape s, SsdInputs in, const float* acum, const float* dy, const float* y_off,
                                   const float* dXw, const float* dx_intra, const float* dacum_intra,
                                   const float* ddt_intra, const float* dchunk_decay, bf16* dx, float* ddt, float* dA,
@@ -358,6 +367,8 @@ __global__ void final_grad_kernel(SsdShape s, SsdInputs in, const float* acum, c
   float dD_part = 0.f;
   const int lane = threadIdx.x & 31;
   const int Pi = int(P);
+  const int lowest_bit = Pi & -Pi;
+  const int seg = lowest_bit < 32 ? lowest_bit : 32;
   for (int e = threadIdx.x; e < int(Q) * Pi; e += blockDim.x) {
     const int l = e / Pi, p = e - l * Pi;
     const int64_t t = c * Q + l;
@@ -367,9 +378,9 @@ __global__ void final_grad_kernel(SsdShape s, SsdInputs in, const float* acum, c
     const float u = dtl[l] * __expf(ac_end - ac[l]);
     dx[idx] = __float2bfloat16(Dh * g + u * dxw + dx_intra[idx]);
     dD_part += g * xv;
-    const float du = warp_sum(xv * dxw);
-    const float dyoff = warp_sum(g * __expf(ac[l]) * y_off[idx]);
-    if (lane == 0) {
+    const float du = segment_sum(xv * dxw, seg);
+    const float dyoff = segment_sum(g * __expf(ac[l]) * y_off[idx], seg);
+    if ((lane & (seg - 1)) == 0) {
       atomicAdd(&row_du[l], du);
       atomicAdd(&row_dac[l], dyoff);
     }

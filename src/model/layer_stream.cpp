@@ -1,6 +1,11 @@
 // Layer streaming (see include/minipuzzle/layer_stream.h): host copies of the layer tensors, two device slots that
 // alternate (the layer handed out, and the next one being copied on a side stream), and the layers that fit the
 // budget beside them kept on the device.
+//
+// On CUDA each slot is one buffer of the widest layer's size, allocated once; a layer's tensors are views into it.
+// Allocating every layer's tensors afresh on the copy stream (as a first version did) leaves the caching allocator
+// with blocks that belong to that stream and cannot serve the compute stream's activations: under a
+// --max-gpu-memory cap the 12B ran out of memory from that fragmentation alone (H200, 16 GiB).
 #include "minipuzzle/layer_stream.h"
 
 #include <ATen/ATen.h>
@@ -13,6 +18,7 @@
 
 #ifdef MINIPUZZLE_WITH_CUDA
 #include <ATen/cuda/CUDAEvent.h>
+#include <c10/core/AllocatorConfig.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -80,6 +86,7 @@ struct LayerStreamer::Impl {
     int64_t layer = -1;
     bool handed_out = false;  // since its copy started
     std::map<std::string, at::Tensor> weights;
+    at::Tensor buffer;  // CUDA: bytes of the widest layer; the weights are views into it
 #ifdef MINIPUZZLE_WITH_CUDA
     std::optional<at::cuda::CUDAEvent> ready;
 #endif
@@ -138,6 +145,9 @@ void LayerStreamer::limit_device_memory(c10::Device device, int64_t bytes) {
     // "Allocator not initialized for device" (seen on the H200 with `score --max-gpu-memory 16GiB`).
     (void)at::empty({1}, at::TensorOptions().device(device).dtype(at::kByte));
     c10::cuda::CUDACachingAllocator::setMemoryFraction(fraction, device.index() < 0 ? 0 : device.index());
+    // Growing segments instead of one fixed segment per large request: under a cap, activations of changing sizes
+    // (the depth sweep's prefix and suffix passes) otherwise leave free memory split into pieces none fits.
+    c10::CachingAllocator::setAllocatorSettings("expandable_segments:True");
   }
 #endif
 }
@@ -228,6 +238,17 @@ std::unique_ptr<LayerStreamer> LayerStreamer::build(const ModelConfig& config, c
   }
   m.pinned = all_pinned;
   s->stats_.pinned = all_pinned;
+  if (device.is_cuda()) {
+    // The two slots, allocated once on the compute stream (see the top of this file).
+    size_t slot_bytes = 0;
+    for (auto& layer : m.host) {
+      size_t bytes = 0;
+      for (auto& [name, t] : layer) bytes += round_up(size_t(t.numel() * element), 256);
+      slot_bytes = std::max(slot_bytes, bytes);
+    }
+    for (auto& slot : m.slots)
+      slot.buffer = at::empty({int64_t(std::max<size_t>(slot_bytes, 1))}, at::TensorOptions().device(device).dtype(at::kByte));
+  }
   s->model_ = std::make_unique<NemotronH>(config, std::move(params));
   // Layers kept on the device: the last ones first (depth scoring runs layer j once for every layer before it).
   int64_t left = weight_budget_bytes - fixed;
@@ -245,16 +266,24 @@ std::unique_ptr<LayerStreamer> LayerStreamer::build(const ModelConfig& config, c
 void LayerStreamer::start_copy(int64_t layer, int slot) {
   Impl& m = *impl_;
   Impl::Slot& s = m.slots[slot];
-  s.weights.clear();  // on CUDA the old tensors were recorded on the compute stream: their memory waits for it
+  s.weights.clear();
   s.layer = layer;
   s.handed_out = false;
 #ifdef MINIPUZZLE_WITH_CUDA
   if (m.device.is_cuda()) {
+    // The slot's previous layer may still be read by work queued on the compute stream: the copy waits for it.
+    at::cuda::CUDAEvent slot_free;
+    slot_free.record(c10::cuda::getCurrentCUDAStream(m.device.index()));
+    slot_free.block(*m.copy_stream);
     c10::cuda::CUDAStreamGuard guard(*m.copy_stream);
+    const int64_t element = int64_t(c10::elementSize(m.dtype));
+    int64_t offset = 0;
     for (auto& [name, t] : m.host[layer]) {
-      at::Tensor d = at::empty(t.sizes(), t.options().device(m.device));
+      const int64_t bytes = t.numel() * element;
+      at::Tensor d = s.buffer.narrow(0, offset, bytes).view(m.dtype).view(t.sizes());
       d.copy_(t, /*non_blocking=*/m.pinned);
       s.weights[name] = d;
+      offset += int64_t(round_up(size_t(bytes), 256));
     }
     s.ready.emplace();
     s.ready->record(*m.copy_stream);
@@ -288,7 +317,6 @@ const std::map<std::string, at::Tensor>& LayerStreamer::weights(int64_t layer, i
     if (m.device.is_cuda()) {
       c10::cuda::CUDAStream compute = c10::cuda::getCurrentCUDAStream(m.device.index());
       m.slots[s].ready->block(compute);  // work queued from now on waits for the copy, the host does not
-      for (auto& [name, t] : m.slots[s].weights) t.record_stream(compute);
     }
 #endif
     m.current = s;

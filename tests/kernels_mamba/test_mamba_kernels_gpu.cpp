@@ -92,6 +92,8 @@ void test_ssd(Report& rep) {
       {2, 300, 8, 64, 2, 32, 64},     // padding, 5 chunks, 4 heads per group
       {1, 512, 16, 64, 4, 128, 128},  // the 8B model's head_dim, state and chunk
       {1, 1024, 32, 64, 2, 128, 128}, // 16 heads per group as in the 8B model
+      {1, 512, 32, 80, 2, 128, 128},  // Nano 12B/9B v2's head_dim 80: row sums over 16-lane segments
+      {2, 256, 8, 40, 2, 64, 64},     // head_dim 40: 8-lane segments
   };
   for (const auto& c : cases) {
     std::ostringstream name;
