@@ -50,6 +50,19 @@ DistributedEnv DistributedEnv::from_environment() {
   return e;
 }
 
+c10::Device DistributedEnv::device_for(const std::string& spec) const {
+  if (spec == "cpu") return c10::Device(c10::kCPU);
+  if (spec == "cuda") return c10::Device(c10::kCUDA, c10::DeviceIndex(local_rank));
+  const std::string prefix = "cuda:";
+  const bool indexed = spec.size() > prefix.size() && spec.compare(0, prefix.size(), prefix) == 0 &&
+                       spec.find_first_not_of("0123456789", prefix.size()) == std::string::npos &&
+                       spec.size() - prefix.size() <= 4;
+  MP_CHECK(indexed, "distill: --device must be cpu, cuda or cuda:N, found \"", spec, "\"");
+  MP_CHECK(world_size == 1, "distill: --device ", spec, " names one GPU but ", world_size, " processes were "
+           "launched; use --device cuda (each rank takes GPU LOCAL_RANK)");
+  return c10::Device(c10::kCUDA, c10::DeviceIndex(std::stoi(spec.substr(prefix.size()))));
+}
+
 std::shared_ptr<Communicator> make_communicator(const DistributedEnv& env, c10::Device device) {
   if (env.world_size == 1) return nullptr;
   auto comm = std::make_shared<Communicator>();

@@ -45,7 +45,7 @@ void check_options(const DistillOptions& o) {
   MP_CHECK(o.temperature > 0, "distill: --temperature must be positive, found ", o.temperature);
   MP_CHECK(o.schedule.lr > 0 && o.schedule.min_lr >= 0 && o.schedule.min_lr <= o.schedule.lr,
            "distill: need 0 <= --min-lr <= --lr and --lr > 0, found lr ", o.schedule.lr, ", min-lr ", o.schedule.min_lr);
-  MP_CHECK(o.device == "cpu" || o.device == "cuda", "distill: --device must be cpu or cuda, found \"", o.device, "\"");
+  (void)DistributedEnv().device_for(o.device);  // the spelling (cpu, cuda, cuda:N), checked before any work
   MP_CHECK(o.max_nonfinite > 0, "distill: --max-nonfinite must be positive");
   MP_CHECK(o.checkpoint_layers > 0, "distill: --checkpoint-layers must be positive, found ", o.checkpoint_layers);
 }
@@ -287,7 +287,7 @@ DistillResult Job::run() {
   check_options(o_);
   if (o_.threads > 0) at::set_num_threads(o_.threads);
   const DistributedEnv env = DistributedEnv::from_environment();
-  device_ = o_.device == "cuda" ? c10::Device(c10::kCUDA, c10::DeviceIndex(env.local_rank)) : c10::Device(c10::kCPU);
+  device_ = env.device_for(o_.device);
   const at::ScalarType dtype = device_.is_cuda() ? at::kBFloat16 : at::kFloat;
 #ifdef MINIPUZZLE_WITH_CUDA
   // Kernels launch on the current device's stream: make it this rank's GPU before anything touches CUDA.

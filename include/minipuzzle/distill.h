@@ -189,6 +189,9 @@ struct DistributedEnv {
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   static DistributedEnv from_environment();
+  // The device of this process for --device SPEC: "cpu"; "cuda" (GPU LOCAL_RANK, torchrun's contract); "cuda:N"
+  // (GPU N, for a single process only: several ranks on one GPU is refused).
+  c10::Device device_for(const std::string& spec) const;
 };
 
 class Communicator;  // distill/ddp.cpp: the c10d backend (none when world_size == 1)

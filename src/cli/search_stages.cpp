@@ -123,7 +123,7 @@ void attach_search_stages(search::SearchOptions& options, const ModelConfig& par
     d.save_every = 0;
     d.seed = o.seed;
     d.threads = o.threads;
-    d.device = ctx->device.is_cuda() ? "cuda" : "cpu";
+    d.device = ctx->device.str();  // "cuda:N" as stage 2 ran, not GPU 0
     distill::DistillResult r = distill::run_distillation(d);
     MP_CHECK(r.exit_code == 0 && r.last_eval.contains("val_loss"), "search: the stage-3 distillation of ", dir,
              " did not finish (exit code ", r.exit_code, ")");

@@ -201,3 +201,18 @@ TEST_CASE("activation checkpointing: same output and gradients as the plain func
   checkpointed(layer, x0, {w1, w2}).sum().backward();
   CHECK(w1.grad().defined());
 }
+
+TEST_CASE("--device: cuda takes GPU LOCAL_RANK, cuda:N GPU N for one process only, other spellings refused") {
+  mp::distill::DistributedEnv one;
+  CHECK(one.device_for("cpu") == c10::Device(c10::kCPU));
+  CHECK(one.device_for("cuda") == c10::Device(c10::kCUDA, 0));
+  // search stage 3 passes the device stage 2 ran on; "cuda:1" must not become GPU 0 (issue 26).
+  CHECK(one.device_for("cuda:1") == c10::Device(c10::kCUDA, 1));
+  CHECK(one.device_for(c10::Device(c10::kCUDA, 3).str()) == c10::Device(c10::kCUDA, 3));
+  mp::distill::DistributedEnv ranks;
+  ranks.world_size = 4, ranks.rank = 2, ranks.local_rank = 2;
+  CHECK(ranks.device_for("cuda") == c10::Device(c10::kCUDA, 2));
+  CHECK_THROWS_WITH(ranks.device_for("cuda:1"), MP_CONTAINS("4 processes"));
+  for (const char* bad : {"gpu", "cuda:", "cuda:x", "cuda:-1", "CUDA", ""})
+    CHECK_THROWS_WITH(one.device_for(bad), MP_CONTAINS("cpu, cuda or cuda:N"));
+}
