@@ -3,12 +3,12 @@
 # on a briefly trained model (16 host cores: more steps than the 2-core dev box allows), and the 8.6 GB
 # streaming-prune speed / peak-RSS benchmark against cp. Results: $OUT/pruning_*.{txt,json}.
 source scripts/gpu/env.sh
-gpu_build minipuzzle test_prune_equivalence test_prune_target test_prune_hf bench_prune_ablation bench_prune_synth
+gpu_build minipuzzle test_prune_equivalence test_prune_target test_prune_hf test_prune_gpu bench_prune_ablation bench_prune_synth
 [ -d build-gpu/fixtures/models/hybrid_g1 ] ||
   python3 tests/reference/make_tiny_models.py --out build-gpu/fixtures/models > /dev/null 2>&1
-for t in test_prune_equivalence test_prune_target test_prune_hf; do
-  MINIPUZZLE_PROGRESS=off "./build-gpu/tests/pruning/$t" > "$OUT/pruning_$t.txt" 2>&1 && echo "$t passed" || {
-    echo "$t FAILED"; tail -30 "$OUT/pruning_$t.txt"; }
+for t in pruning/test_prune_equivalence pruning/test_prune_target pruning/test_prune_hf gpu/test_prune_gpu; do
+  MINIPUZZLE_PROGRESS=off "./build-gpu/tests/$t" > "$OUT/pruning_${t#*/}.txt" 2>&1 && echo "$t passed" || {
+    echo "$t FAILED"; tail -30 "$OUT/pruning_${t#*/}.txt"; }
 done
 if [ -f ../shared/data/tinyshakespeare.txt ]; then
   MINIPUZZLE_PROGRESS=off timeout 120 ./build-gpu/bench/bench_prune_ablation --steps 400 \
