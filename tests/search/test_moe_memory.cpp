@@ -53,3 +53,14 @@ TEST_CASE("Nemotron 3 Nano 30B-A3B: total and active parameters from the publish
   CHECK(moe_experts_touched(Shape::of(c), 64) == Approx(128 * (1 - std::pow(1 - 6.0 / 128, 64))));
   CHECK(moe_experts_touched(Shape::of(c), 64) == Approx(122.07).margin(0.01));
 }
+
+TEST_CASE("the search's parameter count equals the checkpoint's for every published config", "[search][memory]") {
+  // Two implementations: the search's from widths (search/memory_model.cpp) and the loader's over the tensor list
+  // it expects (io/checkpoint.cpp). Dense, MoE, tied and untied, with and without biases.
+  for (const char* name : {"nemotron-h-8b", "nemotron-h-47b", "nemotron-h-56b", "nemotron-nano-12b-v2",
+                           "nemotron-nano-9b-v2", "nemotron-3-nano-30b-a3b", "demo-teacher"}) {
+    INFO(name);
+    ModelConfig c = load_config(std::string(MINIPUZZLE_SOURCE_DIR) + "/configs/models/" + name + ".json");
+    CHECK(count_params(Shape::of(c)).total() == count_parameters(c));
+  }
+}
