@@ -1,1 +1,0 @@
-// Placeholder so the CUDA kernel library is never empty.
