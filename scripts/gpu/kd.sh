@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # KD kernels (issue 7) on the GPU host: build, GPU + CPU tests, both C++ benchmarks, the PyTorch reference
 # timings (eager, torch.compile, Liger when available), then one summary of the issue's targets.
-# Run from the repo root with OUT set; everything lands in $OUT/kd_*. Uses build-gpu (configures it if missing).
+# Run from the repo root with OUT set; everything lands in $OUT/kd_*. Uses build-gpu (scripts/gpu/env.sh configures it).
 # Budget: about 3 minutes after the build (GPU tests ~10 s, benchmarks ~40 s, PyTorch/Liger reference ~60-90 s,
 # most of it torch.compile); every step has a timeout and the summary is printed last.
 # Liger-Kernel is optional: a liger_kernel*.whl under $LIGER_WHEEL, ./shared or /work/shared is installed
@@ -9,21 +9,12 @@
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
-OUT="${OUT:-$root/out-kd}"
-mkdir -p "$OUT"
-build="${BUILD_DIR:-$root/build-gpu}"
+source scripts/gpu/env.sh  # the one preamble: carried headers, $OUT, build-gpu configured for CUDA
+set +e
+build="$root/build-gpu"
 log() { echo "[kd.sh $(date +%H:%M:%S)] $*" | tee -a "$OUT/kd_log.txt"; }
 
 nvidia-smi > "$OUT/kd_nvidia_smi.txt" 2>&1 || true
-if [ ! -f "$build/build.ninja" ]; then
-  log "configuring $build"
-  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')" \
-    -DMINIPUZZLE_PYTHON="$(which python3)" > "$OUT/kd_cmake.log" 2>&1 || { log "cmake failed"; tail -30 "$OUT/kd_cmake.log"; }
-else
-  # A build dir configured before tests/kernels/CMakeLists.txt existed would not know the KD tests: re-run cmake.
-  cmake -S . -B "$build" > "$OUT/kd_cmake.log" 2>&1 || { log "cmake re-run failed"; tail -30 "$OUT/kd_cmake.log"; }
-fi
 log "building KD targets"
 targets="test_kd_gpu test_kd_loss test_linear_kd bench_kd_loss bench_linear_kd"
 if ! cmake --build "$build" --target $targets > "$OUT/kd_build.log" 2>&1; then

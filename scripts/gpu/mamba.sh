@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mamba-2 kernels (issue 12) on the GPU host: build, CPU + GPU tests, the kernel/layer benchmark beside eager
 # ATen and transformers' mixer, then one summary against the issue's targets. Run from the repo root with OUT
-# set; everything lands in $OUT/mamba_*. Uses build-gpu (configures it if missing). Keeps going after a failure
+# set; everything lands in $OUT/mamba_*. Uses build-gpu (scripts/gpu/env.sh configures it). Keeps going after a failure
 # (every step logs its exit code) so one run returns everything needed to debug. Budget: < 4 minutes.
 #   mamba_test_gpu.json      every output/gradient of every kernel: scaled_max_err, rel_l2_err, tolerances, pass
 #   mamba_bench.json         each kernel and the whole layer, eager vs kernels, ms / TFLOP/s / % of peak
@@ -10,20 +10,12 @@
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
-OUT="${OUT:-$root/out-mamba}"
-mkdir -p "$OUT"
-build="${BUILD_DIR:-$root/build-gpu}"
+source scripts/gpu/env.sh  # the one preamble: carried headers, $OUT, build-gpu configured for CUDA
+set +e
+build="$root/build-gpu"
 log() { echo "[mamba.sh $(date +%H:%M:%S)] $*" | tee -a "$OUT/mamba_log.txt"; }
 
 nvidia-smi > "$OUT/mamba_nvidia_smi.txt" 2>&1 || true
-if [ -d .carry/root ]; then cp -rn .carry/root/* / 2>/dev/null || true; ldconfig 2>/dev/null || true; fi
-if [ ! -f "$build/build.ninja" ]; then
-  log "configuring $build"
-  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')" \
-    -DMINIPUZZLE_PYTHON="$(command -v python3)" -DMINIPUZZLE_CUDA=ON > "$OUT/mamba_cmake.log" 2>&1 \
-    || { log "cmake failed"; tail -30 "$OUT/mamba_cmake.log"; }
-fi
 log "building Mamba kernel targets"
 targets="test_mamba_kernels_gpu bench_mamba_kernels test_mamba_kernels"
 if ! cmake --build "$build" -j "$(nproc)" --target $targets > "$OUT/mamba_build.log" 2>&1; then
