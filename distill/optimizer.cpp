@@ -219,8 +219,12 @@ void AdamW::step_offloaded(double lr) {
   if (todo.empty()) return;
   const at::Tensor step_count = at::full({}, double(steps_), at::TensorOptions().dtype(at::kFloat));
 
-  // The update of one piece on the host: g (float32 or lower) into master/m/v at [offset, offset + length).
-  auto update = [&](const Offload::Piece& piece, const at::Tensor& g) {
+  // The update of one piece on the host: g (float32 or lower) into master/m/v at [offset, offset + length), and the
+  // updated master rounded into `out` (the parameter's dtype) chunk by chunk while the chunk is still in cache:
+  // a separate rounding pass over the piece read every master a second time from memory, and the host update is
+  // bound by memory bandwidth (about 28 bytes per parameter this way). `out` may alias g: a chunk of g is read
+  // (converted into its own fp32 tensor, or read by the update) before the same chunk of `out` is written.
+  auto update = [&](const Offload::Piece& piece, const at::Tensor& g, const at::Tensor& out) {
     const size_t i = piece.param;
     const at::Tensor master = masters_[i].view(-1).narrow(0, piece.offset, piece.length);
     const at::Tensor m = exp_avg_[i].view(-1).narrow(0, piece.offset, piece.length);
@@ -231,12 +235,13 @@ void AdamW::step_offloaded(double lr) {
         const int64_t first = c * kChunk, n = std::min(kChunk, piece.length - first);
         at::Tensor gc = g.narrow(0, first, n);
         if (gc.scalar_type() != at::kFloat) gc = gc.to(at::kFloat);
-        at::_fused_adamw_({master.narrow(0, first, n)}, {gc}, {m.narrow(0, first, n)}, {v.narrow(0, first, n)},
+        const at::Tensor mc = master.narrow(0, first, n);
+        at::_fused_adamw_({mc}, {gc}, {m.narrow(0, first, n)}, {v.narrow(0, first, n)},
                           /*max_exp_avg_sqs=*/{}, {step_count}, lr, options_.beta1, options_.beta2, wd, options_.eps,
                           /*amsgrad=*/false, /*maximize=*/false);
+        out.narrow(0, first, n).copy_(mc);
       }
     });
-    return master;
   };
 
   if (!o.device_is_cuda) {
@@ -244,7 +249,7 @@ void AdamW::step_offloaded(double lr) {
       const Offload::Piece& piece = o.pieces[j];
       const at::Tensor param = params_[piece.param].view(-1).narrow(0, piece.offset, piece.length);
       const at::Tensor g = params_[piece.param].grad().reshape(-1).narrow(0, piece.offset, piece.length);
-      param.copy_(update(piece, g));
+      update(piece, g, param);
     }
     return;
   }
@@ -255,8 +260,7 @@ void AdamW::step_offloaded(double lr) {
     const Offload::Piece& piece = o.pieces[todo[k]];
     at::Tensor slot = o.staging[k % kRing].narrow(0, 0, piece.length);
     o.arrived[k % kRing].synchronize();
-    const at::Tensor master = update(piece, slot);
-    slot.copy_(master);  // rounded to the parameter's dtype in the pinned buffer
+    update(piece, slot, slot);  // gradient in, rounded weights out, in the pinned buffer
     {
       const c10::cuda::CUDAStreamGuard on_side(*o.stream);
       params_[piece.param].view(-1).narrow(0, piece.offset, piece.length).copy_(slot, /*non_blocking=*/true);
