@@ -112,7 +112,7 @@ if [ "${NANO12B_STOP_AFTER:-}" = score ]; then
   # Only the scoring steps (the streaming measurement); KEEP_AS_TEACHER=DIR leaves the parent there for
   # distill_9b.sh (its TEACHER) on the same warm machine.
   if [ -n "${KEEP_AS_TEACHER:-}" ]; then rm -rf "$KEEP_AS_TEACHER"; mv "$parent" "$KEEP_AS_TEACHER"; touch "$KEEP_AS_TEACHER/.complete"; fi
-  grep -h '"score' "$work"/score*.log 2>/dev/null | tail -4
+  grep -h '"score' "$work"/score*.log 2>/dev/null | tail -4 || true  # no such line is no failure of the job
   exit 0
 fi
 
@@ -143,7 +143,7 @@ echo "{\"prune_target\": \"${target[*]}\"}"
 # ---- cp -r of the parent beside prune (the parent's dirty pages flushed first; the copy deleted before pruning)
 sync "$parent"/* 2>/dev/null || sync
 step cp bash -c "cp -r '$parent' '$work/copy'"
-t0=$(date +%s.%N); sync "$work"/copy/*; sync_s=$(printf '%.3f' "$(echo "$(date +%s.%N) - $t0" | bc -l)")
+t0=$(date +%s.%N); sync "$work"/copy/*; sync_s=$("$py" -c "import sys;print(f'{float(sys.argv[1]) - float(sys.argv[2]):.3f}')" "$(date +%s.%N)" "$t0")  # the GPU host has no bc
 echo "{\"step\": \"cp_sync\", \"seconds\": $sync_s}" | tee -a "$steps"
 rm -rf "$work/copy"
 prune_scores=(); ok score && prune_scores=(--scores "$work/scores.json")
