@@ -126,8 +126,10 @@ Result sharded_run(const std::shared_ptr<Communicator>& comm, ShardMode mode, in
   return r;
 }
 
-// Largest |a - b| relative to the largest |a| of each tensor, over all tensors; and over the scalars.
-double max_relative(const std::map<std::string, at::Tensor>& a, const std::map<std::string, at::Tensor>& b) {
+// ||a - b|| / ||a|| (L2) of each tensor, the largest over all tensors; and |a - b| / |a| over the scalars.
+// worst_elementwise (when given): the largest |a - b| relative to the largest |a| of its tensor.
+double max_relative(const std::map<std::string, at::Tensor>& a, const std::map<std::string, at::Tensor>& b,
+                    double* worst_elementwise = nullptr, std::string* worst_name = nullptr) {
   double worst = 0;
   REQUIRE(a.size() == b.size());
   for (auto& [name, x] : a) {
@@ -135,8 +137,12 @@ double max_relative(const std::map<std::string, at::Tensor>& a, const std::map<s
     REQUIRE(b.count(name));
     const at::Tensor y = b.at(name).to(at::kDouble), xd = x.to(at::kDouble);
     REQUIRE(xd.sizes() == y.sizes());
-    const double scale = std::max(xd.abs().max().item<double>(), 1e-30);
-    worst = std::max(worst, (xd - y).abs().max().item<double>() / scale);
+    const double rel = (xd - y).norm().item<double>() / std::max(xd.norm().item<double>(), 1e-30);
+    if (rel > worst && worst_name) *worst_name = name;
+    worst = std::max(worst, rel);
+    if (worst_elementwise)
+      *worst_elementwise = std::max(*worst_elementwise, (xd - y).abs().max().item<double>() /
+                                                            std::max(xd.abs().max().item<double>(), 1e-30));
   }
   return worst;
 }
@@ -268,8 +274,11 @@ TEST_CASE("fsdp: 2 and 4 Gloo processes equal one process on the same global bat
       norms.push_back(t.at("norm")[s].item<double>());
     }
     const double dl = max_relative(plain.losses, losses), dn = max_relative(plain.norms, norms);
-    const double dg = max_relative(plain.grads, read_tensors(out, "grad/"));
-    const double dw = max_relative(plain.weights, read_tensors(out, "weight/"));
+    double eg = 0, ew = 0;
+    std::string wn;
+    const double dg = max_relative(plain.grads, read_tensors(out, "grad/"), &eg);
+    const double dw = max_relative(plain.weights, read_tensors(out, "weight/"), &ew, &wn);
+    WARN("elementwise (to the tensor's max): grads " << eg << ", weights " << ew << "; worst weight tensor " << wn);
     INFO("relative differences: losses " << dl << ", gradient norms " << dn << ", step-1 gradients " << dg
                                          << ", weights after " << kSteps << " steps " << dw);
     CHECK(dl <= 1e-6);
