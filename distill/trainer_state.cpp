@@ -65,9 +65,15 @@ static json read_checked(const std::string& dir, const TrainerState& state) {
   MP_CHECK(j.value("format", "") == "minipuzzle-distill-checkpoint", dir,
            "/trainer.json is not a minipuzzle distillation checkpoint");
   // Settings that define the step sequence must match, or "resume" would silently train something else.
+  json saved = j["settings"];
+  // A plain run's checkpoint records the global batch as its three factors (a sharded run may split it otherwise).
+  if (!saved.contains("global_batch") && saved.contains("micro_batch") && saved.contains("grad_accum") &&
+      saved.contains("world_size"))
+    saved["global_batch"] = saved["micro_batch"].get<int64_t>() * saved["grad_accum"].get<int64_t>() *
+                            saved["world_size"].get<int64_t>();
   for (auto& [k, v] : state.settings.items()) {
-    MP_CHECK(j["settings"].contains(k) && j["settings"][k] == v, "distill: cannot resume from ", dir,
-             ": setting \"", k, "\" was ", j["settings"].value(k, json()).dump(), ", now ", v.dump(),
+    MP_CHECK(saved.contains(k) && saved[k] == v, "distill: cannot resume from ", dir, ": setting \"", k, "\" was ",
+             saved.value(k, json()).dump(), ", now ", v.dump(),
              "; rerun with the original settings or use a new output directory");
   }
   return j;

@@ -338,6 +338,11 @@ std::vector<double> losses_of(const std::string& out) {
 }
 }  // namespace
 
+// 8 Adam steps through the whole CLI: the float-order differences of the first steps grow through Adam's
+// normalisation (measured: losses within 1.7e-6, final weights within 9e-7); the worker test above holds 3 steps to
+// 1e-6. The existing two-process DDP test allows 2e-5.
+constexpr double kCliTolerance = 5e-6;
+
 TEST_CASE("fsdp CLI: --shard zero3 on 2 and 4 processes equals one process; resharded resumes") {
   const CliSetup& s = cli_setup();
   const std::string single = s.dir + "/single";
@@ -362,11 +367,11 @@ TEST_CASE("fsdp CLI: --shard zero3 on 2 and 4 processes equals one process; resh
   };
   const std::string two = s.dir + "/zero3_2", four = s.dir + "/zero3_4";
   run_ranks(2, cli_cmd(s, two, "--tokens 2048 --micro-batch 2 --shard zero3"), s.dir + "/z2_");
-  compare(two, 1e-6);
+  compare(two, kCliTolerance);
   CHECK(read_json(two + "/checkpoint/trainer.json")["sharded"]["shard_group_size"] == 2);
   CHECK(fs::exists(two + "/checkpoint/shard-00001-of-00002.safetensors"));
   run_ranks(4, cli_cmd(s, four, "--tokens 2048 --micro-batch 1 --shard zero3 --activation-checkpointing"), s.dir + "/z4_");
-  compare(four, 1e-6);
+  compare(four, kCliTolerance);
 
   // Resharding: stopped after 4 steps on 2 ranks, resumed on 4 ranks and on 1.
   for (int resume_world : {4, 1}) {
@@ -376,7 +381,7 @@ TEST_CASE("fsdp CLI: --shard zero3 on 2 and 4 processes equals one process; resh
     REQUIRE(read_json(out + "/checkpoint/trainer.json")["step"] == 4);
     const std::string mb = std::to_string(4 / resume_world);
     run_ranks(resume_world, cli_cmd(s, out, "--tokens 2048 --resume --shard zero3 --micro-batch " + mb), out + "_b");
-    compare(out, 1e-6);
+    compare(out, kCliTolerance);
   }
   // A plain checkpoint resumed sharded on 2 ranks.
   {
@@ -385,7 +390,7 @@ TEST_CASE("fsdp CLI: --shard zero3 on 2 and 4 processes equals one process; resh
     INFO(a.output);
     REQUIRE(a.exit_code == 0);
     run_ranks(2, cli_cmd(s, out, "--tokens 2048 --resume --shard zero2 --micro-batch 2"), out + "_b");
-    compare(out, 1e-6);
+    compare(out, kCliTolerance);
     // ... and the plain trainer refuses the sharded checkpoint with one line.
     auto bad = test::run_command(cli_cmd(s, out, "--tokens 2048 --resume --micro-batch 4"));
     CHECK(bad.exit_code == 1);
