@@ -23,6 +23,7 @@
 #include "minipuzzle/distill.h"
 #include "minipuzzle/error.h"
 #include "minipuzzle/fs.h"
+#include "minipuzzle/fsdp.h"
 #include "minipuzzle/interrupt.h"
 #include "minipuzzle/kd.h"
 #include "minipuzzle/progress.h"
@@ -48,6 +49,11 @@ void check_options(const DistillOptions& o) {
   (void)DistributedEnv().device_for(o.device);  // the spelling (cpu, cuda, cuda:N), checked before any work
   MP_CHECK(o.max_nonfinite > 0, "distill: --max-nonfinite must be positive");
   MP_CHECK(o.checkpoint_layers > 0, "distill: --checkpoint-layers must be positive, found ", o.checkpoint_layers);
+  MP_CHECK(!o.shard_teacher || o.plan_only, "distill: --shard-teacher is planned (--plan) but not implemented in "
+           "training yet; the teacher is replicated on every rank");
+  MP_CHECK(o.shard_group_size >= 0, "distill: --shard-group-size must be positive, found ", o.shard_group_size);
+  MP_CHECK(shard_mode_from_name(o.shard) != ShardMode::none || o.shard_group_size == 0,
+           "distill: --shard-group-size needs --shard zero2 or zero3");
 }
 
 DType save_dtype(const DistillOptions& o, const Checkpoint* student_ck) {
@@ -110,6 +116,7 @@ class Job {
   int rank_ = 0, world_ = 1;
   c10::Device device_{c10::kCPU};
   std::unique_ptr<NemotronH> student_;
+  std::unique_ptr<ShardedStudent> sharded_;  // --shard zero2|zero3
   std::unique_ptr<Teacher> teacher_;
   std::unique_ptr<PackedWindows> train_, valid_;
   std::unique_ptr<WindowOrder> order_;
@@ -146,7 +153,7 @@ json Job::evaluate() {
       // Logits a chunk of tokens at a time, so that evaluation needs no [tokens, vocab] buffers beside the
       // optimizer state (the memory plan's "evaluation chunks" transient).
       const int64_t chunk = kEvalTokenChunk;
-      at::Tensor hs = student_->forward_hidden(input, fo);
+      at::Tensor hs = sharded_ ? sharded_->forward_hidden(input, 0, fo) : student_->forward_hidden(input, fo);
       hs = hs.reshape({-1, hs.size(-1)});
       TeacherOutput t;
       if (teacher_) t = teacher_->run(input, /*want_hidden=*/true);
@@ -167,7 +174,8 @@ json Job::evaluate() {
       sums[2] += double(labels.numel());
       continue;
     }
-    at::Tensor logits = student_->forward(input, fo).view({-1, V});
+    at::Tensor logits = sharded_ ? student_->logits(sharded_->forward_hidden(input, 0, fo)).view({-1, V})
+                                 : student_->forward(input, fo).view({-1, V});
     sums[0] += at::cross_entropy_loss(logits, labels, {}, at::Reduction::Sum).item<double>();
     if (teacher_) {
       KdOptions k;  // plain KL(teacher || student) at T = 1
@@ -237,6 +245,10 @@ json Job::plan_memory() {
   r.setup.checkpoint_layers = o_.activation_checkpointing ? o_.checkpoint_layers : 0;
   r.setup.offload_fraction = fraction;
   r.setup.has_teacher = !o_.from_scratch;
+  r.setup.world_size = o_.plan_world_size > 0 ? o_.plan_world_size : world_;
+  r.setup.shard = o_.shard;
+  r.setup.shard_group_size = o_.shard_group_size;
+  r.setup.shard_teacher = o_.shard_teacher;
   r.device_bytes = !o_.gpu_memory.empty() ? parse_memory_size(o_.gpu_memory)
                                           : device_.is_cuda() ? cuda_free_bytes(device_.index()) : 0.0;
   r.host_bytes = !o_.host_memory.empty() ? parse_memory_size(o_.host_memory) : host_available_bytes();
@@ -266,7 +278,12 @@ json Job::plan_memory() {
                        std::to_string(plan.setup.micro_batch) + " x grad-accum " + std::to_string(plan.setup.grad_accum) +
                        ", activation checkpointing " + (plan.setup.checkpoint_layers > 0 ? "on" : "off") +
                        ", optimizer state on the host " + std::to_string(int(std::lround(plan.setup.offload_fraction * 100))) +
-                       "%" + (plan.fits ? "" : " -- DOES NOT FIT") + "\n" + plan.memory.table();
+                       "%" + (plan.setup.world_size > 1 || plan.setup.shard != "none"
+                                  ? ", " + std::to_string(plan.setup.world_size) + " ranks, shard " + plan.setup.shard +
+                                        (plan.setup.shard != "none" ? " over " + std::to_string(plan.setup.shard_group()) : "") +
+                                        (plan.setup.shard_teacher ? ", teacher sharded" : "") + " (per GPU)"
+                                  : "") +
+                       (plan.fits ? "" : " -- DOES NOT FIT") + "\n" + plan.memory.table();
     std::fputs(text.c_str(), stdout);
     std::fflush(stdout);
     fs::create_directories(o_.out_dir);
@@ -355,14 +372,27 @@ DistillResult Job::run() {
   ScheduleOptions sched = o_.schedule;
   sched.total_steps = total_steps;
 
-  AdamW optimizer(student_->parameters(), o_.adamw, offload_fraction_);
+  const ShardMode shard = shard_mode_from_name(o_.shard);
+  std::unique_ptr<AdamW> plain_optimizer;
+  if (shard != ShardMode::none)
+    sharded_ = std::make_unique<ShardedStudent>(*student_, comm_, shard, o_.shard_group_size, o_.adamw, offload_fraction_);
+  else
+    plain_optimizer = std::make_unique<AdamW>(student_->parameters(), o_.adamw, offload_fraction_);
+  AdamW& optimizer = sharded_ ? sharded_->optimizer() : *plain_optimizer;
   st_.settings = {{"seq_len", o_.seq_len}, {"micro_batch", o_.micro_batch}, {"grad_accum", o_.grad_accum},
                   {"world_size", world_}, {"seed", o_.seed}, {"tokens", o_.tokens},
                   {"from_scratch", o_.from_scratch}, {"alpha", o_.alpha}, {"temperature", o_.temperature},
                   {"lr", sched.lr}, {"min_lr", sched.min_lr}, {"warmup", sched.warmup_steps},
                   {"schedule", lr_schedule_name(sched.kind)}, {"device", o_.device}};
+  if (sharded_) {
+    // A sharded checkpoint reshards on load: the world size (and its split into micro-batches) may change as long
+    // as the global batch, which fixes the step sequence, does not.
+    for (const char* k : {"micro_batch", "grad_accum", "world_size"}) st_.settings.erase(k);
+    st_.settings["global_batch"] = global_batch;
+  }
   bool resumed = false;
-  if (o_.resume) resumed = load_trainer_state(o_.out_dir, st_, optimizer);
+  if (o_.resume)
+    resumed = sharded_ ? load_sharded_trainer_state(o_.out_dir, st_, *sharded_) : load_trainer_state(o_.out_dir, st_, optimizer);
   if (rank_ == 0) {
     if (resumed) truncate_log(fs::join(out, "log.jsonl"), st_.step);
     log_.open(fs::join(out, "log.jsonl"), resumed ? std::ios::app : std::ios::trunc);
@@ -370,7 +400,7 @@ DistillResult Job::run() {
   }
   log({{"event", resumed ? "resume" : "start"}, {"total_steps", total_steps}, {"tokens_per_step", tokens_per_step},
        {"world_size", world_}, {"student_parameters", student_->num_parameters()}, {"settings", st_.settings},
-       {"resumed_at_step", st_.step},
+       {"resumed_at_step", st_.step}, {"shard", o_.shard},
        // Not a setting: checkpointing changes memory and time, not the step sequence, so a resume may switch it.
        {"activation_checkpointing", o_.activation_checkpointing ? json(o_.checkpoint_layers) : json(false)},
        // Placement, like checkpointing, changes memory and time but not the values: a resume may change it.
@@ -378,7 +408,8 @@ DistillResult Job::run() {
        {"memory_plan", plan.is_null() ? json() : plan["memory"]}});
   if (o_.resume && !resumed && rank_ == 0) log_warning("distill: --resume given but " + o_.out_dir + " has no checkpoint; starting fresh");
 
-  GradientSync sync(comm_, optimizer.params(), o_.bucket_bytes);
+  std::unique_ptr<GradientSync> sync;
+  if (!sharded_) sync = std::make_unique<GradientSync>(comm_, optimizer.params(), o_.bucket_bytes);
   LossOptions loss;
   loss.alpha = o_.alpha;
   loss.temperature = o_.temperature;
@@ -388,6 +419,10 @@ DistillResult Job::run() {
                     rank_ == 0 ? ProgressMode::Auto : ProgressMode::Off);
   auto save = [&] {
     if (o_.no_save) return;
+    if (sharded_) {
+      save_sharded_trainer_state(o_.out_dir, st_, *sharded_, comm_.get());
+      return;
+    }
     if (rank_ == 0) save_trainer_state(o_.out_dir, st_, optimizer);
     barrier(comm_.get());
   };
@@ -410,7 +445,8 @@ DistillResult Job::run() {
     std::vector<Batch> micro_batches;
     for (int64_t k = 0; k < o_.grad_accum; ++k)
       micro_batches.push_back(make_batch(*train_, window_ids(st_.cursor + (k * world_ + rank_) * o_.micro_batch, o_.micro_batch)));
-    const StepResult r = train_step(*student_, teacher_.get(), optimizer, sync, comm_.get(), micro_batches, lr, o_.clip, loss);
+    const StepResult r = sharded_ ? sharded_->train_step(teacher_.get(), micro_batches, lr, o_.clip, loss)
+                                  : train_step(*student_, teacher_.get(), optimizer, *sync, comm_.get(), micro_batches, lr, o_.clip, loss);
     const double step_loss = r.loss, grad_norm = r.grad_norm;
     const bool finite = r.applied;
     if (finite) {
@@ -476,6 +512,11 @@ DistillResult Job::run() {
   if (result.exit_code == 0 && !stopped_early) {
     progress.finish({{"loss", st_.train_loss.empty() ? NAN : st_.train_loss.back()}});
     save();
+    if (sharded_ && !o_.no_save) {
+      // The full parameters, gathered unit by unit (every rank takes part), replace the student's on rank 0.
+      std::map<std::string, at::Tensor> full = sharded_->full_parameters_cpu();
+      if (rank_ == 0) student_ = std::make_unique<NemotronH>(student_->config(), std::move(full));
+    }
     if (rank_ == 0) {
       std::vector<std::string> copy;
       if (student_ck)

@@ -57,7 +57,7 @@ double learning_rate(const ScheduleOptions& options, int64_t step);
 // Moments and, for parameters stored in a lower precision (bf16 on GPU), the master copy are float32; after each
 // step the master is rounded into the model's parameter. Tied parameters (one tensor under two names) are one
 // entry. Weight decay applies to tensors of 2 or more dimensions (linear, embedding, conv weights), not to norms,
-// biases, A_log, D or dt_bias.
+// biases, A_log, D or dt_bias; the flat shards of sharded training are named flat.decay/* and flat.nodecay/*.
 struct AdamWOptions {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
 };
@@ -238,11 +238,13 @@ at::Tensor checkpointed_forward_hidden(const NemotronH& model, const at::Tensor&
 
 // ---------------------------------------------------------------------------------------------------------------
 // The step itself, shared by run_distillation and the benchmark.
+class ShardedStudent;  // minipuzzle/fsdp.h
 struct LossOptions {
   double alpha = 1.0;          // loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE
   double temperature = 1.0;
   bool fused_lm_head = true;   // CUDA: linear_kd from hidden states (no [tokens, vocab] logits)
   int64_t checkpoint_layers = 0;  // > 0: the student's layers run checkpointed, this many per segment; 0: off
+  const ShardedStudent* sharded = nullptr;  // set: the student's layers run through it (gathered per layer)
 };
 // The loss of one micro-batch, differentiable w.r.t. the student's parameters. teacher == nullptr: cross-entropy.
 at::Tensor micro_batch_loss(const NemotronH& student, Teacher* teacher, const Batch& batch, const LossOptions& options);
@@ -285,6 +287,10 @@ struct DistillOptions {
   int64_t checkpoint_layers = 1;          // layers per checkpointed segment (with activation_checkpointing)
   int64_t max_nonfinite = 5;
   int64_t bucket_bytes = int64_t(25) << 20;
+  std::string shard = "none";     // none | zero2 | zero3 (minipuzzle/fsdp.h)
+  int64_t shard_group_size = 0;   // ranks per shard group (0: all; fewer: hybrid, replicated across groups)
+  int64_t plan_world_size = 0;    // --plan-world-size: plan for this many ranks (0: WORLD_SIZE)
+  bool shard_teacher = false;     // --shard-teacher (plan only): the teacher's layers sharded like the student's
   std::string save_dtype;      // "float32" | "bfloat16"; empty: the student's storage (float32 from scratch)
   // Memory plan (include/minipuzzle/train_memory.h), made before the models load and written to OUT/plan.json.
   bool plan_only = false;      // --plan: print the plan and return without training

@@ -65,6 +65,19 @@ void add(CLI::App& app) {
                 "with --activation-checkpointing: layers per recomputed segment (more: less memory kept, larger "
                 "recompute peak)")
       ->capture_default_str();
+  c->add_option("--shard", o.shard,
+                "none: data parallel with replicated state; zero3: each rank holds 1/N of the student's parameters, "
+                "gradients, fp32 masters and AdamW moments, layers all-gathered for forward and backward; zero2: "
+                "only gradients and optimizer state sharded. Sharded checkpoints reshard to another world size")
+      ->capture_default_str();
+  c->add_option("--shard-group-size", o.shard_group_size,
+                "with --shard: ranks per shard group (e.g. GPUs per node); the groups replicate each other "
+                "(hybrid sharding). 0: the whole world")
+      ->capture_default_str();
+  c->add_option("--plan-world-size", o.plan_world_size,
+                "with --plan: plan per GPU for this many ranks (default: WORLD_SIZE)");
+  c->add_flag("--shard-teacher", o.shard_teacher,
+              "with --plan: plan the teacher's layers sharded like the student's (not yet implemented in training)");
   c->add_flag("--resume", o.resume, "continue from OUT/checkpoint");
   c->add_flag("--plan", o.plan_only,
               "print the memory plan (GPU and host bytes per term, the chosen micro-batch, checkpointing and offload), "
