@@ -185,6 +185,14 @@ json Job::evaluate() {
     }
     sums[2] += double(labels.numel());
   }
+  if (sharded_) {
+    // Sharded forwards are collectives (a gather per layer): every rank runs as many as the rank with the most
+    // windows, ranks with fewer on a discarded window.
+    const int64_t per_rank = (n + world_ - 1) / world_;
+    const int64_t rounds = (per_rank + o_.micro_batch - 1) / o_.micro_batch;
+    const int64_t done = (int64_t(mine.size()) + o_.micro_batch - 1) / o_.micro_batch;
+    for (int64_t k = done; k < rounds; ++k) sharded_->forward_hidden(make_batch(*valid_, {0}).input_ids.to(device_), 0);
+  }
   all_reduce_sum(comm_.get(), sums);
   const double tokens = sums[2].item<double>();
   json j{{"event", "eval"}, {"step", st_.step}, {"tokens", st_.tokens}, {"val_tokens", int64_t(tokens)}};

@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -25,6 +26,7 @@
 #include "minipuzzle/fsdp.h"
 #include "minipuzzle/safetensors.h"
 #include "minipuzzle/token_file.h"
+#include "minipuzzle/train_memory.h"
 #include "tests/catch.h"
 #include "tests/fixtures.h"
 #include "tests/run_command.h"
@@ -102,12 +104,13 @@ Result plain_run(int64_t checkpoint_layers) {
   return r;
 }
 
-Result sharded_run(const std::shared_ptr<Communicator>& comm, ShardMode mode, int64_t group, int64_t checkpoint_layers) {
+Result sharded_run(const std::shared_ptr<Communicator>& comm, ShardMode mode, int64_t group, int64_t checkpoint_layers,
+                   double offload = 0) {
   const int64_t rank = communicator_rank(comm.get()), world = communicator_size(comm.get());
   NemotronH student = make_student();
   student.set_requires_grad(true);
   ModelTeacher teacher(make_teacher());
-  ShardedStudent sharded(student, comm, mode, group, {}, 0);
+  ShardedStudent sharded(student, comm, mode, group, {}, offload);
   LossOptions o;
   o.alpha = 0.7;
   o.checkpoint_layers = checkpoint_layers;
@@ -249,6 +252,11 @@ TEST_CASE("fsdp: world size 1, the sharded step equals the plain one") {
       CHECK(all_equal(plain.weights, sharded.weights));
     }
   }
+  // With the whole optimizer shard offloaded to the host (AdamW's offload on the flat shards): the same.
+  const Result plain = plain_run(0);
+  const Result offloaded = sharded_run(nullptr, ShardMode::zero3, 0, 0, 1.0);
+  CHECK(offloaded.losses == plain.losses);
+  CHECK(all_equal(plain.weights, offloaded.weights));
 }
 
 TEST_CASE("fsdp: 2 and 4 Gloo processes equal one process on the same global batch") {
@@ -290,6 +298,53 @@ TEST_CASE("fsdp: 2 and 4 Gloo processes equal one process on the same global bat
   }
 }
 
+
+TEST_CASE("fsdp: the memory plan's sharded terms equal the flat layout's per-rank sizes") {
+  const ModelConfig sc = tiny_config(64, "M*-M-"), tc = tiny_config(48, "M*-");
+  const NemotronH student = NemotronH::random_init(sc, 3, c10::kCPU, at::kFloat);
+  const NemotronH teacher = NemotronH::random_init(tc, 2, c10::kCPU, at::kFloat);
+  const FlatLayout ls = FlatLayout::of(sc, student.parameters()), lt = FlatLayout::of(tc, teacher.parameters());
+  auto term = [](const TrainMemory& m, const std::string& name) {
+    for (auto& t : m.terms)
+      if (t.name == name) return t.device;
+    FAIL("no term " << name);
+    return 0.0;
+  };
+  // Per rank from the layout: the shards, the root unit, the largest layer unit (their padding is what differs).
+  auto sizes = [](const FlatLayout& l, int64_t S) {
+    double shard = 0, root = 0, largest = 0, layers = 0;
+    for (auto& u : l.units) {
+      shard += double(u.shard_length(S));
+      if (u.layer < 0) root = double(u.numel);
+      else {
+        largest = std::max(largest, double(u.numel));
+        layers += double(u.shard_length(S));
+      }
+    }
+    return std::array<double, 4>{shard, root, largest, layers};
+  };
+  for (int64_t S : {2, 4})
+    for (const std::string mode : {"zero2", "zero3"}) {
+      INFO(mode << " over " << S);
+      TrainSetup st;
+      st.weight_bytes = 2;
+      st.world_size = S;
+      st.shard = mode;
+      st.shard_teacher = true;
+      const TrainMemory m = estimate_train_memory(sc, tc, st);
+      const auto [shard, root, largest, layers] = sizes(ls, S);
+      const auto [tshard, troot, tlargest, tlayers] = sizes(lt, S);
+      const double Ps = double(trainable_parameters(sc));
+      auto near = [](double predicted, double held) { return std::abs(predicted - held) <= 0.05 * held; };
+      CHECK(near(term(m, "fp32 master weights"), 4.0 * shard));
+      CHECK(near(term(m, "AdamW moments"), 8.0 * shard));
+      CHECK(near(term(m, "gradients"), 2.0 * (shard + root + 3 * largest)));
+      CHECK(near(term(m, "student weights"), mode == "zero3" ? 2.0 * (root + layers + 2 * largest) : 2.0 * Ps));
+      CHECK(near(term(m, "teacher weights"), 2.0 * (troot + tlayers + 2 * tlargest)));
+      (void)tshard;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 namespace {
 struct CliSetup {
@@ -324,10 +379,10 @@ const CliSetup& cli_setup() {
   return s;
 }
 
-// 8 steps of 4 x 64 tokens (global batch 4 windows), evaluations at 4 and 8.
+// 8 steps of 4 x 64 tokens (global batch 4 windows), evaluations at 4 and 8 on 18 windows (uneven over 4 ranks).
 std::string cli_cmd(const CliSetup& s, const std::string& out, const std::string& extra) {
   return test::minipuzzle_binary() + " distill --teacher " + s.teacher + " --student " + s.student + " --data " +
-         s.train + " --valid " + s.valid + " --seq-len 64 --eval-tokens 1024 --eval-every 4 --lr 2e-3 --warmup 2 " +
+         s.train + " --valid " + s.valid + " --seq-len 64 --eval-tokens 1152 --eval-every 4 --lr 2e-3 --warmup 2 " +
          "--threads 1 --seed 5 -o " + out + " " + extra;
 }
 
