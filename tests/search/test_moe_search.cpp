@@ -20,11 +20,23 @@
 #include "minipuzzle/safetensors.h"
 #include "minipuzzle/search.h"
 #include "../pruning/prune_test_util.h"
+#include "run_command.h"
 
 using namespace mp;
 using namespace mp::search;
 
 namespace {
+
+// Parameters stored in a checkpoint: every tensor's elements (a tied lm_head, which transformers 5 writes anyway, is
+// the embedding table and counts once).
+int64_t stored_params(const std::string& dir) {
+  auto ck = Checkpoint::open(dir);
+  int64_t n = 0;
+  for (const std::string& tensor : ck.tensor_names())
+    if (!(ck.config().tie_word_embeddings && tensor == "lm_head.weight")) n += ck.info(tensor).numel();
+  return n;
+}
+
 struct Quiet {
   Quiet() { setenv("MINIPUZZLE_PROGRESS", "off", 1); }
 } quiet;
@@ -220,6 +232,30 @@ TEST_CASE("MoE search: a pruned candidate has exactly the predicted parameter co
     CHECK(smallest->shape.n_moe == Shape::of(parent).n_moe - 1);
     CHECK(smallest->shape.experts < parent.n_routed_experts);
     Scores scores = test::make_random_scores(parent, 5);
+    // The CLI: `prune --experts --expert-ffn --shared-ffn` (with the candidate's other widths and dropped layers)
+    // for the smallest candidate, `prune --target REPORT.json#id` for the best.
+    {
+      const std::string dir = test::temp_dir("moe_search_cli_" + name);
+      write_scores(dir + "/scores.json", scores);
+      write_search_report(dir + "/report", parent, hw, o, r);
+      std::string drops;
+      for (int64_t i : smallest->dropped_layers) drops += (drops.empty() ? "" : ",") + std::to_string(i);
+      const std::string base = test::minipuzzle_binary() + " prune " + test::reference_model(name) + " --scores " + dir +
+                               "/scores.json --overwrite ";
+      auto flags = test::run_command(
+          base + "--experts " + std::to_string(smallest->shape.experts) + " --expert-ffn " +
+          std::to_string(smallest->shape.expert_ffn) + " --shared-ffn " + std::to_string(smallest->shape.shared_ffn) +
+          " --hidden " + std::to_string(smallest->shape.hidden) + " --ffn " + std::to_string(smallest->shape.ffn) +
+          (drops.empty() ? "" : " --drop-layers " + drops) + " -o " + dir + "/flags 2>&1");
+      INFO(flags.output);
+      REQUIRE(flags.exit_code == 0);
+      CHECK(stored_params(dir + "/flags") == smallest->params.total());
+      auto target = test::run_command(base + "--target " + dir + "/report/report.json#" + best->id + " -o " + dir +
+                                      "/target 2>&1");
+      INFO(target.output);
+      REQUIRE(target.exit_code == 0);
+      CHECK(stored_params(dir + "/target") == best->params.total());
+    }
     for (const Candidate* c : {smallest, best}) {
       INFO(name << " candidate " << c->id);
       ModelConfig student = candidate_config(parent, *c);
@@ -229,10 +265,7 @@ TEST_CASE("MoE search: a pruned candidate has exactly the predicted parameter co
       po.overwrite = true;
       prune_checkpoint(ck, plan, out, po);
       auto pruned = Checkpoint::open(out);
-      // Every stored tensor's elements; a tied lm_head (transformers 5 writes one anyway) is the embedding table.
-      int64_t stored = 0;
-      for (const std::string& tensor : pruned.tensor_names())
-        if (!(pruned.config().tie_word_embeddings && tensor == "lm_head.weight")) stored += pruned.info(tensor).numel();
+      const int64_t stored = stored_params(out);
       CHECK(stored == c->params.total());
       CHECK(pruned.config().n_routed_experts == c->shape.experts);
       CHECK(pruned.config().moe_intermediate_size == c->shape.expert_ffn);
