@@ -366,6 +366,15 @@ class Searcher {
     for (int64_t a : attns)
       MP_CHECK(base_.kv_heads <= 0 || a % base_.kv_heads == 0, "attention heads ", a,
                " is not a multiple of the KV heads ", base_.kv_heads);
+    // Attention heads and the MoE widths (one point each for a dense parent), innermost but for the FFN run.
+    struct Inner {
+      int64_t attention_heads, experts, expert_ffn, shared_ffn;
+    };
+    std::vector<Inner> inner;
+    for (int64_t na : attns)
+      for (int64_t ne : experts)
+        for (int64_t ef : expert_ffns)
+          for (int64_t sf : shared_ffns) inner.push_back({na, ne, ef, sf});
     Progress progress("search", static_cast<int64_t>(depths_.size()), "depths");
     for (size_t di = 0; di < depths_.size(); ++di) {
       const Depth& d = depths_[di];
@@ -373,12 +382,9 @@ class Searcher {
       for (int64_t hidden : hiddens)
         for (int64_t nh : heads)
           for (int64_t hd : head_dims)
-            for (int64_t na : attns)
-              for (int64_t ne : experts)
-                for (int64_t ef : expert_ffns)
-                  for (int64_t sf : shared_ffns) {
-              s.hidden = hidden, s.mamba_heads = nh, s.mamba_head_dim = hd, s.attention_heads = na;
-              s.experts = ne, s.expert_ffn = ef, s.shared_ffn = sf;
+            for (const Inner& in : inner) {
+              s.hidden = hidden, s.mamba_heads = nh, s.mamba_head_dim = hd, s.attention_heads = in.attention_heads;
+              s.experts = in.experts, s.expert_ffn = in.expert_ffn, s.shared_ffn = in.shared_ffn;
               // The workload's time is affine in the FFN width (bytes and FLOPs both are), so two roofline
               // evaluations per FFN run give every point of the run exactly.
               bool have_line = false;
