@@ -14,9 +14,11 @@ namespace mp::distill {
 namespace {
 // The student's final hidden state; with activation checkpointing its layers are recomputed in backward.
 at::Tensor student_hidden(const NemotronH& student, const at::Tensor& ids, const LossOptions& o) {
-  if (o.sharded) return o.sharded->forward_hidden(ids, o.checkpoint_layers);
-  return o.checkpoint_layers > 0 ? checkpointed_forward_hidden(student, ids, o.checkpoint_layers)
-                                 : student.forward_hidden(ids);
+  ForwardOptions fo;
+  fo.observer = o.observer;
+  if (o.sharded) return o.sharded->forward_hidden(ids, o.checkpoint_layers, fo);
+  return o.checkpoint_layers > 0 ? checkpointed_forward_hidden(student, ids, o.checkpoint_layers, o.observer)
+                                 : student.forward_hidden(ids, fo);
 }
 }  // namespace
 

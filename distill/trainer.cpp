@@ -14,8 +14,10 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <memory>
 
 #include "distill/report.h"
+#include "distill/router_bias.h"
 #include "distill/router_load.h"
 #include "distill/trainer_state.h"
 #include "minipuzzle/checkpoint.h"
@@ -423,6 +425,11 @@ DistillResult Job::run() {
   loss.temperature = o_.temperature;
   loss.fused_lm_head = o_.fused_lm_head;
   loss.checkpoint_layers = o_.activation_checkpointing ? o_.checkpoint_layers : 0;
+  std::unique_ptr<RouterBiasUpdate> router_bias;  // aux-loss-free load balancing (MoE students, opt-in)
+  if (o_.router_bias_update > 0) {
+    router_bias = std::make_unique<RouterBiasUpdate>(student_->config(), o_.router_bias_update);
+    loss.observer = router_bias.get();
+  }
   Progress progress("distill", (total_steps - st_.step) * tokens_per_step, "tok",
                     rank_ == 0 ? ProgressMode::Auto : ProgressMode::Off);
   auto save = [&] {
@@ -457,6 +464,11 @@ DistillResult Job::run() {
                                   : train_step(*student_, teacher_.get(), optimizer, *sync, comm_.get(), micro_batches, lr, o_.clip, loss);
     const double step_loss = r.loss, grad_norm = r.grad_norm;
     const bool finite = r.applied;
+    json router_bias_line;  // after the update, as the optimizer's; a skipped step moves no bias either
+    if (router_bias) {
+      if (finite) router_bias_line = router_bias->apply(*student_, comm_.get());
+      else router_bias->clear();
+    }
     if (finite) {
       st_.nonfinite_in_a_row = 0;
     } else {
@@ -479,6 +491,7 @@ DistillResult Job::run() {
     line["loss"] = finite ? json(step_loss) : json(nullptr);
     line["grad_norm"] = std::isfinite(grad_norm) ? json(grad_norm) : json(nullptr);
     if (!finite) line["skipped"] = true;
+    if (!router_bias_line.is_null()) line["router_bias"] = router_bias_line;
     log(line);
     progress.advance(tokens_per_step, {{"loss", finite ? step_loss : NAN}, {"lr", lr}});
 

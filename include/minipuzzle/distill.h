@@ -234,7 +234,9 @@ at::Tensor checkpointed(const std::function<at::Tensor(const at::Tensor&)>& fn, 
 // model.forward_hidden(input_ids) with the layers in checkpointed segments of layers_per_segment layers: autograd
 // keeps only each segment's input [B,T,H] (plus the embedding and norm_f), and backward recomputes one segment
 // at a time. Same values and gradients as forward_hidden (tests/distill/test_distill_checkpointing.cpp).
-at::Tensor checkpointed_forward_hidden(const NemotronH& model, const at::Tensor& input_ids, int64_t layers_per_segment);
+// `observer` sees the layers' taps in the forward only (not again when backward recomputes them).
+at::Tensor checkpointed_forward_hidden(const NemotronH& model, const at::Tensor& input_ids, int64_t layers_per_segment,
+                                       ActivationObserver* observer = nullptr);
 
 // ---------------------------------------------------------------------------------------------------------------
 // The step itself, shared by run_distillation and the benchmark.
@@ -245,6 +247,7 @@ struct LossOptions {
   bool fused_lm_head = true;   // CUDA: linear_kd from hidden states (no [tokens, vocab] logits)
   int64_t checkpoint_layers = 0;  // > 0: the student's layers run checkpointed, this many per segment; 0: off
   const ShardedStudent* sharded = nullptr;  // set: the student's layers run through it (gathered per layer)
+  ActivationObserver* observer = nullptr;  // sees the student's forward (e.g. the router loads of the step)
 };
 // The loss of one micro-batch, differentiable w.r.t. the student's parameters. teacher == nullptr: cross-entropy.
 at::Tensor micro_batch_loss(const NemotronH& student, Teacher* teacher, const Batch& batch, const LossOptions& options);
@@ -301,6 +304,9 @@ struct DistillOptions {
   std::string host_memory;     // --host-memory SIZE: host RAM for the plan (default: MemAvailable)
   std::string offload_optimizer;  // "" none (auto may choose), "auto", or a fraction in [0, 1]
   int64_t stop_after_steps = 0;   // > 0: after this step, write the checkpoint and return (exit 0); --resume goes on
+  // MoE students: > 0 applies aux-loss-free load balancing after every step (distill/router_bias.h): each router's
+  // e_score_correction_bias += rate * sign(mean load - load). Nemotron 3 Nano trained with 1e-3. 0: off.
+  double router_bias_update = 0;
   bool no_save = false;           // write neither OUT/checkpoint nor OUT/final (benchmarks whose state exceeds the disk)
 };
 

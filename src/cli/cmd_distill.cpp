@@ -91,6 +91,9 @@ void add(CLI::App& app) {
                 "the plan is made as the CUDA trainer would hold the models");
   c->add_option("--stop-after-steps", o.stop_after_steps,
                 "stop after this step with a checkpoint (exit 0); --resume continues the same run");
+  c->add_option("--router-bias-update", o.router_bias_update,
+                "MoE students: aux-loss-free load balancing after every step, each router's e_score_correction_bias "
+                "+= RATE * sign(mean load - load) (DeepSeek-V3; Nemotron 3 Nano trained with 1e-3); default 0: off");
   c->add_flag("--no-save", o.no_save,
               "write neither OUT/checkpoint nor OUT/final (benchmarks whose optimizer state exceeds the disk)");
   c->add_option("--host-memory", o.host_memory, "host RAM to plan for (default: MemAvailable)");
