@@ -385,10 +385,14 @@ at::Tensor ShardedStudent::forward_hidden(const at::Tensor& input_ids, int64_t c
         for (auto& v : m.units[size_t(i)].views)
           if (v.requires_grad()) params.push_back(v);
       const NemotronH* net = &model;
+      ActivationObserver* observer = options.observer;
       y = checkpointed(
-          [net, first, last](const at::Tensor& x) {
+          [net, first, last, observer](const at::Tensor& x) {
+            // As checkpointed_forward_hidden: the forward (gradients off) is observed, the recomputation is not.
+            ForwardOptions fo;
+            if (!at::GradMode::is_enabled()) fo.observer = observer;
             at::Tensor z = x;
-            for (int64_t i = first; i < last; ++i) z = net->forward_layer(i, z);
+            for (int64_t i = first; i < last; ++i) z = net->forward_layer(i, z, fo);
             return z;
           },
           h, params);

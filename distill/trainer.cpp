@@ -56,6 +56,11 @@ void check_options(const DistillOptions& o) {
   MP_CHECK(o.shard_group_size >= 0, "distill: --shard-group-size must be positive, found ", o.shard_group_size);
   MP_CHECK(shard_mode_from_name(o.shard) != ShardMode::none || o.shard_group_size == 0,
            "distill: --shard-group-size needs --shard zero2 or zero3");
+  // The router correction biases live inside the sharded flat units (in the model dtype, owned shard by shard, with
+  // fp32 masters for bf16 weights) where RouterBiasUpdate's in-place update of the full tensors cannot reach them.
+  MP_CHECK(o.router_bias_update <= 0 || shard_mode_from_name(o.shard) == ShardMode::none,
+           "distill: --router-bias-update cannot be combined with --shard ", o.shard, " (the router biases are held in "
+           "the sharded flat units, which the update does not write); use --shard none for MoE router balancing");
 }
 
 DType save_dtype(const DistillOptions& o, const Checkpoint* student_ck) {
