@@ -15,6 +15,7 @@
 #include <cmath>
 #include <fstream>
 
+#include "distill/elastic.h"
 #include "distill/report.h"
 #include "distill/router_load.h"
 #include "distill/trainer_state.h"
@@ -111,6 +112,7 @@ class Job {
   c10::Device device_{c10::kCPU};
   std::unique_ptr<NemotronH> student_;
   std::unique_ptr<Teacher> teacher_;
+  std::unique_ptr<ElasticTraining> elastic_;  // --elastic: nested budgets (distill/elastic.h)
   std::unique_ptr<PackedWindows> train_, valid_;
   std::unique_ptr<WindowOrder> order_;
   TrainerState st_;
@@ -188,6 +190,7 @@ json Job::evaluate() {
     all_reduce_sum(comm_.get(), counts);
     j["router_load"] = load.summary(counts);
   }
+  if (elastic_) j["budgets"] = elastic_->evaluate(*student_, *valid_, n, o_.micro_batch, teacher_.get());
   return j;
 }
 
@@ -361,6 +364,10 @@ DistillResult Job::run() {
                   {"from_scratch", o_.from_scratch}, {"alpha", o_.alpha}, {"temperature", o_.temperature},
                   {"lr", sched.lr}, {"min_lr", sched.min_lr}, {"warmup", sched.warmup_steps},
                   {"schedule", lr_schedule_name(sched.kind)}, {"device", o_.device}};
+  if (!o_.elastic.empty()) {
+    elastic_ = std::make_unique<ElasticTraining>(o_.elastic, o_.student, student_->config(), o_.seed);
+    st_.settings["elastic"] = elastic_->settings();
+  }
   bool resumed = false;
   if (o_.resume) resumed = load_trainer_state(o_.out_dir, st_, optimizer);
   if (rank_ == 0) {
@@ -410,7 +417,9 @@ DistillResult Job::run() {
     std::vector<Batch> micro_batches;
     for (int64_t k = 0; k < o_.grad_accum; ++k)
       micro_batches.push_back(make_batch(*train_, window_ids(st_.cursor + (k * world_ + rank_) * o_.micro_batch, o_.micro_batch)));
-    const StepResult r = train_step(*student_, teacher_.get(), optimizer, sync, comm_.get(), micro_batches, lr, o_.clip, loss);
+    const StepResult r =
+        elastic_ ? elastic_->train_step(*student_, teacher_.get(), optimizer, sync, comm_.get(), micro_batches, lr, o_.clip, loss, st_.step)
+                 : train_step(*student_, teacher_.get(), optimizer, sync, comm_.get(), micro_batches, lr, o_.clip, loss);
     const double step_loss = r.loss, grad_norm = r.grad_norm;
     const bool finite = r.applied;
     if (finite) {
@@ -435,6 +444,7 @@ DistillResult Job::run() {
     line["loss"] = finite ? json(step_loss) : json(nullptr);
     line["grad_norm"] = std::isfinite(grad_norm) ? json(grad_norm) : json(nullptr);
     if (!finite) line["skipped"] = true;
+    if (elastic_) line["budgets"] = elastic_->last_step();
     log(line);
     progress.advance(tokens_per_step, {{"loss", finite ? step_loss : NAN}, {"lr", lr}});
 
@@ -481,6 +491,8 @@ DistillResult Job::run() {
       if (student_ck)
         for (auto& f : student_ck->extra_files()) copy.push_back(f);
       if (!o_.no_save) student_->save(fs::join(out, "final"), save_dtype(o_, student_ck.get()), copy, /*overwrite=*/true);
+      if (elastic_ && !o_.no_save)
+        elastic_->write_metadata(fs::join(out, "final"), {{"teacher", o_.teacher}, {"tokens", st_.tokens}, {"steps", st_.step}});
     }
   }
   if (rank_ == 0) write_training_report(o_, st_, total_steps, tokens_per_step, result.exit_code);

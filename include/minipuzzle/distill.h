@@ -293,6 +293,7 @@ struct DistillOptions {
   std::string offload_optimizer;  // "" none (auto may choose), "auto", or a fraction in [0, 1]
   int64_t stop_after_steps = 0;   // > 0: after this step, write the checkpoint and return (exit 0); --resume goes on
   bool no_save = false;           // write neither OUT/checkpoint nor OUT/final (benchmarks whose state exceeds the disk)
+  std::string elastic;            // --elastic BUDGETS: train nested budgets of a nested student (distill/elastic.h)
 };
 
 struct DistillResult {

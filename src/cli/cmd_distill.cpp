@@ -66,6 +66,8 @@ void add(CLI::App& app) {
                 "recompute peak)")
       ->capture_default_str();
   c->add_flag("--resume", o.resume, "continue from OUT/checkpoint");
+  c->add_option("--elastic", o.elastic, "budgets file or inline JSON (configs/elastic/*.json): train these nested "
+                "budgets of a nested student (`minipuzzle nest`) together, one teacher pass per batch");
   c->add_flag("--plan", o.plan_only,
               "print the memory plan (GPU and host bytes per term, the chosen micro-batch, checkpointing and offload), "
               "write OUT/plan.json and exit without training (exit 1 with one line when nothing fits)");
