@@ -1,7 +1,8 @@
 // Nested order (issue 27): the permuted model is the same function as the original (logits in float64 within
 // 1e-10, fp32 within 1e-5), the permutation really moves units (it is not the identity), and the prefix slice of a
 // budget equals `minipuzzle prune` of the original with the same scores (the same function; float64 1e-10), on
-// random scores and on scores full of ties. The slice for elastic distillation passes gradients to the shared
+// random scores and on scores full of ties, for the hybrids and the MoE hybrids (experts within routing groups,
+// expert and shared-expert channels). The slice for elastic distillation passes gradients to the shared
 // weights. References: the original model (independent of the permutation code) and the pruner (make_plan's
 // top-k choice, tested against masking in test_prune_equivalence).
 #include <ATen/ATen.h>
@@ -175,6 +176,33 @@ TEST_CASE("a prefix slice of the nested model equals the pruned original", "[pru
         NemotronH view = slice_model(nested, prefix);
         CHECK(test::max_abs_diff(test::logits_of(view, ids), test::logits_of(sliced, ids)) == 0);
       }
+    }
+  }
+}
+
+TEST_CASE("MoE: a prefix slice of the nested model equals the pruned original", "[pruning][elastic]") {
+  for (const std::string name : {"moe_g1", "moe_grouped_latent"}) {
+    auto ck = Checkpoint::open(test::reference_model(name));
+    const ModelConfig& c = ck.config();
+    auto model = NemotronH::load(ck, at::kCPU, at::kDouble);
+    at::manual_seed(7);
+    at::Tensor ids = at::randint(0, c.vocab_size, {2, 29}, at::kLong);
+    for (int tied = 0; tied < 2; ++tied) {
+      Scores scores = tied ? tied_scores(c, 44) : test::make_random_scores(c, 44);
+      NestedOrder order = make_nested_order(c, scores);
+      NemotronH nested = prune_in_memory(model, order.permutation);
+      PruneTarget t;
+      t.n_routed_experts = c.n_group == 1 ? c.n_routed_experts / 2 : 2 * c.n_group;  // grouped routing: 2 per group
+      t.moe_intermediate_size = c.moe_intermediate_size / 2;
+      t.moe_shared_expert_intermediate_size = c.moe_shared_expert_intermediate_size / 2;
+      t.hidden_size = c.hidden_size * 3 / 4;
+      t.drop_count = 1;
+      INFO(name << (tied ? " (tied scores)" : " (random scores)"));
+      NemotronH pruned = prune_in_memory(model, make_plan(c, t, &scores));
+      NemotronH sliced = prune_in_memory(nested, nested_plan(nested.config(), t, order.layer_ranking));
+      const double err = test::max_abs_diff(test::logits_of(pruned, ids), test::logits_of(sliced, ids));
+      INFO("max |logit difference| " << err);
+      CHECK(err <= 1e-10);
     }
   }
 }
