@@ -1,5 +1,5 @@
 // Nested order (issue 27): the permuted model is the same function as the original (logits in float64 within
-// 1e-10, fp32 within 1e-5), the permutation really moves units (it is not the identity), and the prefix slice of a
+// 1e-10, fp32 within 1e-5 of the logit scale), the permutation really moves units (it is not the identity), and the prefix slice of a
 // budget equals `minipuzzle prune` of the original with the same scores (the same function; float64 1e-10), on
 // random scores and on scores full of ties, for the hybrids and the MoE hybrids (experts within routing groups,
 // expert and shared-expert channels). The slice for elastic distillation passes gradients to the shared
