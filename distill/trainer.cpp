@@ -16,6 +16,7 @@
 #include <fstream>
 #include <memory>
 
+#include "distill/elastic.h"
 #include "distill/report.h"
 #include "distill/router_bias.h"
 #include "distill/router_load.h"
@@ -61,6 +62,15 @@ void check_options(const DistillOptions& o) {
   MP_CHECK(o.router_bias_update <= 0 || shard_mode_from_name(o.shard) == ShardMode::none,
            "distill: --router-bias-update cannot be combined with --shard ", o.shard, " (the router biases are held in "
            "the sharded flat units, which the update does not write); use --shard none for MoE router balancing");
+  // Elastic training slices the student's full tensors per budget (index_select views whose gradients land in them),
+  // which a sharded student does not hold; and its slices drop experts and layers, so their router loads do not
+  // line up with the full model's routers.
+  MP_CHECK(o.elastic.empty() || shard_mode_from_name(o.shard) == ShardMode::none,
+           "distill: --elastic cannot be combined with --shard ", o.shard, " (each budget is a slice of the full "
+           "student's tensors, which sharding does not keep); use plain data parallelism (--shard none)");
+  MP_CHECK(o.elastic.empty() || o.router_bias_update <= 0,
+           "distill: --elastic cannot be combined with --router-bias-update (the budgets' slices route over subsets "
+           "of the experts and layers, so their loads do not map onto the full model's router biases)");
 }
 
 DType save_dtype(const DistillOptions& o, const Checkpoint* student_ck) {
@@ -125,6 +135,7 @@ class Job {
   std::unique_ptr<NemotronH> student_;
   std::unique_ptr<ShardedStudent> sharded_;  // --shard zero2|zero3
   std::unique_ptr<Teacher> teacher_;
+  std::unique_ptr<ElasticTraining> elastic_;  // --elastic: nested budgets (distill/elastic.h)
   std::unique_ptr<PackedWindows> train_, valid_;
   std::unique_ptr<WindowOrder> order_;
   TrainerState st_;
@@ -211,6 +222,7 @@ json Job::evaluate() {
     all_reduce_sum(comm_.get(), counts);
     j["router_load"] = load.summary(counts);
   }
+  if (elastic_) j["budgets"] = elastic_->evaluate(*student_, *valid_, n, o_.micro_batch, teacher_.get());
   return j;
 }
 
@@ -405,6 +417,10 @@ DistillResult Job::run() {
     for (const char* k : {"micro_batch", "grad_accum", "world_size"}) st_.settings.erase(k);
     st_.settings["global_batch"] = global_batch;
   }
+  if (!o_.elastic.empty()) {
+    elastic_ = std::make_unique<ElasticTraining>(o_.elastic, o_.student, student_->config(), o_.seed);
+    st_.settings["elastic"] = elastic_->settings();
+  }
   bool resumed = false;
   if (o_.resume)
     resumed = sharded_ ? load_sharded_trainer_state(o_.out_dir, st_, *sharded_) : load_trainer_state(o_.out_dir, st_, optimizer);
@@ -465,8 +481,10 @@ DistillResult Job::run() {
     std::vector<Batch> micro_batches;
     for (int64_t k = 0; k < o_.grad_accum; ++k)
       micro_batches.push_back(make_batch(*train_, window_ids(st_.cursor + (k * world_ + rank_) * o_.micro_batch, o_.micro_batch)));
-    const StepResult r = sharded_ ? sharded_->train_step(teacher_.get(), micro_batches, lr, o_.clip, loss)
-                                  : train_step(*student_, teacher_.get(), optimizer, *sync, comm_.get(), micro_batches, lr, o_.clip, loss);
+    const StepResult r =
+        sharded_   ? sharded_->train_step(teacher_.get(), micro_batches, lr, o_.clip, loss)
+        : elastic_ ? elastic_->train_step(*student_, teacher_.get(), optimizer, *sync, comm_.get(), micro_batches, lr, o_.clip, loss, st_.step)
+                   : train_step(*student_, teacher_.get(), optimizer, *sync, comm_.get(), micro_batches, lr, o_.clip, loss);
     const double step_loss = r.loss, grad_norm = r.grad_norm;
     const bool finite = r.applied;
     json router_bias_line;  // after the update, as the optimizer's; a skipped step moves no bias either
@@ -497,6 +515,7 @@ DistillResult Job::run() {
     line["grad_norm"] = std::isfinite(grad_norm) ? json(grad_norm) : json(nullptr);
     if (!finite) line["skipped"] = true;
     if (!router_bias_line.is_null()) line["router_bias"] = router_bias_line;
+    if (elastic_) line["budgets"] = elastic_->last_step();
     log(line);
     progress.advance(tokens_per_step, {{"loss", finite ? step_loss : NAN}, {"lr", lr}});
 
@@ -548,6 +567,8 @@ DistillResult Job::run() {
       if (student_ck)
         for (auto& f : student_ck->extra_files()) copy.push_back(f);
       if (!o_.no_save) student_->save(fs::join(out, "final"), save_dtype(o_, student_ck.get()), copy, /*overwrite=*/true);
+      if (elastic_ && !o_.no_save)
+        elastic_->write_metadata(fs::join(out, "final"), {{"teacher", o_.teacher}, {"tokens", st_.tokens}, {"steps", st_.step}});
     }
   }
   if (rank_ == 0) write_training_report(o_, st_, total_steps, tokens_per_step, result.exit_code);

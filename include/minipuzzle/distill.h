@@ -308,6 +308,7 @@ struct DistillOptions {
   // e_score_correction_bias += rate * sign(mean load - load). Nemotron 3 Nano trained with 1e-3. 0: off.
   double router_bias_update = 0;
   bool no_save = false;           // write neither OUT/checkpoint nor OUT/final (benchmarks whose state exceeds the disk)
+  std::string elastic;            // --elastic BUDGETS: train nested budgets of a nested student (distill/elastic.h)
 };
 
 struct DistillResult {

@@ -79,6 +79,8 @@ void add(CLI::App& app) {
   c->add_flag("--shard-teacher", o.shard_teacher,
               "with --plan: plan the teacher's layers sharded like the student's (not yet implemented in training)");
   c->add_flag("--resume", o.resume, "continue from OUT/checkpoint");
+  c->add_option("--elastic", o.elastic, "budgets file or inline JSON (configs/elastic/*.json): train these nested "
+                "budgets of a nested student (`minipuzzle nest`) together, one teacher pass per batch");
   c->add_flag("--plan", o.plan_only,
               "print the memory plan (GPU and host bytes per term, the chosen micro-batch, checkpointing and offload), "
               "write OUT/plan.json and exit without training (exit 1 with one line when nothing fits)");
