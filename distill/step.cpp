@@ -7,6 +7,7 @@
 
 #include "minipuzzle/distill.h"
 #include "minipuzzle/kd.h"
+#include "minipuzzle/sparse_kd.h"
 
 namespace mp::distill {
 
@@ -24,6 +25,17 @@ at::Tensor micro_batch_loss(const NemotronH& student, Teacher* teacher, const Ba
   at::Tensor labels = batch.labels.to(device).reshape(-1);
   const int64_t V = student.config().vocab_size;
   if (!teacher) return at::cross_entropy_loss(student.logits(student_hidden(student, ids, o)).view({-1, V}), labels);
+  if (teacher->sparse()) {  // stored top-k rows (distill --teacher-logits): no teacher forward
+    KdOptions k;
+    k.temperature = o.temperature;
+    k.kd_weight = o.alpha;
+    k.ce_weight = 1.0 - o.alpha;
+    at::Tensor s = student.logits(student_hidden(student, ids, o)).view({-1, V});
+    TeacherOutput t = teacher->run(ids, /*want_hidden=*/false);
+    const int64_t K = t.topk_ids.size(-1);
+    return sparse_kd_loss(s, t.topk_ids.reshape({-1, K}), t.topk_logits.reshape({-1, K}),
+                          t.lse_at(o.temperature).reshape({-1}), labels, k);
+  }
   if (device.is_cuda() && o.fused_lm_head) {
     LinearKdOptions k;
     k.temperature = o.temperature;
