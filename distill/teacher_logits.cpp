@@ -145,9 +145,12 @@ struct Mapped {
 LogitEncoding logit_encoding_from_name(const std::string& name) {
   if (name == "bf16") return LogitEncoding::bf16;
   if (name == "q8") return LogitEncoding::q8;
-  fail("teacher logits: logit encoding must be bf16 or q8, found \"", name, "\"");
+  if (name == "f32") return LogitEncoding::f32;
+  fail("teacher logits: logit encoding must be bf16, q8 or f32, found \"", name, "\"");
 }
-const char* logit_encoding_name(LogitEncoding e) { return e == LogitEncoding::q8 ? "q8" : "bf16"; }
+const char* logit_encoding_name(LogitEncoding e) {
+  return e == LogitEncoding::q8 ? "q8" : e == LogitEncoding::f32 ? "f32" : "bf16";
+}
 
 RowCodec::RowCodec(int64_t vocab_, int64_t k_, LogitEncoding encoding_, int lse_count_)
     : vocab(vocab_), k(k_), id_bits(bits_for(vocab_)), encoding(encoding_), lse_count(lse_count_) {
@@ -159,7 +162,8 @@ RowCodec::RowCodec(int64_t vocab_, int64_t k_, LogitEncoding encoding_, int lse_
 int64_t RowCodec::row_bytes() const {
   const int64_t ids = (k * id_bits + 7) / 8;
   const int64_t head = 4 * lse_count + 4 + (encoding == LogitEncoding::q8 ? 4 : 0);
-  return head + (encoding == LogitEncoding::q8 ? k : 2 * k) + ids;
+  const int64_t per_logit = encoding == LogitEncoding::q8 ? 1 : encoding == LogitEncoding::f32 ? 4 : 2;
+  return head + per_logit * k + ids;
 }
 
 void RowCodec::encode(const int64_t* ids, const float* logits, const float* lse, uint8_t* out) const {
@@ -178,6 +182,9 @@ void RowCodec::encode(const int64_t* ids, const float* logits, const float* lse,
       p[i] = uint8_t(q);
     }
     p += k;
+  } else if (encoding == LogitEncoding::f32) {
+    for (int64_t i = 0; i < k; ++i) put<float>(p + 4 * i, logits[i]);
+    p += 4 * k;
   } else {
     for (int64_t i = 0; i < k; ++i) {
       const c10::BFloat16 gap(std::max(0.f, top - logits[i]));  // round to nearest even
@@ -217,6 +224,9 @@ void RowCodec::decode(const uint8_t* in, int32_t* ids, float* logits, float* lse
       logits[i] = top - range * u * u;
     }
     p += k;
+  } else if (encoding == LogitEncoding::f32) {
+    for (int64_t i = 0; i < k; ++i) logits[i] = get<float>(p + 4 * i);
+    p += 4 * k;
   } else {
     for (int64_t i = 0; i < k; ++i) {
       c10::BFloat16 gap;

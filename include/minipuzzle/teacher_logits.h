@@ -20,8 +20,9 @@ namespace mp {
 enum class LogitEncoding : uint32_t {
   bf16 = 1,  // each kept logit as the bfloat16 of its gap below the row's maximum (the maximum in float32)
   q8 = 2,    // each gap as one byte: q = round(255 * sqrt(gap / range)), range = the largest kept gap (float32)
+  f32 = 3,   // each logit as float32, lossless (tests, exactness checks)
 };
-LogitEncoding logit_encoding_from_name(const std::string& name);  // "bf16" | "q8"
+LogitEncoding logit_encoding_from_name(const std::string& name);  // "bf16" | "q8" | "f32"
 const char* logit_encoding_name(LogitEncoding encoding);
 
 struct RowCodec {

@@ -31,8 +31,9 @@ void add(CLI::App& app) {
   c->add_option("--device", o->device, "cpu | cuda")->capture_default_str();
   c->add_option("--temperature", *temperature, "distillation temperature: the row's log-sum-exp is stored at it "
                 "(and at 1)")->capture_default_str();
-  c->add_option("--logit-encoding", o->logit_encoding, "bf16 (gap below the row max as bfloat16) | q8 (one byte, "
-                "square-root companded)")->capture_default_str();
+  c->add_option("--logit-encoding", o->logit_encoding,
+                "bf16 (gap below the row max as bfloat16) | q8 (one byte, square-root companded) | f32 (lossless)")
+      ->capture_default_str();
   c->add_option("--windows-per-shard", o->windows_per_shard, "windows per shard file (0: about 256 MiB)")
       ->capture_default_str();
   c->add_option("--max-windows", o->max_windows, "store only the first N windows (0: all)")->capture_default_str();
