@@ -41,6 +41,7 @@ OfflineTeacher::~OfflineTeacher() = default;
 
 int64_t OfflineTeacher::vocab_size() const { return stores_.front()->codec().vocab; }
 int64_t OfflineTeacher::seq_len() const { return stores_.front()->seq_len(); }
+int64_t OfflineTeacher::training_windows() const { return stores_.front()->windows(); }
 int64_t OfflineTeacher::top_k() const { return stores_.front()->codec().k; }
 const std::vector<double>& OfflineTeacher::lse_temperatures() const { return stores_.front()->temperatures(); }
 

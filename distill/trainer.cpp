@@ -385,7 +385,16 @@ DistillResult Job::run() {
              " has vocab_size ", f->vocab_size(), ", larger than the model's ", student_->config().vocab_size);
   train_ = std::make_unique<PackedWindows>(train_file, o_.seq_len);
   valid_ = std::make_unique<PackedWindows>(valid_file, o_.seq_len);
-  order_ = std::make_unique<WindowOrder>(train_->size(), o_.seed);
+  int64_t train_windows = train_->size();
+  if (auto* offline = dynamic_cast<OfflineTeacher*>(teacher_.get());
+      offline && offline->training_windows() < train_windows) {
+    // Stored logits of the first N windows only (teacher-logits --max-windows): draw from those.
+    train_windows = offline->training_windows();
+    if (rank_ == 0)
+      log_info("distill: the teacher logits hold the first " + std::to_string(train_windows) + " of " +
+               std::to_string(train_->size()) + " training windows; training draws from those");
+  }
+  order_ = std::make_unique<WindowOrder>(train_windows, o_.seed);
 
   const int64_t global_batch = o_.micro_batch * o_.grad_accum * world_;
   const int64_t tokens_per_step = global_batch * o_.seq_len;

@@ -209,6 +209,10 @@ class OfflineTeacher : public Teacher {
   int64_t top_k() const;
   const std::vector<double>& lse_temperatures() const;
   bool has_windows(const at::Tensor& input_ids) const;
+  // Windows of the first store (the training data's): they are the data's first windows, in order, so the trainer
+  // draws its windows from [0, training_windows()) when the store holds fewer than the data (teacher-logits
+  // --max-windows).
+  int64_t training_windows() const;
 
  private:
   std::vector<std::shared_ptr<const mp::TeacherLogitsStore>> stores_;
