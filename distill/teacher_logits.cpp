@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstring>
 #include <sstream>
+#include <vector>
 
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/data_input.h"
@@ -157,23 +158,68 @@ RowCodec::RowCodec(int64_t vocab_, int64_t k_, LogitEncoding encoding_, int lse_
   MP_CHECK(vocab > 0 && k >= 1 && k <= vocab, "teacher logits: top-k ", k, " must lie in [1, vocab = ", vocab, "]");
   MP_CHECK(id_bits <= 32, "teacher logits: vocabulary ", vocab, " needs more than 32 bits per id");
   MP_CHECK(lse_count >= 1, "teacher logits: at least one lse per row");
+  int l = 0;
+  while ((k << (l + 1)) <= vocab) ++l;  // floor(log2(vocab / k))
+  low_bits = l;
+  const int64_t packed = (k * id_bits + 7) / 8;
+  const int64_t ef = (k * l + k + ((vocab - 1) >> l) + 1 + 7) / 8;
+  elias_fano = ef < packed;
 }
 
+int64_t RowCodec::id_bytes() const {
+  if (elias_fano) return (k * low_bits + k + ((vocab - 1) >> low_bits) + 1 + 7) / 8;
+  return (k * id_bits + 7) / 8;
+}
+
+namespace {
+// A little-endian bit stream over a zeroed buffer.
+struct BitWriter {
+  uint8_t* p;
+  int64_t pos = 0;
+  void put(uint64_t value, int bits) {
+    for (int b = 0; b < bits; ++b, ++pos)
+      if ((value >> b) & 1) p[pos >> 3] |= uint8_t(1u << (pos & 7));
+  }
+  void set(int64_t bit) { p[bit >> 3] |= uint8_t(1u << (bit & 7)); }
+};
+struct BitReader {
+  const uint8_t* p;
+  int64_t pos = 0;
+  uint64_t get(int bits) {
+    uint64_t v = 0;
+    for (int b = 0; b < bits; ++b, ++pos) v |= uint64_t((p[pos >> 3] >> (pos & 7)) & 1) << b;
+    return v;
+  }
+};
+}  // namespace
+
 int64_t RowCodec::row_bytes() const {
-  const int64_t ids = (k * id_bits + 7) / 8;
+  const int64_t ids = id_bytes();
   const int64_t head = 4 * lse_count + 4 + (encoding == LogitEncoding::q8 ? 4 : 0);
   const int64_t per_logit = encoding == LogitEncoding::q8 ? 1 : encoding == LogitEncoding::f32 ? 4 : 2;
   return head + per_logit * k + ids;
 }
 
-void RowCodec::encode(const int64_t* ids, const float* logits, const float* lse, uint8_t* out) const {
+void RowCodec::encode(const int64_t* ids_in, const float* logits_in, const float* lse, uint8_t* out) const {
+  for (int64_t i = 0; i < k; ++i)
+    MP_CHECK(ids_in[i] >= 0 && ids_in[i] < vocab, "teacher logits: id ", ids_in[i], " outside [0, ", vocab, ")");
+  const float top = logits_in[0], bottom = logits_in[k - 1];
+  // Under Elias-Fano the row is stored in ascending order of the ids.
+  std::vector<int64_t> order(static_cast<size_t>(k));
+  for (int64_t i = 0; i < k; ++i) order[size_t(i)] = i;
+  if (elias_fano) std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return ids_in[a] < ids_in[b]; });
+  std::vector<int64_t> ids(static_cast<size_t>(k));
+  std::vector<float> logits(static_cast<size_t>(k));
+  for (int64_t i = 0; i < k; ++i) {
+    ids[size_t(i)] = ids_in[order[size_t(i)]];
+    logits[size_t(i)] = logits_in[order[size_t(i)]];
+  }
   uint8_t* p = out;
   for (int i = 0; i < lse_count; ++i, p += 4) put<float>(p, lse[i]);
-  const float top = logits[0];
   put<float>(p, top);
   p += 4;
   if (encoding == LogitEncoding::q8) {
-    const float range = std::max(0.f, top - logits[k - 1]);
+    const float range = std::max(0.f, top - bottom);
     put<float>(p, range);
     p += 4;
     for (int64_t i = 0; i < k; ++i) {
@@ -192,23 +238,21 @@ void RowCodec::encode(const int64_t* ids, const float* logits, const float* lse,
     }
     p += 2 * k;
   }
-  // ids: a little-endian bit stream of id_bits per id.
-  const int64_t id_bytes = (k * id_bits + 7) / 8;
-  std::memset(p, 0, size_t(id_bytes));
-  uint64_t acc = 0;
-  int have = 0;
-  int64_t byte = 0;
-  for (int64_t i = 0; i < k; ++i) {
-    MP_CHECK(ids[i] >= 0 && ids[i] < vocab, "teacher logits: id ", ids[i], " outside [0, ", vocab, ")");
-    acc |= uint64_t(ids[i]) << have;
-    have += id_bits;
-    while (have >= 8) {
-      p[byte++] = uint8_t(acc & 0xff);
-      acc >>= 8;
-      have -= 8;
-    }
+  // ids: a little-endian bit stream.
+  std::memset(p, 0, size_t(id_bytes()));
+  BitWriter w{p};
+  if (!elias_fano) {
+    for (int64_t i = 0; i < k; ++i) w.put(uint64_t(ids[size_t(i)]), id_bits);
+    return;
   }
-  if (have > 0) p[byte++] = uint8_t(acc & 0xff);
+  const uint64_t low_mask = (uint64_t(1) << low_bits) - 1;
+  for (int64_t i = 0; i < k; ++i) {
+    MP_CHECK(i == 0 || ids[size_t(i)] > ids[size_t(i - 1)], "teacher logits: id ", ids[size_t(i)],
+             " appears twice in one row");
+    w.put(uint64_t(ids[size_t(i)]) & low_mask, low_bits);
+  }
+  const int64_t high = w.pos;
+  for (int64_t i = 0; i < k; ++i) w.set(high + (ids[size_t(i)] >> low_bits) + i);
 }
 
 void RowCodec::decode(const uint8_t* in, int32_t* ids, float* logits, float* lse) const {
@@ -235,17 +279,17 @@ void RowCodec::decode(const uint8_t* in, int32_t* ids, float* logits, float* lse
     }
     p += 2 * k;
   }
-  const uint64_t mask = (uint64_t(1) << id_bits) - 1;
-  uint64_t acc = 0;
-  int have = 0;
+  BitReader r{p};
+  if (!elias_fano) {
+    for (int64_t i = 0; i < k; ++i) ids[i] = int32_t(r.get(id_bits));
+    return;
+  }
+  for (int64_t i = 0; i < k; ++i) ids[i] = int32_t(r.get(low_bits));
+  int64_t bit = r.pos;
   for (int64_t i = 0; i < k; ++i) {
-    while (have < id_bits) {
-      acc |= uint64_t(*p++) << have;
-      have += 8;
-    }
-    ids[i] = int32_t(acc & mask);
-    acc >>= id_bits;
-    have -= id_bits;
+    while (!((p[bit >> 3] >> (bit & 7)) & 1)) ++bit;
+    ids[i] |= int32_t((bit - r.pos - i) << low_bits);
+    ++bit;
   }
 }
 
@@ -345,7 +389,8 @@ TeacherLogitsResult write_teacher_logits(const TeacherLogitsOptions& o) {
              "settings (", old["settings"].dump(), "); remove it or choose another -o");
   }
   json manifest{{"format", kFormatName}, {"version", kVersion}, {"complete", false}, {"settings", settings},
-                {"row_bytes", R}, {"id_bits", codec.id_bits}, {"shards", json::array()}};
+                {"row_bytes", R}, {"id_bits", codec.id_bits},
+                {"id_encoding", codec.elias_fano ? "elias_fano" : "packed"}, {"shards", json::array()}};
   fs::write_file_atomic(manifest_path, manifest.dump(1) + "\n");
 
   // Window hashes of the whole data (cheap next to the teacher): they identify windows for the reader and let a

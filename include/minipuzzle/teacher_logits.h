@@ -30,11 +30,18 @@ struct RowCodec {
   int id_bits = 0;         // ceil(log2(vocab)), at least 1
   LogitEncoding encoding = LogitEncoding::bf16;
   int lse_count = 1;       // full-row log-sum-exps stored per row (one per temperature)
+  // Ids: Elias-Fano over the ids sorted ascending (low_bits = floor(log2(vocab / k)) low bits per id, then the high
+  // parts in unary: k + ((vocab - 1) >> low_bits) + 1 bits), when that is smaller than id_bits per id; the logits
+  // are then stored in the same (id) order. Otherwise id_bits per id in descending order of the logits.
+  bool elias_fano = false;
+  int low_bits = 0;
+  int64_t id_bytes() const;
 
   RowCodec() = default;
   RowCodec(int64_t vocab, int64_t k, LogitEncoding encoding, int lse_count);
   int64_t row_bytes() const;
   // ids [k] and logits [k] of one row in descending order of the logits (as at::topk gives them), lse [lse_count].
+  // Decoded rows come back in the stored order (ascending ids under Elias-Fano); the loss does not depend on it.
   void encode(const int64_t* ids, const float* logits, const float* lse, uint8_t* out) const;
   // The inverse (logits as decoded: bf16 or q8 rounding of the gaps below the exact maximum).
   void decode(const uint8_t* in, int32_t* ids, float* logits, float* lse) const;

@@ -100,6 +100,12 @@ at::Tensor window_ids(const std::string& data, int64_t seq_len, std::vector<int6
   return at::stack(rows);
 }
 
+// Rows in ascending order of the ids (the stored order under Elias-Fano), values alongside.
+std::pair<at::Tensor, at::Tensor> by_id(const at::Tensor& ids, const at::Tensor& values) {
+  auto sorted = at::sort(ids.to(at::kLong), 1);
+  return {std::get<0>(sorted), values.gather(1, std::get<1>(sorted))};
+}
+
 }  // namespace
 
 TEST_CASE("row codec: ids and lse exact, logits within each encoding's rounding, documented row size") {
@@ -109,11 +115,15 @@ TEST_CASE("row codec: ids and lse exact, logits within each encoding's rounding,
       const int64_t k = std::min<int64_t>(vocab, 128), rows = 20;
       const LogitEncoding enc = logit_encoding_from_name(name);
       const RowCodec codec(vocab, k, enc, 2);
-      const int64_t bits = vocab == 256 ? 8 : vocab == 1000 ? 10 : 17;
+      // Elias-Fano at k = 128: floor(log2(V / k)) low bits per id + k + ((V - 1) >> low) + 1 high bits, in bytes:
+      // V 256: 128 + 128 + 128 = 384 bits; V 1000: 256 + 128 + 250 = 634; V 131072: 1280 + 128 + 128 = 1536.
+      const int64_t id_bytes = vocab == 256 ? 48 : vocab == 1000 ? 80 : 192;
+      CHECK(codec.elias_fano);
+      CHECK(codec.id_bytes() == id_bytes);
       const int64_t per_logit = enc == LogitEncoding::q8 ? 1 : enc == LogitEncoding::f32 ? 4 : 2;
-      CHECK(codec.row_bytes() == 8 + 4 + (enc == LogitEncoding::q8 ? 4 : 0) + per_logit * k + (k * bits + 7) / 8);
+      CHECK(codec.row_bytes() == 8 + 4 + (enc == LogitEncoding::q8 ? 4 : 0) + per_logit * k + id_bytes);
       auto top = at::topk(at::randn({rows, vocab}) * 4 + 10, k, 1);
-      const at::Tensor values = std::get<0>(top).contiguous(), ids = std::get<1>(top).contiguous();
+      at::Tensor values = std::get<0>(top).contiguous(), ids = std::get<1>(top).contiguous();
       const at::Tensor lse = at::randn({rows, 2}).contiguous();
       std::vector<uint8_t> buf(size_t(codec.row_bytes() * rows));
       for (int64_t r = 0; r < rows; ++r)
@@ -124,9 +134,11 @@ TEST_CASE("row codec: ids and lse exact, logits within each encoding's rounding,
         codec.decode(buf.data() + r * codec.row_bytes(), dids.data_ptr<int32_t>() + r * k, dval.data_ptr<float>() + r * k,
                      dlse.data_ptr<float>() + 2 * r);
       INFO("vocab " << vocab << " encoding " << name);
-      CHECK(at::equal(dids.to(at::kLong), ids));
       CHECK(at::equal(dlse, lse));
-      const at::Tensor gap = values.select(1, 0).unsqueeze(1) - values;
+      const at::Tensor top1 = values.select(1, 0).unsqueeze(1), top_k = values.select(1, k - 1).unsqueeze(1);
+      std::tie(ids, values) = by_id(ids, values);  // the stored order
+      CHECK(at::equal(dids.to(at::kLong), ids));
+      const at::Tensor gap = top1 - values;
       const at::Tensor err = (dval - values).abs();
       if (enc == LogitEncoding::f32) {
         CHECK(at::equal(dval, values));
@@ -134,14 +146,32 @@ TEST_CASE("row codec: ids and lse exact, logits within each encoding's rounding,
         CHECK((err <= gap * (1.0 / 256) + 1e-5).all().item<bool>());
       } else {
         // q = round(255 sqrt(gap / range)): |gap' - gap| <= range * ((u + 1/510)^2 - u^2), u = sqrt(gap / range).
-        const at::Tensor range = gap.select(1, k - 1).unsqueeze(1);
+        const at::Tensor range = top1 - top_k;
         const at::Tensor u = (gap / range).sqrt();
         const at::Tensor bound = range * ((u + 1.0 / 510).pow(2) - u.pow(2)) + 1e-5;
         CHECK((err <= bound).all().item<bool>());
-        CHECK(err.select(1, 0).max().item<double>() == 0.0);  // the row maximum is exact
+        CHECK(at::where(gap == 0, err, 0.0).max().item<double>() == 0.0);  // the row maximum is exact
       }
     }
   }
+}
+
+TEST_CASE("row codec: bit-packed ids where Elias-Fano would be larger") {
+  // V = 2^20, k = 2: Elias-Fano needs 2 x 19 + 2 + 2 = 42 bits, packing 2 x 20 = 40 bits.
+  const RowCodec codec(1 << 20, 2, LogitEncoding::f32, 1);
+  CHECK_FALSE(codec.elias_fano);
+  CHECK(codec.id_bytes() == 5);
+  const int64_t ids[2] = {1048575, 3};
+  const float logits[2] = {5.f, -1.f}, lse = 7.f;
+  std::vector<uint8_t> buf(size_t(codec.row_bytes()));
+  codec.encode(ids, logits, &lse, buf.data());
+  int32_t dids[2];
+  float dlogits[2], dlse;
+  codec.decode(buf.data(), dids, dlogits, &dlse);
+  CHECK(dids[0] == 1048575);  // packed rows keep the order of the logits
+  CHECK(dids[1] == 3);
+  CHECK(dlogits[1] == -1.f);
+  CHECK(dlse == 7.f);
 }
 
 TEST_CASE("store: rows are the teacher's top-k and lse; shards resumable and atomic; mismatches refused") {
@@ -169,9 +199,10 @@ TEST_CASE("store: rows are the teacher's top-k and lse; shards resumable and ato
     auto top = at::topk(logits, 16, -1);
     at::Tensor dids = at::empty({32, 16}, at::kInt), dval = at::empty({32, 16}), dlse = at::empty({32, 2});
     store->decode_window(w, dids.data_ptr<int32_t>(), dval.data_ptr<float>(), dlse.data_ptr<float>());
-    CHECK(at::equal(dids.to(at::kLong), std::get<1>(top)));
-    const at::Tensor gap = std::get<0>(top).select(1, 0).unsqueeze(1) - std::get<0>(top);
-    CHECK(((dval - std::get<0>(top)).abs() <= gap / 256 + 1e-5).all().item<bool>());
+    const at::Tensor top1 = std::get<0>(top).select(1, 0).unsqueeze(1);
+    const auto [want_ids, want_values] = by_id(std::get<1>(top), std::get<0>(top));
+    CHECK(at::equal(dids.to(at::kLong), want_ids));
+    CHECK(((dval - want_values).abs() <= (top1 - want_values) / 256 + 1e-5).all().item<bool>());
     CHECK(at::allclose(dlse.select(1, 0), at::logsumexp(logits, {-1}), 1e-6, 1e-6));
     CHECK(at::allclose(dlse.select(1, 1), at::logsumexp(logits / 2, {-1}), 1e-6, 1e-6));
   }
@@ -284,9 +315,10 @@ TEST_CASE("a tiny student distilled offline: val loss and KL fall, close to onli
   so.data = s.valid;
   so.out_dir = s.dir + "/store_valid";
   write_teacher_logits(so);
-  // A row of 4 (lse) + 4 (max) + 2 x 32 (bf16 gaps) + 32 (8-bit ids) bytes, plus the window hash and shard header.
-  CHECK(tr.row_bytes == 104);
-  CHECK(tr.bytes_per_token == Approx(104 + 8.0 / 64 + 64.0 * tr.shards / double(tr.tokens)));
+  // A row of 4 (lse) + 4 (max) + 2 x 32 (bf16 gaps) + 20 (Elias-Fano ids: 32 x 3 low bits + 32 + 32 high bits)
+  // bytes, plus the window hash and the shard header.
+  CHECK(tr.row_bytes == 92);
+  CHECK(tr.bytes_per_token == Approx(92 + 8.0 / 64 + 64.0 * tr.shards / double(tr.tokens)));
 
   auto distill = [&](bool offline) {
     DistillOptions d;
