@@ -46,7 +46,7 @@ void add(CLI::App& app) {
       return;
     }
     std::printf("{\"dir\": \"%s\", \"windows\": %lld, \"tokens\": %lld, \"shards\": %lld, \"shards_written\": %lld, "
-                "\"shards_skipped\": %lld, \"bytes\": %lld, \"row_bytes\": %.0f, \"bytes_per_token\": %.2f, "
+                "\"shards_skipped\": %lld, \"bytes\": %lld, \"row_bytes\": %.0f, \"bytes_per_token\": %.4f, "
                 "\"seconds\": %.2f, \"tokens_per_s\": %.1f}\n",
                 o->out_dir.c_str(), (long long)r.windows, (long long)r.tokens, (long long)r.shards,
                 (long long)r.shards_written, (long long)r.shards_skipped, (long long)r.bytes, r.row_bytes,

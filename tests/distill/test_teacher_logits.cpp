@@ -10,6 +10,7 @@
 //     fall, and the final val_loss is within 0.05 nats of online distillation's with the same settings.
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -364,4 +365,39 @@ TEST_CASE("a tiny student distilled offline: val loss and KL fall, close to onli
   CHECK(off.last_eval["val_loss"].get<double>() < first_eval["val_loss"].get<double>() - 0.3);
   CHECK(off.last_eval["val_kl"].get<double>() < 0.5 * first_eval["val_kl"].get<double>());
   CHECK(std::abs(off.last_eval["val_loss"].get<double>() - on.last_eval["val_loss"].get<double>()) < 0.05);
+}
+
+TEST_CASE("teacher-logits CLI: prints bytes/token and tokens/s, resumes, one-line errors") {
+  const Setup& s = setup();
+  const std::string bin = test::minipuzzle_binary(), out = s.dir + "/cli_store";
+  const std::string cmd = bin + " teacher-logits " + s.teacher + " --data " + s.train + " -o " + out +
+                          " --top-k 8 --seq-len 32 --max-windows 6 --windows-per-shard 4 --logit-encoding q8 --threads 1";
+  auto r = test::run_command("MINIPUZZLE_PROGRESS=off " + cmd + " 2>&1");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  const json j = json::parse(r.output.substr(r.output.find('{')));
+  // q8 row at V = 256, k = 8: 4 + 4 + 4 + 8 + Elias-Fano ids (8 x 5 low bits + 8 + 7 + 1 high bits = 7 bytes).
+  CHECK(j["row_bytes"].get<double>() == 27);
+  CHECK(j["shards_written"] == 2);
+  CHECK(j["tokens"] == 6 * 32);
+  CHECK(j["tokens_per_s"].get<double>() > 0);
+  CHECK(j["bytes_per_token"].get<double>() == Approx(27 + 8.0 / 32 + 2 * 64.0 / (6 * 32)).margin(1e-4));
+  r = test::run_command("MINIPUZZLE_PROGRESS=off " + cmd + " 2>&1");
+  REQUIRE(r.exit_code == 0);
+  CHECK(json::parse(r.output.substr(r.output.find('{')))["shards_skipped"] == 2);
+  // Bad command line: exit 2; a missing data file: exit 1 with one line.
+  CHECK(test::run_command(bin + " teacher-logits " + s.teacher + " -o " + out + " 2>&1").exit_code == 2);
+  r = test::run_command(bin + " teacher-logits " + s.teacher + " --data " + s.dir + "/nonexistent -o " + s.dir +
+                        "/cli_bad 2>&1");
+  CHECK(r.exit_code == 1);
+  CHECK(std::count(r.output.begin(), r.output.end(), '\n') == 1);
+  // distill with both a teacher and stored logits, or with another seq_len: refused.
+  const std::string distill = bin + " distill --student " + s.student + " --data " + s.train + " --valid " + s.valid +
+                              " --tokens 64 --threads 1 --fit off ";
+  r = test::run_command(distill + "--teacher " + s.teacher + " --teacher-logits " + out + " -o " + s.dir + "/cli_d1 2>&1");
+  CHECK(r.exit_code == 1);
+  CHECK(r.output.find("not both") != std::string::npos);
+  r = test::run_command(distill + "--teacher-logits " + out + " --seq-len 64 -o " + s.dir + "/cli_d2 2>&1");
+  CHECK(r.exit_code == 1);
+  CHECK(r.output.find("--seq-len 32") != std::string::npos);
 }
