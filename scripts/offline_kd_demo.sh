@@ -5,6 +5,7 @@
 # dense case), each on the same number of tokens, and every student evaluated on the held-out split.
 # Prints one table (held-out loss, storage per token, tokens/s) and writes RUN/offline_kd.json and .md.
 # Usage: scripts/offline_kd_demo.sh [BUILD_DIR]   (RUN_DIR=runs/offline_kd, THREADS=2, DEVICE=cpu; resumable)
+# TEACHER_TOKENS (983040, the recipe's) and DISTILL_TOKENS (245760) scale the run down on a busy machine.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${1:-$root/build}"
@@ -13,7 +14,8 @@ run="${RUN_DIR:-$root/runs/offline_kd}"
 threads="${THREADS:-2}"
 device="${DEVICE:-cpu}"
 ks="${KS:-32 128 260}"
-seq=256; micro=8; distill_tokens=245760; eval_tokens=65536
+seq=256; micro=8; eval_tokens=65536
+teacher_tokens="${TEACHER_TOKENS:-983040}"; distill_tokens="${DISTILL_TOKENS:-245760}"
 windows=$((distill_tokens / seq))
 mkdir -p "$run/data"
 export MINIPUZZLE_PROGRESS="${MINIPUZZLE_PROGRESS:-off}"
@@ -36,7 +38,7 @@ common=(--device "$device" --threads "$threads")
 # The demo recipe's stages up to the pruned student (same flags as configs/recipes/demo.json).
 if [ ! -f "$run/teacher/final/config.json" ]; then
   "$mp" distill --from-scratch --student "$root/configs/models/demo-teacher.json" --data "$data.train" \
-    --valid "$data.valid" --tokens 983040 --seq-len $seq --micro-batch $micro --lr 3e-3 --min-lr 3e-4 --warmup 10 \
+    --valid "$data.valid" --tokens $teacher_tokens --seq-len $seq --micro-batch $micro --lr 3e-3 --min-lr 3e-4 --warmup 10 \
     --eval-every 25 --eval-tokens 16384 --save-every 25 --seed 1 "${common[@]}" -o "$run/teacher" \
     $( [ -d "$run/teacher/checkpoint" ] && echo --resume )
 fi
@@ -62,7 +64,7 @@ distill() {  # OUT, extra args...
 distill "$run/online" --teacher "$run/teacher/final"
 for k in $ks; do
   tl="$run/logits_k$k"
-  # The training store holds the first `windows` windows: the run draws its 960 windows from those (each once).
+  # The training store holds the first `windows` windows: the run draws its windows from those (each once).
   "$mp" teacher-logits "$run/teacher/final" --data "$data.train" -o "$tl" --top-k "$k" --seq-len $seq \
     --batch-size 8 --max-windows $windows "${common[@]}" > "$run/logits_k$k.json"
   "$mp" teacher-logits "$run/teacher/final" --data "$data.valid" -o "$tl.valid" --top-k "$k" --seq-len $seq \

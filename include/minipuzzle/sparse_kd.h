@@ -37,4 +37,19 @@ KdLossAndGrad sparse_kd_loss_and_grad(const at::Tensor& student_logits, const at
                                       const at::Tensor& teacher_logits, const at::Tensor& teacher_lse,
                                       const at::Tensor& labels = at::Tensor(), const KdOptions& options = KdOptions());
 
+// Fused lm_head + sparse KD (the linear_kd of kd.h for a sparse teacher): student hidden [*, H] and lm_head [V, H]
+// -> the same loss as sparse_kd_loss(hidden @ lm_head^T, ...), made a chunk of tokens at a time (options'
+// token_chunk / logits_buffer_bytes) so that full [tokens, V] logits never exist; the gradient of each chunk is
+// written over its logits and folded into d hidden and d lm_head by two GEMMs. Differentiable w.r.t. hidden and
+// lm_head (each only if it requires grad).
+at::Tensor linear_sparse_kd(const at::Tensor& student_hidden, const at::Tensor& student_weight,
+                            const at::Tensor& teacher_ids, const at::Tensor& teacher_logits,
+                            const at::Tensor& teacher_lse, const at::Tensor& labels = at::Tensor(),
+                            const LinearKdOptions& options = LinearKdOptions());
+LinearKdLossAndGrads linear_sparse_kd_loss_and_grads(const at::Tensor& student_hidden, const at::Tensor& student_weight,
+                                                     const at::Tensor& teacher_ids, const at::Tensor& teacher_logits,
+                                                     const at::Tensor& teacher_lse, const at::Tensor& labels,
+                                                     const LinearKdOptions& options, bool want_grad_hidden = true,
+                                                     bool want_grad_weight = true);
+
 }  // namespace mp

@@ -165,7 +165,10 @@ __global__ void __launch_bounds__(kThreads) sparse_kd_rows_kernel(SparseKdParams
   }
   if (!g) return;
 
-  // Pass 2: the gradient. Outside K: kd_weight*T*(q - p_tail*q/q_tail) (+ CE); the K entries below.
+  // Pass 2: the gradient. Outside K: kd_weight*T*(q - p_tail*q/q_tail) (+ CE); the K entries below. g may be the
+  // student row itself (linear_sparse_kd): every read of s above is done (the barrier) before any write; below, an
+  // element outside K is read and written by one thread, and the K entries are not written until their own loop.
+  __syncthreads();
   const float scale = *p.grad_scale, kd = scale * p.kd_weight * T_, ce = scale * p.ce_weight;
   const float tail_coef = tail_term ? p_tail : 0.f;
   for (int64_t j = threadIdx.x; j < V; j += kThreads) {

@@ -159,3 +159,26 @@ TEST_CASE("sparse KD refuses what it does not define") {
                     MP_CONTAINS("student rows"));
   CHECK_THROWS(sparse_kd_loss(s, st.ids.to(at::kFloat), st.logits, st.lse));
 }
+
+TEST_CASE("linear_sparse_kd equals sparse_kd_loss on hidden @ lm_head^T, in chunks, through autograd") {
+  at::manual_seed(11);
+  const int64_t n = 23, H = 16, V = 120, k = 10;
+  const at::Tensor h0 = at::randn({n, H}), w0 = at::randn({V, H}) * 0.5;
+  const Stored st = store_rows(at::randn({n, V}) * 2, k, 2.0);
+  at::Tensor labels = at::randint(0, V, {n}, at::kLong);
+  labels[4] = -100;
+  LinearKdOptions o;
+  o.temperature = 2.0;
+  o.kd_weight = 0.6;
+  o.ce_weight = 0.4;
+  o.token_chunk = 5;  // five chunks, the last one partial
+  const at::Tensor h = h0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
+  const at::Tensor loss = linear_sparse_kd(h, w, st.ids, st.logits, st.lse, labels, o);
+  loss.backward();
+  const at::Tensor h2 = h0.clone().requires_grad_(true), w2 = w0.clone().requires_grad_(true);
+  const at::Tensor ref = sparse_kd_loss(at::mm(h2, w2.t()), st.ids, st.logits, st.lse, labels, o);
+  ref.backward();
+  CHECK(std::abs(loss.item<double>() - ref.item<double>()) <= 1e-6 * std::abs(ref.item<double>()));
+  CHECK(max_abs(h.grad() - h2.grad()) <= 1e-5 * max_abs(h2.grad()));
+  CHECK(max_abs(w.grad() - w2.grad()) <= 1e-5 * max_abs(w2.grad()));
+}
