@@ -122,3 +122,36 @@ TEST_CASE("sparse KD kernel time against the dense kd_loss (printed)", "[gpu]") 
               3.0 * n * V * 2 / sparse_s / 1e9);  // two reads and one write of the bf16 row
   CHECK(sparse_s > 0);
 }
+
+TEST_CASE("linear_sparse_kd on CUDA (bf16, gradient written over the logits) equals sparse_kd_loss on the logits",
+          "[gpu]") {
+  REQUIRE(at::hasCUDA());
+  const auto cuda = at::TensorOptions().device(at::kCUDA);
+  at::manual_seed(5);
+  const int64_t n = 1000, H = 256, V = 32000, k = 64;
+  const at::Tensor h = at::randn({n, H}, cuda).to(at::kBFloat16), w = (at::randn({V, H}, cuda) * 0.1).to(at::kBFloat16);
+  const at::Tensor teacher = at::randn({n, V}, cuda) * 3;
+  auto top = at::topk(teacher, k, 1);
+  const at::Tensor lse = at::logsumexp(teacher / 2.0, {1});
+  at::Tensor labels = at::randint(0, V, {n}, cuda.dtype(at::kLong));
+  labels.masked_fill_(at::rand({n}, cuda) < 0.2, -100);
+  LinearKdOptions o;
+  o.temperature = 2.0;
+  o.kd_weight = 0.7;
+  o.ce_weight = 0.3;
+  o.token_chunk = 300;
+  const LinearKdLossAndGrads fused =
+      linear_sparse_kd_loss_and_grads(h, w, std::get<1>(top), std::get<0>(top), lse, labels, o);
+  const KdLossAndGrad plain = sparse_kd_loss_and_grad(at::mm(h, w.t()), std::get<1>(top), std::get<0>(top), lse, labels, o);
+  const at::Tensor g = plain.grad_student_logits.to(at::kFloat);
+  const at::Tensor gh = at::mm(g, w.to(at::kFloat)), gw = at::mm(g.t(), h.to(at::kFloat));
+  auto rel = [](const at::Tensor& a, const at::Tensor& b) {
+    return (a.to(at::kFloat) - b).abs().max().item<double>() / b.abs().max().item<double>();
+  };
+  const double loss_err = std::abs(fused.loss.item<double>() - plain.loss.item<double>()) / std::abs(plain.loss.item<double>());
+  std::printf("{\"linear_sparse_kd\": {\"loss_rel_err\": %.3g, \"grad_hidden_rel_err\": %.3g, \"grad_weight_rel_err\": %.3g}}\n",
+              loss_err, rel(fused.grad_student_hidden, gh), rel(fused.grad_student_weight, gw));
+  CHECK(loss_err <= 1e-4);
+  CHECK(rel(fused.grad_student_hidden, gh) <= 1.0 / 64);
+  CHECK(rel(fused.grad_student_weight, gw) <= 1.0 / 64);
+}
