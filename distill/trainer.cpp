@@ -11,6 +11,7 @@
 #include <c10/cuda/CUDAFunctions.h>
 #endif
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -31,6 +32,7 @@
 #include "minipuzzle/kd.h"
 #include "minipuzzle/progress.h"
 #include "minipuzzle/report.h"
+#include "minipuzzle/sparse_kd.h"
 #include "minipuzzle/tokenizer.h"
 #include "minipuzzle/train_memory.h"
 
@@ -40,7 +42,11 @@ namespace {
 
 void check_options(const DistillOptions& o) {
   MP_CHECK(!o.student.empty(), "distill: --student is required");
-  MP_CHECK(o.from_scratch || !o.teacher.empty(), "distill: --teacher is required (or --from-scratch)");
+  MP_CHECK(o.from_scratch || !o.teacher.empty() || !o.teacher_logits.empty(),
+           "distill: --teacher or --teacher-logits is required (or --from-scratch)");
+  MP_CHECK(o.teacher.empty() || o.teacher_logits.empty(), "distill: give --teacher or --teacher-logits, not both");
+  MP_CHECK(o.teacher_logits_valid.empty() || !o.teacher_logits.empty(),
+           "distill: --teacher-logits-valid needs --teacher-logits");
   MP_CHECK(!o.train_data.empty() && !o.valid_data.empty(), "distill: --data and --valid are required");
   MP_CHECK(!o.out_dir.empty(), "distill: -o OUT is required");
   MP_CHECK(o.tokens > 0, "distill: --tokens must be positive, found ", o.tokens);
@@ -136,6 +142,7 @@ class Job {
   std::unique_ptr<ShardedStudent> sharded_;  // --shard zero2|zero3
   std::unique_ptr<Teacher> teacher_;
   std::unique_ptr<ElasticTraining> elastic_;  // --elastic: nested budgets (distill/elastic.h)
+  Teacher* eval_teacher_ = nullptr;  // teacher_, or null for offline logits without a validation store
   std::unique_ptr<PackedWindows> train_, valid_;
   std::unique_ptr<WindowOrder> order_;
   TrainerState st_;
@@ -148,7 +155,19 @@ std::vector<int64_t> Job::window_ids(int64_t first, int64_t count) {
   return ids;
 }
 
-constexpr int64_t kEvalTokenChunk = 1024;  // keep in step with the memory plan's evaluation term
+constexpr int64_t kEvalTokenChunk = 1024;
+
+// Sum over rows r0 .. r0+m of the sparse teacher's forward KL at T = 1 (top-k + tail, mp::sparse_kd_loss) against
+// student logits [m, V].
+double sparse_kl_sum(const at::Tensor& student_logits, const TeacherOutput& t, int64_t r0, int64_t m) {
+  const int64_t K = t.topk_ids.size(-1);
+  KdOptions k;
+  k.reduction = KdReduction::sum;
+  return sparse_kd_loss(student_logits, t.topk_ids.reshape({-1, K}).narrow(0, r0, m),
+                        t.topk_logits.reshape({-1, K}).narrow(0, r0, m), t.lse_at(1.0).reshape({-1}).narrow(0, r0, m),
+                        {}, k)
+      .item<double>();
+}  // keep in step with the memory plan's evaluation term
 
 // Validation: the first eval windows of the valid file in order, split over ranks; sums reduced over ranks.
 json Job::evaluate() {
@@ -174,13 +193,15 @@ json Job::evaluate() {
       at::Tensor hs = sharded_ ? sharded_->forward_hidden(input, 0, fo) : student_->forward_hidden(input, fo);
       hs = hs.reshape({-1, hs.size(-1)});
       TeacherOutput t;
-      if (teacher_) t = teacher_->run(input, /*want_hidden=*/true);
+      if (eval_teacher_) t = eval_teacher_->run(input, /*want_hidden=*/true);
       for (int64_t r0 = 0; r0 < hs.size(0); r0 += chunk) {
         const int64_t m = std::min(chunk, hs.size(0) - r0);
         at::Tensor s = student_->logits(hs.narrow(0, r0, m));
         at::Tensor lab = labels.narrow(0, r0, m);
         sums[0] += at::cross_entropy_loss(s, lab, {}, at::Reduction::Sum).item<double>();
-        if (teacher_) {
+        if (eval_teacher_ && t.sparse()) {
+          sums[1] += sparse_kl_sum(s, t, r0, m);
+        } else if (eval_teacher_) {
           KdOptions k;
           k.reduction = KdReduction::sum;
           at::Tensor tl = t.logits.defined()
@@ -195,11 +216,12 @@ json Job::evaluate() {
     at::Tensor logits = sharded_ ? student_->logits(sharded_->forward_hidden(input, 0, fo)).view({-1, V})
                                  : student_->forward(input, fo).view({-1, V});
     sums[0] += at::cross_entropy_loss(logits, labels, {}, at::Reduction::Sum).item<double>();
-    if (teacher_) {
+    if (eval_teacher_) {
       KdOptions k;  // plain KL(teacher || student) at T = 1
       k.reduction = KdReduction::sum;
-      at::Tensor t = teacher_->run(input, false).logits.reshape({-1, V});
-      sums[1] += kd_loss(logits, t, {}, k).item<double>();
+      TeacherOutput to = eval_teacher_->run(input, false);
+      sums[1] += to.sparse() ? sparse_kl_sum(logits, to, 0, logits.size(0))
+                             : kd_loss(logits, to.logits.reshape({-1, V}), {}, k).item<double>();
     }
     sums[2] += double(labels.numel());
   }
@@ -216,7 +238,7 @@ json Job::evaluate() {
   json j{{"event", "eval"}, {"step", st_.step}, {"tokens", st_.tokens}, {"val_tokens", int64_t(tokens)}};
   j["val_loss"] = sums[0].item<double>() / tokens;
   j["val_ppl"] = std::exp(j["val_loss"].get<double>());
-  if (teacher_) j["val_kl"] = sums[1].item<double>() / tokens;
+  if (eval_teacher_) j["val_kl"] = sums[1].item<double>() / tokens;
   if (moe) {  // every rank observed its share of the windows: sum the counts (every rank takes part)
     at::Tensor counts = load.packed();
     all_reduce_sum(comm_.get(), counts);
@@ -252,7 +274,7 @@ json Job::plan_memory() {
 
   const ModelConfig student = load_config(o_.student);
   std::optional<ModelConfig> teacher;
-  if (!o_.from_scratch) teacher = load_config(o_.teacher);
+  if (!o_.from_scratch && o_.teacher_logits.empty()) teacher = load_config(o_.teacher);
   if (student.count(LayerType::Moe) > 0 || (teacher && teacher->count(LayerType::Moe) > 0)) {
     // The plan's activation terms cover Mamba, attention and MLP layers; MoE layers train without a plan.
     MP_CHECK(!o_.plan_only && o_.fit != "auto", "distill: the memory plan does not model mixture-of-experts layers "
@@ -361,6 +383,21 @@ DistillResult Job::run() {
   std::unique_ptr<Checkpoint> student_ck;
   if (o_.from_scratch) {
     student_ = std::make_unique<NemotronH>(NemotronH::random_init(load_config(o_.student), o_.seed, device_, dtype));
+  } else if (!o_.teacher_logits.empty()) {  // stored top-k teacher rows instead of a teacher (issue 28)
+    student_ck = std::make_unique<Checkpoint>(Checkpoint::open(o_.student));
+    student_ = std::make_unique<NemotronH>(NemotronH::load(*student_ck, device_, dtype));
+    std::vector<std::string> dirs{o_.teacher_logits};
+    if (!o_.teacher_logits_valid.empty()) dirs.push_back(o_.teacher_logits_valid);
+    auto offline = std::make_unique<OfflineTeacher>(dirs);
+    MP_CHECK(offline->vocab_size() == student_->config().vocab_size, "distill: teacher logits in ", o_.teacher_logits,
+             " have vocabulary ", offline->vocab_size(), ", the student ", student_->config().vocab_size);
+    MP_CHECK(offline->seq_len() == o_.seq_len, "distill: teacher logits in ", o_.teacher_logits, " were made with "
+             "--seq-len ", offline->seq_len(), "; distill with the same --seq-len (given ", o_.seq_len, ")");
+    const auto& temps = offline->lse_temperatures();
+    MP_CHECK(std::find(temps.begin(), temps.end(), o_.temperature) != temps.end(), "distill: teacher logits in ",
+             o_.teacher_logits, " hold the rows' log-sum-exp at other temperatures than --temperature ", o_.temperature,
+             "; make them with teacher-logits --temperature ", o_.temperature);
+    teacher_ = std::move(offline);
   } else {
     student_ck = std::make_unique<Checkpoint>(Checkpoint::open(o_.student));
     student_ = std::make_unique<NemotronH>(NemotronH::load(*student_ck, device_, dtype));
@@ -371,6 +408,7 @@ DistillResult Job::run() {
              "; logit distillation needs one shared tokenizer");
   }
   student_->set_requires_grad(true);
+  eval_teacher_ = (o_.teacher_logits.empty() || !o_.teacher_logits_valid.empty()) ? teacher_.get() : nullptr;
 
   // Data.
   // Through the one data resolver (token files, Megatron, .npy, text, raw ids with data_format, blends).
@@ -391,7 +429,16 @@ DistillResult Job::run() {
              " has vocab_size ", f->vocab_size(), ", larger than the model's ", student_->config().vocab_size);
   train_ = std::make_unique<PackedWindows>(train_file, o_.seq_len);
   valid_ = std::make_unique<PackedWindows>(valid_file, o_.seq_len);
-  order_ = std::make_unique<WindowOrder>(train_->size(), o_.seed);
+  int64_t train_windows = train_->size();
+  if (auto* offline = dynamic_cast<OfflineTeacher*>(teacher_.get());
+      offline && offline->training_windows() < train_windows) {
+    // Stored logits of the first N windows only (teacher-logits --max-windows): draw from those.
+    train_windows = offline->training_windows();
+    if (rank_ == 0)
+      log_info("distill: the teacher logits hold the first " + std::to_string(train_windows) + " of " +
+               std::to_string(train_->size()) + " training windows; training draws from those");
+  }
+  order_ = std::make_unique<WindowOrder>(train_windows, o_.seed);
 
   const int64_t global_batch = o_.micro_batch * o_.grad_accum * world_;
   const int64_t tokens_per_step = global_batch * o_.seq_len;
@@ -421,6 +468,7 @@ DistillResult Job::run() {
     elastic_ = std::make_unique<ElasticTraining>(o_.elastic, o_.student, student_->config(), o_.seed);
     st_.settings["elastic"] = elastic_->settings();
   }
+  if (!o_.teacher_logits.empty()) st_.settings["teacher_logits"] = fs::absolute(o_.teacher_logits);
   bool resumed = false;
   if (o_.resume)
     resumed = sharded_ ? load_sharded_trainer_state(o_.out_dir, st_, *sharded_) : load_trainer_state(o_.out_dir, st_, optimizer);

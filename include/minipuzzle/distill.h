@@ -29,6 +29,10 @@
 #include "minipuzzle/model.h"
 #include "minipuzzle/token_file.h"
 
+namespace mp {
+class TeacherLogitsStore;  // minipuzzle/teacher_logits.h
+}
+
 namespace mp::distill {
 
 // Exit codes of `minipuzzle distill` beside mp::kExitInterrupted (130: SIGINT/SIGTERM, checkpoint written).
@@ -153,6 +157,13 @@ struct TeacherOutput {
   at::Tensor logits;   // [B, T, V] float, or undefined when hidden/lm_head are given
   at::Tensor hidden;   // [B, T, Ht] (model dtype) for linear_kd
   at::Tensor lm_head;  // [V, Ht]
+  // A sparse teacher (OfflineTeacher: stored top-k rows, include/minipuzzle/teacher_logits.h) gives instead its
+  // top-k ids (int32 [B, T, k]), their logits (float32 [B, T, k]) and the full rows' log-sum-exp at each of
+  // lse_temperatures (float32 [B, T, n]); the loss is then mp::sparse_kd_loss.
+  at::Tensor topk_ids, topk_logits, topk_lse;
+  std::vector<double> lse_temperatures;
+  bool sparse() const { return topk_ids.defined(); }
+  at::Tensor lse_at(double temperature) const;  // [B, T]; throws when that temperature was not stored
 };
 
 class Teacher {
@@ -162,6 +173,8 @@ class Teacher {
   // teacher's logits either).
   virtual TeacherOutput run(const at::Tensor& input_ids, bool want_hidden) = 0;
   virtual int64_t vocab_size() const = 0;
+  // True when run() gives the sparse fields of TeacherOutput (stored top-k rows) instead of logits.
+  virtual bool sparse() const { return false; }
 };
 
 class ModelTeacher : public Teacher {
@@ -180,6 +193,30 @@ class ModelTeacher : public Teacher {
 // the kept tokens is exact for the truncated (renormalised) teacher distribution. A file-backed teacher source
 // stores these pairs per window and serves them through Teacher::run.
 at::Tensor logits_from_topk(const at::Tensor& values, const at::Tensor& indices, int64_t vocab_size);
+
+// The teacher read from stores written by `minipuzzle teacher-logits` (issue 28): run() finds each row of
+// input_ids among the stored windows by the hash of its tokens and returns the sparse fields of TeacherOutput on
+// the ids' device. Several stores may be given (the training data's and the validation data's); a window in none
+// of them is an error naming the stores' seq_len. has_window() says whether every row of a batch is stored.
+class OfflineTeacher : public Teacher {
+ public:
+  explicit OfflineTeacher(const std::vector<std::string>& dirs);
+  ~OfflineTeacher() override;
+  TeacherOutput run(const at::Tensor& input_ids, bool want_hidden) override;
+  int64_t vocab_size() const override;
+  bool sparse() const override { return true; }
+  int64_t seq_len() const;
+  int64_t top_k() const;
+  const std::vector<double>& lse_temperatures() const;
+  bool has_windows(const at::Tensor& input_ids) const;
+  // Windows of the first store (the training data's): they are the data's first windows, in order, so the trainer
+  // draws its windows from [0, training_windows()) when the store holds fewer than the data (teacher-logits
+  // --max-windows).
+  int64_t training_windows() const;
+
+ private:
+  std::vector<std::shared_ptr<const mp::TeacherLogitsStore>> stores_;
+};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Data parallelism over c10d. Configured from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
@@ -265,7 +302,10 @@ StepResult train_step(const NemotronH& student, Teacher* teacher, AdamW& optimiz
 
 // ---------------------------------------------------------------------------------------------------------------
 struct DistillOptions {
-  std::string teacher;         // HF checkpoint directory (empty with from_scratch)
+  std::string teacher;         // HF checkpoint directory (empty with from_scratch or teacher_logits)
+  std::string teacher_logits;  // instead of a teacher: a store of `minipuzzle teacher-logits` made from train_data
+                               // with this seq_len (OfflineTeacher; the loss is mp::sparse_kd_loss)
+  std::string teacher_logits_valid;  // optional: one made from valid_data, for val_kl (omitted without it)
   std::string student;         // HF checkpoint directory, or with from_scratch a config.json (or dir holding one)
   bool from_scratch = false;   // no teacher: cross-entropy only; student = NemotronH::random_init(config, seed)
   std::string train_data, valid_data;  // any data argument of minipuzzle/data_input.h

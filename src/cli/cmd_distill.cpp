@@ -24,6 +24,10 @@ void add(CLI::App& app) {
       "3 too many non-finite steps, 130 interrupted (checkpoint written; continue with --resume).");
   c->add_option("--teacher", o.teacher, "teacher checkpoint directory (frozen)");
   c->add_option("--student", o.student, "student checkpoint directory; with --from-scratch a config.json")->required();
+  c->add_option("--teacher-logits", o.teacher_logits, "instead of --teacher: top-k teacher logits stored by "
+                "`minipuzzle teacher-logits` from --data at this --seq-len (docs/TEACHER_LOGITS.md)");
+  c->add_option("--teacher-logits-valid", o.teacher_logits_valid, "with --teacher-logits: a store made from --valid, "
+                "for val_kl (omitted without it)");
   c->add_flag("--from-scratch", o.from_scratch, "no teacher: random-initialised student, cross-entropy only");
   c->add_option("--data", o.train_data, "training data: token file (minipuzzle data), Megatron PREFIX, .npy, UTF-8 "
                 "text or a blend \"W1 SRC1 W2 SRC2 ...\"")->required();
