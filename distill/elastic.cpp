@@ -10,6 +10,7 @@
 #include "minipuzzle/error.h"
 #include "minipuzzle/fs.h"
 #include "minipuzzle/kd.h"
+#include "minipuzzle/sparse_kd.h"
 
 namespace mp::distill {
 
@@ -28,6 +29,7 @@ class OnceTeacher : public Teacher {
     return o;
   }
   int64_t vocab_size() const override { return inner_->vocab_size(); }
+  bool sparse() const override { return inner_->sparse(); }  // stored top-k rows (distill --teacher-logits)
 
  private:
   Teacher* inner_;
@@ -101,9 +103,10 @@ json ElasticTraining::evaluate(const NemotronH& student, const PackedWindows& va
     for (int64_t i = first; i < std::min(windows, first + micro_batch); ++i) ids.push_back(i);
     batches.push_back(make_batch(valid, ids));
   }
-  std::vector<at::Tensor> teacher_logits;
+  // Dense logits [tokens, V], or a sparse teacher's stored top-k rows (distill --teacher-logits-valid).
+  std::vector<TeacherOutput> teacher_out;
   if (teacher)
-    for (auto& b : batches) teacher_logits.push_back(teacher->run(b.input_ids.to(device), false).logits.reshape({-1, V}));
+    for (auto& b : batches) teacher_out.push_back(teacher->run(b.input_ids.to(device), false));
   json out = json::object();
   for (size_t i = 0; i < plans_.size(); ++i) {
     std::unique_ptr<NemotronH> slice;
@@ -117,7 +120,15 @@ json ElasticTraining::evaluate(const NemotronH& student, const PackedWindows& va
       if (teacher) {
         KdOptions o;
         o.reduction = KdReduction::sum;
-        kl += kd_loss(logits, teacher_logits[k], {}, o).item<double>();
+        const TeacherOutput& t = teacher_out[k];
+        if (t.sparse()) {  // top-k + tail at T = 1, as the trainer's own evaluation
+          const int64_t K = t.topk_ids.size(-1);
+          kl += sparse_kd_loss(logits, t.topk_ids.reshape({-1, K}), t.topk_logits.reshape({-1, K}),
+                               t.lse_at(1.0).reshape({-1}), {}, o)
+                    .item<double>();
+        } else {
+          kl += kd_loss(logits, t.logits.reshape({-1, V}), {}, o).item<double>();
+        }
       }
       tokens += double(labels.numel());
     }

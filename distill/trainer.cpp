@@ -155,7 +155,7 @@ std::vector<int64_t> Job::window_ids(int64_t first, int64_t count) {
   return ids;
 }
 
-constexpr int64_t kEvalTokenChunk = 1024;
+constexpr int64_t kEvalTokenChunk = 1024;  // keep in step with the memory plan's evaluation term
 
 // Sum over rows r0 .. r0+m of the sparse teacher's forward KL at T = 1 (top-k + tail, mp::sparse_kd_loss) against
 // student logits [m, V].
@@ -167,7 +167,7 @@ double sparse_kl_sum(const at::Tensor& student_logits, const TeacherOutput& t, i
                         t.topk_logits.reshape({-1, K}).narrow(0, r0, m), t.lse_at(1.0).reshape({-1}).narrow(0, r0, m),
                         {}, k)
       .item<double>();
-}  // keep in step with the memory plan's evaluation term
+}
 
 // Validation: the first eval windows of the valid file in order, split over ranks; sums reduced over ranks.
 json Job::evaluate() {
@@ -244,7 +244,7 @@ json Job::evaluate() {
     all_reduce_sum(comm_.get(), counts);
     j["router_load"] = load.summary(counts);
   }
-  if (elastic_) j["budgets"] = elastic_->evaluate(*student_, *valid_, n, o_.micro_batch, teacher_.get());
+  if (elastic_) j["budgets"] = elastic_->evaluate(*student_, *valid_, n, o_.micro_batch, eval_teacher_);
   return j;
 }
 
@@ -616,7 +616,8 @@ DistillResult Job::run() {
         for (auto& f : student_ck->extra_files()) copy.push_back(f);
       if (!o_.no_save) student_->save(fs::join(out, "final"), save_dtype(o_, student_ck.get()), copy, /*overwrite=*/true);
       if (elastic_ && !o_.no_save)
-        elastic_->write_metadata(fs::join(out, "final"), {{"teacher", o_.teacher}, {"tokens", st_.tokens}, {"steps", st_.step}});
+        elastic_->write_metadata(fs::join(out, "final"), {{"teacher", o_.teacher_logits.empty() ? o_.teacher : o_.teacher_logits},
+                                                          {"tokens", st_.tokens}, {"steps", st_.step}});
     }
   }
   if (rank_ == 0) write_training_report(o_, st_, total_steps, tokens_per_step, result.exit_code);

@@ -235,3 +235,18 @@ TEST_CASE("distill: option combinations that cannot work together are refused wi
     CHECK_THROWS_WITH(run_distillation(o), MP_CONTAINS("--router-bias-update cannot be combined with --shard zero2"));
   }
 }
+
+TEST_CASE("distill: --elastic is refused with --shard and with --router-bias-update") {
+  DistillOptions o;
+  o.teacher = "/nonexistent/teacher";
+  o.student = "/nonexistent/student";
+  o.train_data = o.valid_data = "/nonexistent/data";
+  o.out_dir = "/nonexistent/out";
+  o.tokens = 1024;
+  o.elastic = "/nonexistent/budgets.json";
+  o.shard = "zero3";
+  CHECK_THROWS_WITH(run_distillation(o), MP_CONTAINS("--elastic cannot be combined with --shard zero3"));
+  o.shard = "none";
+  o.router_bias_update = 1e-3;
+  CHECK_THROWS_WITH(run_distillation(o), MP_CONTAINS("--elastic cannot be combined with --router-bias-update"));
+}
