@@ -5,8 +5,13 @@
 // --activation-checkpointing runs the student's layers through mp::distill::checkpointed (--checkpoint-layers K
 // per segment), as `minipuzzle distill --activation-checkpointing` does; scripts/gpu/distill.sh runs it beside the
 // plain step and compares peak memory, tokens/s and the losses.
+// --offline-k K (issue 28): the teacher is saved, `teacher-logits` (mp::write_teacher_logits) stores its top-K rows
+// of the step's windows under --store-dir, the teacher is freed, and the step trains from the store
+// (OfflineTeacher + sparse_kd_loss): tokens/s and peak memory without the teacher resident, plus the store's
+// bytes/token and the teacher pass's tokens/s.
 // Usage: bench_distill [--batch 2] [--seq 2048] [--steps 4] [--warmup 2] [--device cuda|cpu] [--tiny]
 //        [--no-fused] [--activation-checkpointing] [--checkpoint-layers 1] [--config-dir DIR]
+//        [--offline-k K --store-dir DIR]
 #include <ATen/ATen.h>
 
 #include <chrono>
@@ -22,6 +27,8 @@
 #include "bench/gpu_timer.h"
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/distill.h"
+#include "minipuzzle/teacher_logits.h"
+#include "minipuzzle/token_file.h"
 
 using namespace mp;
 
@@ -72,6 +79,8 @@ int main(int argc, char** argv) {
   bool checkpointing = false;
   int64_t layers_per_segment = 1;
   bool tiny = false, fused = true;
+  int64_t offline_k = 0;
+  std::string store_dir = "/tmp/bench_distill_store";
   std::string device_name = at::hasCUDA() ? "cuda" : "cpu", config_dir;
   for (int i = 1; i < argc; ++i) {
     auto next = [&] { return std::string(argv[++i]); };
@@ -85,6 +94,8 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--activation-checkpointing")) checkpointing = true;
     else if (!std::strcmp(argv[i], "--checkpoint-layers")) layers_per_segment = std::stoll(next());
     else if (!std::strcmp(argv[i], "--config-dir")) config_dir = next();
+    else if (!std::strcmp(argv[i], "--offline-k")) offline_k = std::stoll(next());
+    else if (!std::strcmp(argv[i], "--store-dir")) store_dir = next();
   }
   c10::Device device(device_name);
   const at::ScalarType dtype = device.is_cuda() ? at::kBFloat16 : at::kFloat;
@@ -101,7 +112,8 @@ int main(int argc, char** argv) {
   }
 
   NemotronH student = NemotronH::random_init(student_cfg, 1, device, dtype);
-  distill::ModelTeacher teacher(NemotronH::random_init(teacher_cfg, 2, device, dtype));
+  std::unique_ptr<distill::Teacher> teacher =
+      std::make_unique<distill::ModelTeacher>(NemotronH::random_init(teacher_cfg, 2, device, dtype));
   student.set_requires_grad(true);
   distill::AdamW optimizer(student.parameters(), {});
   distill::GradientSync sync(nullptr, optimizer.params(), int64_t(25) << 20);
@@ -114,11 +126,51 @@ int main(int argc, char** argv) {
   distill::Batch b;
   b.input_ids = at::randint(0, student_cfg.vocab_size, {batch, seq}, gen, at::kLong);
   b.labels = at::randint(0, student_cfg.vocab_size, {batch, seq}, gen, at::kLong);
+  json offline;
+  if (offline_k > 0) {
+    // One document whose packed windows are the step's batch; the teacher's rows of them go to a store on disk.
+    mp::fs::remove_all(store_dir);
+    mp::fs::create_directories(store_dir);
+    const at::Tensor doc = at::randint(0, student_cfg.vocab_size, {batch * seq + 1}, gen, at::kLong);
+    std::vector<uint32_t> ids(size_t(doc.numel()));
+    for (int64_t i = 0; i < doc.numel(); ++i) ids[size_t(i)] = uint32_t(doc[i].item<int64_t>());
+    TokenFileMetadata meta;
+    meta.tokenizer_kind = "byte_level";
+    meta.vocab_size = uint32_t(student_cfg.vocab_size);
+    TokenFileWriter w(store_dir + "/data", meta);
+    w.add_document(ids);
+    w.finish();
+    auto& model_teacher = static_cast<distill::ModelTeacher&>(*teacher);
+    model_teacher.model().save(store_dir + "/teacher", DType::BF16);
+    teacher.reset();  // the writer loads it again, as the CLI would
+#ifdef MINIPUZZLE_WITH_CUDA
+    if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+#endif
+    TeacherLogitsOptions o;
+    o.teacher = store_dir + "/teacher";
+    o.data = store_dir + "/data";
+    o.out_dir = store_dir + "/logits";
+    o.top_k = offline_k;
+    o.seq_len = seq;
+    o.batch_size = batch;
+    o.device = device.is_cuda() ? "cuda" : "cpu";
+    const TeacherLogitsResult r = write_teacher_logits(o);
+#ifdef MINIPUZZLE_WITH_CUDA
+    if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+#endif
+    teacher = std::make_unique<distill::OfflineTeacher>(std::vector<std::string>{o.out_dir});
+    distill::PackedWindows windows(std::make_shared<const TokenFile>(TokenFile::open(o.data)), seq);
+    std::vector<int64_t> all;
+    for (int64_t i = 0; i < batch; ++i) all.push_back(i);
+    b = distill::make_batch(windows, all);
+    offline = {{"top_k", offline_k}, {"bytes_per_token", r.bytes_per_token}, {"row_bytes", r.row_bytes},
+               {"teacher_logits_tokens_per_s", r.tokens_per_s}, {"teacher_resident", false}};
+  }
 
   std::vector<double> losses, times;
   auto one_step = [&] {
     auto t0 = std::chrono::steady_clock::now();
-    distill::StepResult r = distill::train_step(student, &teacher, optimizer, sync, nullptr, {b}, 1e-4, 1.0, loss);
+    distill::StepResult r = distill::train_step(student, teacher.get(), optimizer, sync, nullptr, {b}, 1e-4, 1.0, loss);
     bench::synchronize(device);
     times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     losses.push_back(r.loss);
@@ -132,7 +184,9 @@ int main(int argc, char** argv) {
   const double step_s = sorted[sorted.size() / 2];
   json out{{"bench", "distill_step"}, {"implementation", "minipuzzle"}, {"device", device.str()},
            {"dtype", device.is_cuda() ? "bf16 params, fp32 masters + AdamW moments" : "float32"},
-           {"loss_path", device.is_cuda() && fused ? "linear_kd (fused lm_head + KD)" : "kd_loss on logits"},
+           {"loss_path", offline_k > 0 ? "sparse_kd_loss on logits (offline top-k)"
+                         : device.is_cuda() && fused ? "linear_kd (fused lm_head + KD)" : "kd_loss on logits"},
+           {"offline", offline},
            {"activation_checkpointing", loss.checkpoint_layers > 0 ? json(loss.checkpoint_layers) : json(false)},
            {"student_params", count_parameters(student_cfg)}, {"teacher_params", count_parameters(teacher_cfg)},
            {"batch", batch}, {"seq", seq}, {"tokens_per_step", batch * seq}, {"steps_timed", steps},

@@ -6,6 +6,7 @@
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef MINIPUZZLE_WITH_NCCL
@@ -16,18 +17,11 @@
 #include <cstdlib>
 #include <map>
 
+#include "distill/communicator.h"
 #include "minipuzzle/distill.h"
 #include "minipuzzle/error.h"
 
 namespace mp::distill {
-
-class Communicator {
- public:
-  c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::Backend> backend;
-  int rank = 0, size = 1;
-  c10::Device device{c10::kCPU};
-};
 
 static int env_int(const char* name, int fallback) {
   const char* v = std::getenv(name);
@@ -63,6 +57,28 @@ c10::Device DistributedEnv::device_for(const std::string& spec) const {
   return c10::Device(c10::kCUDA, c10::DeviceIndex(std::stoi(spec.substr(prefix.size()))));
 }
 
+// ProcessGroupNCCL for CUDA, ProcessGroupGloo (on the loopback device for a local master) for CPU.
+static c10::intrusive_ptr<c10d::Backend> make_backend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
+                                                      c10::Device device, const std::string& master_addr) {
+  if (device.is_cuda()) {
+#ifdef MINIPUZZLE_WITH_NCCL
+    return c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, size, c10d::ProcessGroupNCCL::Options::create());
+#else
+    fail("distill: data parallelism on CUDA needs NCCL, and this build has no nccl.h (rebuild with NCCL)");
+#endif
+  }
+  auto opts = c10d::ProcessGroupGloo::Options::create(std::chrono::minutes(5));
+  const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+  const bool loopback = master_addr == "localhost" || master_addr.rfind("127.", 0) == 0;
+  if (ifname && *ifname)
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+  else if (loopback)
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+  else
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, opts);
+}
+
 std::shared_ptr<Communicator> make_communicator(const DistributedEnv& env, c10::Device device) {
   if (env.world_size == 1) return nullptr;
   auto comm = std::make_shared<Communicator>();
@@ -75,25 +91,24 @@ std::shared_ptr<Communicator> make_communicator(const DistributedEnv& env, c10::
   so.numWorkers = size_t(env.world_size);
   so.timeout = std::chrono::minutes(5);
   comm->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
-  if (device.is_cuda()) {
-#ifdef MINIPUZZLE_WITH_NCCL
-    comm->backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(comm->store, env.rank, env.world_size,
-                                                                c10d::ProcessGroupNCCL::Options::create());
-#else
-    fail("distill: data parallelism on CUDA needs NCCL, and this build has no nccl.h (rebuild with NCCL)");
-#endif
-  } else {
-    auto opts = c10d::ProcessGroupGloo::Options::create(std::chrono::minutes(5));
-    const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
-    const bool loopback = env.master_addr == "localhost" || env.master_addr.rfind("127.", 0) == 0;
-    if (ifname && *ifname)
-      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
-    else if (loopback)
-      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
-    else
-      opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-    comm->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(comm->store, env.rank, env.world_size, opts);
-  }
+  comm->backend = make_backend(comm->store, env.rank, env.world_size, device, env.master_addr);
+  return comm;
+}
+
+std::shared_ptr<Communicator> make_subgroup(const Communicator& parent, const std::vector<int>& ranks,
+                                            const std::string& tag) {
+  int mine = -1;
+  for (size_t k = 0; k < ranks.size(); ++k)
+    if (ranks[k] == parent.rank) mine = int(k);
+  MP_CHECK(mine >= 0, "distill: rank ", parent.rank, " is not in its own process group \"", tag, "\"");
+  if (ranks.size() == 1) return nullptr;
+  auto comm = std::make_shared<Communicator>();
+  comm->rank = mine;
+  comm->size = int(ranks.size());
+  comm->device = parent.device;
+  comm->store = c10::make_intrusive<c10d::PrefixStore>(tag, parent.store);
+  const char* addr = std::getenv("MASTER_ADDR");
+  comm->backend = make_backend(comm->store, comm->rank, comm->size, parent.device, addr && *addr ? addr : "127.0.0.1");
   return comm;
 }
 

@@ -98,7 +98,11 @@ json TrainSetup::to_json() const {
           {"activation_checkpointing", checkpoint_layers > 0},
           {"checkpoint_layers", checkpoint_layers},
           {"offload_fraction", offload_fraction},
-          {"has_teacher", has_teacher}};
+          {"has_teacher", has_teacher},
+          {"world_size", world_size},
+          {"shard", shard},
+          {"shard_group_size", shard_group()},
+          {"shard_teacher", shard_teacher}};
 }
 
 double TrainMemory::device_total() const {
@@ -143,6 +147,32 @@ std::string TrainMemory::table() const {
 int64_t trainable_parameters(const ModelConfig& student) {
   return search::count_params(search::Shape::of(student)).total();
 }
+
+namespace {
+// Parameters of the sharding units (distill/fsdp.cpp): the root (embedding, final norm, lm_head), all layers, and
+// the largest single layer (its pre-mixer norm included).
+struct UnitParams {
+  double root = 0, layers = 0, largest_layer = 0;
+};
+UnitParams unit_params(const ModelConfig& c) {
+  const search::Shape sh = search::Shape::of(c);
+  const search::ParamCounts pc = search::count_params(sh);
+  UnitParams u;
+  u.root = D(pc.embeddings + pc.lm_head + pc.final_norm);
+  u.layers = D(pc.total()) - u.root;
+  for (LayerType t : c.layers) {
+    int64_t n = c.hidden_size;
+    switch (t) {
+      case LayerType::Mamba: n += search::mamba_layer_params(sh); break;
+      case LayerType::Attention: n += search::attention_layer_params(sh); break;
+      case LayerType::Mlp: n += search::mlp_layer_params(sh); break;
+      case LayerType::Moe: n += search::moe_layer_params(sh); break;
+    }
+    u.largest_layer = std::max(u.largest_layer, D(n));
+  }
+  return u;
+}
+}  // namespace
 
 KeptActivations kept_activation_bytes(const ModelConfig& c, const TrainSetup& s) {
   MP_CHECK(s.seq_len > 0 && s.micro_batch > 0, "memory plan: seq_len and micro_batch must be positive, found ",
@@ -213,14 +243,39 @@ TrainMemory estimate_train_memory(const ModelConfig& student, const std::optiona
     m.terms.push_back({std::move(name), device, host, std::move(note)});
   };
   const std::string wdt = b == 2 ? "bf16" : "fp32";
-  if (teacher) add("teacher weights", D(trainable_parameters(*teacher)) * D(b), 0, "frozen, " + wdt);
-  add("student weights", Ps * D(b), 0, wdt);
-  add("gradients", Ps * D(b), 0, wdt + ", accumulated over micro-batches");
+  MP_CHECK(s.shard == "none" || s.shard == "zero2" || s.shard == "zero3", "memory plan: shard must be none, zero2 or "
+           "zero3, found \"", s.shard, "\"");
+  const double S = D(s.shard_group());
+  const bool sharded = s.shard != "none";
+  const std::string per = sharded ? " / " + std::to_string(s.shard_group()) + " ranks" : "";
+  const UnitParams us = unit_params(student);
+  if (teacher) {
+    if (s.shard_teacher && S > 1) {
+      const UnitParams ut = unit_params(*teacher);
+      add("teacher weights", (ut.root + ut.layers / S + 2.0 * ut.largest_layer) * D(b), 0,
+          "frozen, " + wdt + ", layers" + per + ", root replicated, 2 layers gathered");
+    } else {
+      add("teacher weights", D(trainable_parameters(*teacher)) * D(b), 0, "frozen, " + wdt + (sharded ? ", replicated" : ""));
+    }
+  }
+  if (s.shard == "zero3")
+    add("student weights", (us.root + us.layers / S + 2.0 * us.largest_layer) * D(b), 0,
+        wdt + ", layers" + per + ", root replicated, 2 layers gathered (current + prefetch)");
+  else
+    add("student weights", Ps * D(b), 0, wdt + (sharded ? ", replicated" : ""));
+  if (sharded)
+    // The shard, plus full-size gradients while they wait for their reduce-scatter: the root's (lm_head's from the
+    // start of backward to the embedding's at its end) and up to three layers' (autograd's, the flat copy, one
+    // more in flight).
+    add("gradients", Ps * D(b) / S + (us.root + 3.0 * us.largest_layer) * D(b), 0,
+        wdt + per + " + root and 3 layers full-size in flight");
+  else
+    add("gradients", Ps * D(b), 0, wdt + ", accumulated over micro-batches");
   // fp32 masters exist only for low-precision parameters (an fp32 parameter is its own master). Offloaded fp32
   // parameters get a host master: the host update never writes the device tensor it reads.
-  const double master_bytes = b != 4 ? Ps * 4.0 : 0.0;
-  add("fp32 master weights", master_bytes * (1 - f), b != 4 ? Ps * 4.0 * f : Ps * 4.0 * f, "fp32");
-  add("AdamW moments", Ps * 8.0 * (1 - f), Ps * 8.0 * f, "exp_avg + exp_avg_sq, fp32");
+  const double master_bytes = (b != 4 ? Ps * 4.0 : 0.0) / S;
+  add("fp32 master weights", master_bytes * (1 - f), Ps * 4.0 / S * f, "fp32" + per);
+  add("AdamW moments", Ps * 8.0 / S * (1 - f), Ps * 8.0 / S * f, "exp_avg + exp_avg_sq, fp32" + per);
   const KeptActivations k = kept_activation_bytes(student, s);
   m.kept_activations = k.total();
   {
@@ -254,7 +309,7 @@ TrainMemory estimate_train_memory(const ModelConfig& student, const std::optiona
   // log-softmax and the KL's temporaries, about five [1024, V] fp32 buffers, beside the teacher's forward.
   const double eval = b != 4 ? 5.0 * std::min(T, 1024.0) * D(student.vocab_size) * 4.0 + teacher_fwd : 0.0;
   const double bwd = backward_transient_bytes(student, s);
-  const double opt = b != 4 ? std::min(Ps * (1 - f), D(int64_t(128) << 20)) * 4.0 : 0.0;
+  const double opt = b != 4 ? std::min(Ps / S * (1 - f), D(int64_t(128) << 20)) * 4.0 : 0.0;
   const double transient = std::max({teacher_fwd, kd, bwd, opt, eval});
   {
     std::string which = transient == teacher_fwd ? "teacher forward" : transient == kd ? "fused KD chunks"

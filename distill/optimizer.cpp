@@ -31,7 +31,12 @@
 
 namespace mp::distill {
 
-bool AdamW::decays(const std::string& name, const at::Tensor& param) { return param.dim() >= 2; }
+bool AdamW::decays(const std::string& name, const at::Tensor& param) {
+  // Flat shards of sharded training (distill/fsdp.cpp) say by name which range they cover.
+  if (name.rfind("flat.decay/", 0) == 0) return true;
+  if (name.rfind("flat.nodecay/", 0) == 0) return false;
+  return param.dim() >= 2;
+}
 
 namespace {
 constexpr int64_t kPiece = int64_t(32) << 20;  // elements per staged piece (64 MiB of bf16)

@@ -111,7 +111,8 @@ at::Tensor checkpointed(const LayerFn& fn, const at::Tensor& input, const std::v
   return Recompute::apply(input, at::TensorList(params), fn);
 }
 
-at::Tensor checkpointed_forward_hidden(const NemotronH& model, const at::Tensor& input_ids, int64_t layers_per_segment) {
+at::Tensor checkpointed_forward_hidden(const NemotronH& model, const at::Tensor& input_ids, int64_t layers_per_segment,
+                                       ActivationObserver* observer) {
   MP_CHECK(layers_per_segment > 0, "distill: activation checkpointing needs at least 1 layer per segment, found ",
            layers_per_segment);
   const int64_t n = model.config().num_layers();
@@ -125,9 +126,13 @@ at::Tensor checkpointed_forward_hidden(const NemotronH& model, const at::Tensor&
     // captured by reference.
     const NemotronH* m = &model;
     h = checkpointed(
-        [m, first, last](const at::Tensor& x) {
+        [m, first, last, observer](const at::Tensor& x) {
+          // The forward runs with gradients off, the recomputation in backward with them on: only the first is
+          // observed.
+          ForwardOptions fo;
+          if (!at::GradMode::is_enabled()) fo.observer = observer;
           at::Tensor y = x;
-          for (int64_t i = first; i < last; ++i) y = m->forward_layer(i, y);
+          for (int64_t i = first; i < last; ++i) y = m->forward_layer(i, y, fo);
           return y;
         },
         h, params);

@@ -6,15 +6,20 @@
 #include <cmath>
 
 #include "minipuzzle/distill.h"
+#include "minipuzzle/fsdp.h"
 #include "minipuzzle/kd.h"
+#include "minipuzzle/sparse_kd.h"
 
 namespace mp::distill {
 
 namespace {
 // The student's final hidden state; with activation checkpointing its layers are recomputed in backward.
 at::Tensor student_hidden(const NemotronH& student, const at::Tensor& ids, const LossOptions& o) {
-  return o.checkpoint_layers > 0 ? checkpointed_forward_hidden(student, ids, o.checkpoint_layers)
-                                 : student.forward_hidden(ids);
+  ForwardOptions fo;
+  fo.observer = o.observer;
+  if (o.sharded) return o.sharded->forward_hidden(ids, o.checkpoint_layers, fo);
+  return o.checkpoint_layers > 0 ? checkpointed_forward_hidden(student, ids, o.checkpoint_layers, o.observer)
+                                 : student.forward_hidden(ids, fo);
 }
 }  // namespace
 
@@ -24,6 +29,20 @@ at::Tensor micro_batch_loss(const NemotronH& student, Teacher* teacher, const Ba
   at::Tensor labels = batch.labels.to(device).reshape(-1);
   const int64_t V = student.config().vocab_size;
   if (!teacher) return at::cross_entropy_loss(student.logits(student_hidden(student, ids, o)).view({-1, V}), labels);
+  if (teacher->sparse()) {  // stored top-k rows (distill --teacher-logits): no teacher forward
+    LinearKdOptions k;
+    k.temperature = o.temperature;
+    k.kd_weight = o.alpha;
+    k.ce_weight = 1.0 - o.alpha;
+    at::Tensor hs = student_hidden(student, ids, o);
+    TeacherOutput t = teacher->run(ids, /*want_hidden=*/false);
+    const int64_t K = t.topk_ids.size(-1);
+    const at::Tensor t_ids = t.topk_ids.reshape({-1, K}), t_logits = t.topk_logits.reshape({-1, K});
+    const at::Tensor t_lse = t.lse_at(o.temperature).reshape({-1});
+    if (device.is_cuda() && o.fused_lm_head)  // no [tokens, vocab] logits
+      return linear_sparse_kd(hs.reshape({-1, hs.size(-1)}), student.lm_head_weight(), t_ids, t_logits, t_lse, labels, k);
+    return sparse_kd_loss(student.logits(hs).view({-1, V}), t_ids, t_logits, t_lse, labels, k);
+  }
   if (device.is_cuda() && o.fused_lm_head) {
     LinearKdOptions k;
     k.temperature = o.temperature;

@@ -11,11 +11,15 @@
 #include <c10/cuda/CUDAFunctions.h>
 #endif
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <memory>
 
+#include "distill/elastic.h"
 #include "distill/report.h"
+#include "distill/router_bias.h"
 #include "distill/router_load.h"
 #include "distill/trainer_state.h"
 #include "minipuzzle/checkpoint.h"
@@ -23,10 +27,12 @@
 #include "minipuzzle/distill.h"
 #include "minipuzzle/error.h"
 #include "minipuzzle/fs.h"
+#include "minipuzzle/fsdp.h"
 #include "minipuzzle/interrupt.h"
 #include "minipuzzle/kd.h"
 #include "minipuzzle/progress.h"
 #include "minipuzzle/report.h"
+#include "minipuzzle/sparse_kd.h"
 #include "minipuzzle/tokenizer.h"
 #include "minipuzzle/train_memory.h"
 
@@ -36,7 +42,11 @@ namespace {
 
 void check_options(const DistillOptions& o) {
   MP_CHECK(!o.student.empty(), "distill: --student is required");
-  MP_CHECK(o.from_scratch || !o.teacher.empty(), "distill: --teacher is required (or --from-scratch)");
+  MP_CHECK(o.from_scratch || !o.teacher.empty() || !o.teacher_logits.empty(),
+           "distill: --teacher or --teacher-logits is required (or --from-scratch)");
+  MP_CHECK(o.teacher.empty() || o.teacher_logits.empty(), "distill: give --teacher or --teacher-logits, not both");
+  MP_CHECK(o.teacher_logits_valid.empty() || !o.teacher_logits.empty(),
+           "distill: --teacher-logits-valid needs --teacher-logits");
   MP_CHECK(!o.train_data.empty() && !o.valid_data.empty(), "distill: --data and --valid are required");
   MP_CHECK(!o.out_dir.empty(), "distill: -o OUT is required");
   MP_CHECK(o.tokens > 0, "distill: --tokens must be positive, found ", o.tokens);
@@ -48,6 +58,25 @@ void check_options(const DistillOptions& o) {
   (void)DistributedEnv().device_for(o.device);  // the spelling (cpu, cuda, cuda:N), checked before any work
   MP_CHECK(o.max_nonfinite > 0, "distill: --max-nonfinite must be positive");
   MP_CHECK(o.checkpoint_layers > 0, "distill: --checkpoint-layers must be positive, found ", o.checkpoint_layers);
+  MP_CHECK(!o.shard_teacher || o.plan_only, "distill: --shard-teacher is planned (--plan) but not implemented in "
+           "training yet; the teacher is replicated on every rank");
+  MP_CHECK(o.shard_group_size >= 0, "distill: --shard-group-size must be positive, found ", o.shard_group_size);
+  MP_CHECK(shard_mode_from_name(o.shard) != ShardMode::none || o.shard_group_size == 0,
+           "distill: --shard-group-size needs --shard zero2 or zero3");
+  // The router correction biases live inside the sharded flat units (in the model dtype, owned shard by shard, with
+  // fp32 masters for bf16 weights) where RouterBiasUpdate's in-place update of the full tensors cannot reach them.
+  MP_CHECK(o.router_bias_update <= 0 || shard_mode_from_name(o.shard) == ShardMode::none,
+           "distill: --router-bias-update cannot be combined with --shard ", o.shard, " (the router biases are held in "
+           "the sharded flat units, which the update does not write); use --shard none for MoE router balancing");
+  // Elastic training slices the student's full tensors per budget (index_select views whose gradients land in them),
+  // which a sharded student does not hold; and its slices drop experts and layers, so their router loads do not
+  // line up with the full model's routers.
+  MP_CHECK(o.elastic.empty() || shard_mode_from_name(o.shard) == ShardMode::none,
+           "distill: --elastic cannot be combined with --shard ", o.shard, " (each budget is a slice of the full "
+           "student's tensors, which sharding does not keep); use plain data parallelism (--shard none)");
+  MP_CHECK(o.elastic.empty() || o.router_bias_update <= 0,
+           "distill: --elastic cannot be combined with --router-bias-update (the budgets' slices route over subsets "
+           "of the experts and layers, so their loads do not map onto the full model's router biases)");
 }
 
 DType save_dtype(const DistillOptions& o, const Checkpoint* student_ck) {
@@ -110,7 +139,10 @@ class Job {
   int rank_ = 0, world_ = 1;
   c10::Device device_{c10::kCPU};
   std::unique_ptr<NemotronH> student_;
+  std::unique_ptr<ShardedStudent> sharded_;  // --shard zero2|zero3
   std::unique_ptr<Teacher> teacher_;
+  std::unique_ptr<ElasticTraining> elastic_;  // --elastic: nested budgets (distill/elastic.h)
+  Teacher* eval_teacher_ = nullptr;  // teacher_, or null for offline logits without a validation store
   std::unique_ptr<PackedWindows> train_, valid_;
   std::unique_ptr<WindowOrder> order_;
   TrainerState st_;
@@ -124,6 +156,18 @@ std::vector<int64_t> Job::window_ids(int64_t first, int64_t count) {
 }
 
 constexpr int64_t kEvalTokenChunk = 1024;  // keep in step with the memory plan's evaluation term
+
+// Sum over rows r0 .. r0+m of the sparse teacher's forward KL at T = 1 (top-k + tail, mp::sparse_kd_loss) against
+// student logits [m, V].
+double sparse_kl_sum(const at::Tensor& student_logits, const TeacherOutput& t, int64_t r0, int64_t m) {
+  const int64_t K = t.topk_ids.size(-1);
+  KdOptions k;
+  k.reduction = KdReduction::sum;
+  return sparse_kd_loss(student_logits, t.topk_ids.reshape({-1, K}).narrow(0, r0, m),
+                        t.topk_logits.reshape({-1, K}).narrow(0, r0, m), t.lse_at(1.0).reshape({-1}).narrow(0, r0, m),
+                        {}, k)
+      .item<double>();
+}
 
 // Validation: the first eval windows of the valid file in order, split over ranks; sums reduced over ranks.
 json Job::evaluate() {
@@ -146,16 +190,18 @@ json Job::evaluate() {
       // Logits a chunk of tokens at a time, so that evaluation needs no [tokens, vocab] buffers beside the
       // optimizer state (the memory plan's "evaluation chunks" transient).
       const int64_t chunk = kEvalTokenChunk;
-      at::Tensor hs = student_->forward_hidden(input, fo);
+      at::Tensor hs = sharded_ ? sharded_->forward_hidden(input, 0, fo) : student_->forward_hidden(input, fo);
       hs = hs.reshape({-1, hs.size(-1)});
       TeacherOutput t;
-      if (teacher_) t = teacher_->run(input, /*want_hidden=*/true);
+      if (eval_teacher_) t = eval_teacher_->run(input, /*want_hidden=*/true);
       for (int64_t r0 = 0; r0 < hs.size(0); r0 += chunk) {
         const int64_t m = std::min(chunk, hs.size(0) - r0);
         at::Tensor s = student_->logits(hs.narrow(0, r0, m));
         at::Tensor lab = labels.narrow(0, r0, m);
         sums[0] += at::cross_entropy_loss(s, lab, {}, at::Reduction::Sum).item<double>();
-        if (teacher_) {
+        if (eval_teacher_ && t.sparse()) {
+          sums[1] += sparse_kl_sum(s, t, r0, m);
+        } else if (eval_teacher_) {
           KdOptions k;
           k.reduction = KdReduction::sum;
           at::Tensor tl = t.logits.defined()
@@ -167,27 +213,38 @@ json Job::evaluate() {
       sums[2] += double(labels.numel());
       continue;
     }
-    at::Tensor logits = student_->forward(input, fo).view({-1, V});
+    at::Tensor logits = sharded_ ? student_->logits(sharded_->forward_hidden(input, 0, fo)).view({-1, V})
+                                 : student_->forward(input, fo).view({-1, V});
     sums[0] += at::cross_entropy_loss(logits, labels, {}, at::Reduction::Sum).item<double>();
-    if (teacher_) {
+    if (eval_teacher_) {
       KdOptions k;  // plain KL(teacher || student) at T = 1
       k.reduction = KdReduction::sum;
-      at::Tensor t = teacher_->run(input, false).logits.reshape({-1, V});
-      sums[1] += kd_loss(logits, t, {}, k).item<double>();
+      TeacherOutput to = eval_teacher_->run(input, false);
+      sums[1] += to.sparse() ? sparse_kl_sum(logits, to, 0, logits.size(0))
+                             : kd_loss(logits, to.logits.reshape({-1, V}), {}, k).item<double>();
     }
     sums[2] += double(labels.numel());
+  }
+  if (sharded_) {
+    // Sharded forwards are collectives (a gather per layer): every rank runs as many as the rank with the most
+    // windows, ranks with fewer on a discarded window.
+    const int64_t per_rank = (n + world_ - 1) / world_;
+    const int64_t rounds = (per_rank + o_.micro_batch - 1) / o_.micro_batch;
+    const int64_t done = (int64_t(mine.size()) + o_.micro_batch - 1) / o_.micro_batch;
+    for (int64_t k = done; k < rounds; ++k) sharded_->forward_hidden(make_batch(*valid_, {0}).input_ids.to(device_), 0);
   }
   all_reduce_sum(comm_.get(), sums);
   const double tokens = sums[2].item<double>();
   json j{{"event", "eval"}, {"step", st_.step}, {"tokens", st_.tokens}, {"val_tokens", int64_t(tokens)}};
   j["val_loss"] = sums[0].item<double>() / tokens;
   j["val_ppl"] = std::exp(j["val_loss"].get<double>());
-  if (teacher_) j["val_kl"] = sums[1].item<double>() / tokens;
+  if (eval_teacher_) j["val_kl"] = sums[1].item<double>() / tokens;
   if (moe) {  // every rank observed its share of the windows: sum the counts (every rank takes part)
     at::Tensor counts = load.packed();
     all_reduce_sum(comm_.get(), counts);
     j["router_load"] = load.summary(counts);
   }
+  if (elastic_) j["budgets"] = elastic_->evaluate(*student_, *valid_, n, o_.micro_batch, eval_teacher_);
   return j;
 }
 
@@ -217,7 +274,7 @@ json Job::plan_memory() {
 
   const ModelConfig student = load_config(o_.student);
   std::optional<ModelConfig> teacher;
-  if (!o_.from_scratch) teacher = load_config(o_.teacher);
+  if (!o_.from_scratch && o_.teacher_logits.empty()) teacher = load_config(o_.teacher);
   if (student.count(LayerType::Moe) > 0 || (teacher && teacher->count(LayerType::Moe) > 0)) {
     // The plan's activation terms cover Mamba, attention and MLP layers; MoE layers train without a plan.
     MP_CHECK(!o_.plan_only && o_.fit != "auto", "distill: the memory plan does not model mixture-of-experts layers "
@@ -237,6 +294,10 @@ json Job::plan_memory() {
   r.setup.checkpoint_layers = o_.activation_checkpointing ? o_.checkpoint_layers : 0;
   r.setup.offload_fraction = fraction;
   r.setup.has_teacher = !o_.from_scratch;
+  r.setup.world_size = o_.plan_world_size > 0 ? o_.plan_world_size : world_;
+  r.setup.shard = o_.shard;
+  r.setup.shard_group_size = o_.shard_group_size;
+  r.setup.shard_teacher = o_.shard_teacher;
   r.device_bytes = !o_.gpu_memory.empty() ? parse_memory_size(o_.gpu_memory)
                                           : device_.is_cuda() ? cuda_free_bytes(device_.index()) : 0.0;
   r.host_bytes = !o_.host_memory.empty() ? parse_memory_size(o_.host_memory) : host_available_bytes();
@@ -266,7 +327,12 @@ json Job::plan_memory() {
                        std::to_string(plan.setup.micro_batch) + " x grad-accum " + std::to_string(plan.setup.grad_accum) +
                        ", activation checkpointing " + (plan.setup.checkpoint_layers > 0 ? "on" : "off") +
                        ", optimizer state on the host " + std::to_string(int(std::lround(plan.setup.offload_fraction * 100))) +
-                       "%" + (plan.fits ? "" : " -- DOES NOT FIT") + "\n" + plan.memory.table();
+                       "%" + (plan.setup.world_size > 1 || plan.setup.shard != "none"
+                                  ? ", " + std::to_string(plan.setup.world_size) + " ranks, shard " + plan.setup.shard +
+                                        (plan.setup.shard != "none" ? " over " + std::to_string(plan.setup.shard_group()) : "") +
+                                        (plan.setup.shard_teacher ? ", teacher sharded" : "") + " (per GPU)"
+                                  : "") +
+                       (plan.fits ? "" : " -- DOES NOT FIT") + "\n" + plan.memory.table();
     std::fputs(text.c_str(), stdout);
     std::fflush(stdout);
     fs::create_directories(o_.out_dir);
@@ -317,6 +383,21 @@ DistillResult Job::run() {
   std::unique_ptr<Checkpoint> student_ck;
   if (o_.from_scratch) {
     student_ = std::make_unique<NemotronH>(NemotronH::random_init(load_config(o_.student), o_.seed, device_, dtype));
+  } else if (!o_.teacher_logits.empty()) {  // stored top-k teacher rows instead of a teacher (issue 28)
+    student_ck = std::make_unique<Checkpoint>(Checkpoint::open(o_.student));
+    student_ = std::make_unique<NemotronH>(NemotronH::load(*student_ck, device_, dtype));
+    std::vector<std::string> dirs{o_.teacher_logits};
+    if (!o_.teacher_logits_valid.empty()) dirs.push_back(o_.teacher_logits_valid);
+    auto offline = std::make_unique<OfflineTeacher>(dirs);
+    MP_CHECK(offline->vocab_size() == student_->config().vocab_size, "distill: teacher logits in ", o_.teacher_logits,
+             " have vocabulary ", offline->vocab_size(), ", the student ", student_->config().vocab_size);
+    MP_CHECK(offline->seq_len() == o_.seq_len, "distill: teacher logits in ", o_.teacher_logits, " were made with "
+             "--seq-len ", offline->seq_len(), "; distill with the same --seq-len (given ", o_.seq_len, ")");
+    const auto& temps = offline->lse_temperatures();
+    MP_CHECK(std::find(temps.begin(), temps.end(), o_.temperature) != temps.end(), "distill: teacher logits in ",
+             o_.teacher_logits, " hold the rows' log-sum-exp at other temperatures than --temperature ", o_.temperature,
+             "; make them with teacher-logits --temperature ", o_.temperature);
+    teacher_ = std::move(offline);
   } else {
     student_ck = std::make_unique<Checkpoint>(Checkpoint::open(o_.student));
     student_ = std::make_unique<NemotronH>(NemotronH::load(*student_ck, device_, dtype));
@@ -327,6 +408,7 @@ DistillResult Job::run() {
              "; logit distillation needs one shared tokenizer");
   }
   student_->set_requires_grad(true);
+  eval_teacher_ = (o_.teacher_logits.empty() || !o_.teacher_logits_valid.empty()) ? teacher_.get() : nullptr;
 
   // Data.
   // Through the one data resolver (token files, Megatron, .npy, text, raw ids with data_format, blends).
@@ -347,7 +429,16 @@ DistillResult Job::run() {
              " has vocab_size ", f->vocab_size(), ", larger than the model's ", student_->config().vocab_size);
   train_ = std::make_unique<PackedWindows>(train_file, o_.seq_len);
   valid_ = std::make_unique<PackedWindows>(valid_file, o_.seq_len);
-  order_ = std::make_unique<WindowOrder>(train_->size(), o_.seed);
+  int64_t train_windows = train_->size();
+  if (auto* offline = dynamic_cast<OfflineTeacher*>(teacher_.get());
+      offline && offline->training_windows() < train_windows) {
+    // Stored logits of the first N windows only (teacher-logits --max-windows): draw from those.
+    train_windows = offline->training_windows();
+    if (rank_ == 0)
+      log_info("distill: the teacher logits hold the first " + std::to_string(train_windows) + " of " +
+               std::to_string(train_->size()) + " training windows; training draws from those");
+  }
+  order_ = std::make_unique<WindowOrder>(train_windows, o_.seed);
 
   const int64_t global_batch = o_.micro_batch * o_.grad_accum * world_;
   const int64_t tokens_per_step = global_batch * o_.seq_len;
@@ -355,14 +446,32 @@ DistillResult Job::run() {
   ScheduleOptions sched = o_.schedule;
   sched.total_steps = total_steps;
 
-  AdamW optimizer(student_->parameters(), o_.adamw, offload_fraction_);
+  const ShardMode shard = shard_mode_from_name(o_.shard);
+  std::unique_ptr<AdamW> plain_optimizer;
+  if (shard != ShardMode::none)
+    sharded_ = std::make_unique<ShardedStudent>(*student_, comm_, shard, o_.shard_group_size, o_.adamw, offload_fraction_);
+  else
+    plain_optimizer = std::make_unique<AdamW>(student_->parameters(), o_.adamw, offload_fraction_);
+  AdamW& optimizer = sharded_ ? sharded_->optimizer() : *plain_optimizer;
   st_.settings = {{"seq_len", o_.seq_len}, {"micro_batch", o_.micro_batch}, {"grad_accum", o_.grad_accum},
                   {"world_size", world_}, {"seed", o_.seed}, {"tokens", o_.tokens},
                   {"from_scratch", o_.from_scratch}, {"alpha", o_.alpha}, {"temperature", o_.temperature},
                   {"lr", sched.lr}, {"min_lr", sched.min_lr}, {"warmup", sched.warmup_steps},
                   {"schedule", lr_schedule_name(sched.kind)}, {"device", o_.device}};
+  if (sharded_) {
+    // A sharded checkpoint reshards on load: the world size (and its split into micro-batches) may change as long
+    // as the global batch, which fixes the step sequence, does not.
+    for (const char* k : {"micro_batch", "grad_accum", "world_size"}) st_.settings.erase(k);
+    st_.settings["global_batch"] = global_batch;
+  }
+  if (!o_.elastic.empty()) {
+    elastic_ = std::make_unique<ElasticTraining>(o_.elastic, o_.student, student_->config(), o_.seed);
+    st_.settings["elastic"] = elastic_->settings();
+  }
+  if (!o_.teacher_logits.empty()) st_.settings["teacher_logits"] = fs::absolute(o_.teacher_logits);
   bool resumed = false;
-  if (o_.resume) resumed = load_trainer_state(o_.out_dir, st_, optimizer);
+  if (o_.resume)
+    resumed = sharded_ ? load_sharded_trainer_state(o_.out_dir, st_, *sharded_) : load_trainer_state(o_.out_dir, st_, optimizer);
   if (rank_ == 0) {
     if (resumed) truncate_log(fs::join(out, "log.jsonl"), st_.step);
     log_.open(fs::join(out, "log.jsonl"), resumed ? std::ios::app : std::ios::trunc);
@@ -370,7 +479,7 @@ DistillResult Job::run() {
   }
   log({{"event", resumed ? "resume" : "start"}, {"total_steps", total_steps}, {"tokens_per_step", tokens_per_step},
        {"world_size", world_}, {"student_parameters", student_->num_parameters()}, {"settings", st_.settings},
-       {"resumed_at_step", st_.step},
+       {"resumed_at_step", st_.step}, {"shard", o_.shard},
        // Not a setting: checkpointing changes memory and time, not the step sequence, so a resume may switch it.
        {"activation_checkpointing", o_.activation_checkpointing ? json(o_.checkpoint_layers) : json(false)},
        // Placement, like checkpointing, changes memory and time but not the values: a resume may change it.
@@ -378,16 +487,26 @@ DistillResult Job::run() {
        {"memory_plan", plan.is_null() ? json() : plan["memory"]}});
   if (o_.resume && !resumed && rank_ == 0) log_warning("distill: --resume given but " + o_.out_dir + " has no checkpoint; starting fresh");
 
-  GradientSync sync(comm_, optimizer.params(), o_.bucket_bytes);
+  std::unique_ptr<GradientSync> sync;
+  if (!sharded_) sync = std::make_unique<GradientSync>(comm_, optimizer.params(), o_.bucket_bytes);
   LossOptions loss;
   loss.alpha = o_.alpha;
   loss.temperature = o_.temperature;
   loss.fused_lm_head = o_.fused_lm_head;
   loss.checkpoint_layers = o_.activation_checkpointing ? o_.checkpoint_layers : 0;
+  std::unique_ptr<RouterBiasUpdate> router_bias;  // aux-loss-free load balancing (MoE students, opt-in)
+  if (o_.router_bias_update > 0) {
+    router_bias = std::make_unique<RouterBiasUpdate>(student_->config(), o_.router_bias_update);
+    loss.observer = router_bias.get();
+  }
   Progress progress("distill", (total_steps - st_.step) * tokens_per_step, "tok",
                     rank_ == 0 ? ProgressMode::Auto : ProgressMode::Off);
   auto save = [&] {
     if (o_.no_save) return;
+    if (sharded_) {
+      save_sharded_trainer_state(o_.out_dir, st_, *sharded_, comm_.get());
+      return;
+    }
     if (rank_ == 0) save_trainer_state(o_.out_dir, st_, optimizer);
     barrier(comm_.get());
   };
@@ -410,9 +529,17 @@ DistillResult Job::run() {
     std::vector<Batch> micro_batches;
     for (int64_t k = 0; k < o_.grad_accum; ++k)
       micro_batches.push_back(make_batch(*train_, window_ids(st_.cursor + (k * world_ + rank_) * o_.micro_batch, o_.micro_batch)));
-    const StepResult r = train_step(*student_, teacher_.get(), optimizer, sync, comm_.get(), micro_batches, lr, o_.clip, loss);
+    const StepResult r =
+        sharded_   ? sharded_->train_step(teacher_.get(), micro_batches, lr, o_.clip, loss)
+        : elastic_ ? elastic_->train_step(*student_, teacher_.get(), optimizer, *sync, comm_.get(), micro_batches, lr, o_.clip, loss, st_.step)
+                   : train_step(*student_, teacher_.get(), optimizer, *sync, comm_.get(), micro_batches, lr, o_.clip, loss);
     const double step_loss = r.loss, grad_norm = r.grad_norm;
     const bool finite = r.applied;
+    json router_bias_line;  // after the update, as the optimizer's; a skipped step moves no bias either
+    if (router_bias) {
+      if (finite) router_bias_line = router_bias->apply(*student_, comm_.get());
+      else router_bias->clear();
+    }
     if (finite) {
       st_.nonfinite_in_a_row = 0;
     } else {
@@ -435,6 +562,8 @@ DistillResult Job::run() {
     line["loss"] = finite ? json(step_loss) : json(nullptr);
     line["grad_norm"] = std::isfinite(grad_norm) ? json(grad_norm) : json(nullptr);
     if (!finite) line["skipped"] = true;
+    if (!router_bias_line.is_null()) line["router_bias"] = router_bias_line;
+    if (elastic_) line["budgets"] = elastic_->last_step();
     log(line);
     progress.advance(tokens_per_step, {{"loss", finite ? step_loss : NAN}, {"lr", lr}});
 
@@ -476,11 +605,19 @@ DistillResult Job::run() {
   if (result.exit_code == 0 && !stopped_early) {
     progress.finish({{"loss", st_.train_loss.empty() ? NAN : st_.train_loss.back()}});
     save();
+    if (sharded_ && !o_.no_save) {
+      // The full parameters, gathered unit by unit (every rank takes part), replace the student's on rank 0.
+      std::map<std::string, at::Tensor> full = sharded_->full_parameters_cpu();
+      if (rank_ == 0) student_ = std::make_unique<NemotronH>(student_->config(), std::move(full));
+    }
     if (rank_ == 0) {
       std::vector<std::string> copy;
       if (student_ck)
         for (auto& f : student_ck->extra_files()) copy.push_back(f);
       if (!o_.no_save) student_->save(fs::join(out, "final"), save_dtype(o_, student_ck.get()), copy, /*overwrite=*/true);
+      if (elastic_ && !o_.no_save)
+        elastic_->write_metadata(fs::join(out, "final"), {{"teacher", o_.teacher_logits.empty() ? o_.teacher : o_.teacher_logits},
+                                                          {"tokens", st_.tokens}, {"steps", st_.step}});
     }
   }
   if (rank_ == 0) write_training_report(o_, st_, total_steps, tokens_per_step, result.exit_code);

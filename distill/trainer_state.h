@@ -33,4 +33,11 @@ void save_trainer_state(const std::string& out_dir, const TrainerState& state, c
 bool load_trainer_state(const std::string& out_dir, TrainerState& state, AdamW& optimizer);
 std::string checkpoint_dir(const std::string& out_dir);
 
+// Sharded training (minipuzzle/fsdp.h): every rank calls both. The load reshards: a checkpoint written by another
+// shard group size, or by the plain trainer, gives each rank its slice of the same flat units.
+class ShardedStudent;
+void save_sharded_trainer_state(const std::string& out_dir, const TrainerState& state, const ShardedStudent& student,
+                                Communicator* comm);
+bool load_sharded_trainer_state(const std::string& out_dir, TrainerState& state, ShardedStudent& student);
+
 }  // namespace mp::distill

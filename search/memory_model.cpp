@@ -147,6 +147,14 @@ double prefill_activation_bytes(const Shape& s, int64_t tokens_per_seq, int64_t 
     peak_layer = std::max(peak_layer, q);
   }
   if (s.n_mlp) peak_layer = std::max(peak_layer, 2.0 * T * static_cast<double>(s.ffn) * a);  // up and relu^2
+  if (s.n_moe) {
+    // The k routed slots per token: gathered inputs, the experts' up output and relu^2, their outputs; the fp32
+    // sum of the routed outputs. The shared expert runs after them (up and relu^2).
+    const double in = static_cast<double>(s.moe_latent > 0 ? s.moe_latent : s.hidden);
+    const double slots = T * static_cast<double>(s.experts_per_token);
+    const double routed = slots * (2.0 * in + 2.0 * static_cast<double>(s.expert_ffn)) * a + T * in * 4.0;
+    peak_layer = std::max({peak_layer, routed, 2.0 * T * static_cast<double>(s.shared_ffn) * a});
+  }
   // Logits of the last position of each sequence, in fp32.
   peak_layer = std::max(peak_layer, static_cast<double>(batch) * static_cast<double>(s.vocab) * 4.0);
   return base + peak_layer;

@@ -65,7 +65,7 @@ struct AxisMass {
 };
 
 struct Depth {
-  int64_t drop_mamba = 0, drop_attention = 0, drop_mlp = 0;
+  int64_t drop_mamba = 0, drop_attention = 0, drop_mlp = 0, drop_moe = 0;
   std::vector<int64_t> dropped;
   double mass = 1.0;  // importance of the kept layers over all layers
 };
@@ -104,7 +104,10 @@ struct Better {
     if (a.shape.ffn != b.shape.ffn) return a.shape.ffn > b.shape.ffn;
     if (a.shape.mamba_heads != b.shape.mamba_heads) return a.shape.mamba_heads > b.shape.mamba_heads;
     if (a.shape.mamba_head_dim != b.shape.mamba_head_dim) return a.shape.mamba_head_dim > b.shape.mamba_head_dim;
-    return a.shape.attention_heads > b.shape.attention_heads;
+    if (a.shape.attention_heads != b.shape.attention_heads) return a.shape.attention_heads > b.shape.attention_heads;
+    if (a.shape.experts != b.shape.experts) return a.shape.experts > b.shape.experts;
+    if (a.shape.expert_ffn != b.shape.expert_ffn) return a.shape.expert_ffn > b.shape.expert_ffn;
+    return a.shape.shared_ffn > b.shape.shared_ffn;
   }
 };
 
@@ -130,6 +133,11 @@ class Searcher {
     heads_.build(o.scores.mamba_heads, parent.mamba_num_heads, "mamba_heads");
     head_dim_.build(o.scores.mamba_head_dim, parent.mamba_head_dim, "mamba_head_dim");
     attn_.build(o.scores.attention_heads, parent.num_attention_heads, "attention_heads");
+    if (base_.n_moe) {
+      experts_.build(o.scores.experts, parent.n_routed_experts, "experts");
+      expert_ffn_.build(o.scores.expert_ffn, parent.moe_intermediate_size, "expert_ffn");
+      shared_ffn_.build(o.scores.shared_ffn, parent.moe_shared_expert_intermediate_size, "shared_ffn");
+    }
     if (!o.scores.layer.empty())
       MP_CHECK(static_cast<int64_t>(o.scores.layer.size()) == parent.num_layers(), "layer importance has ",
                o.scores.layer.size(), " entries but the parent has ", parent.num_layers(), " layers");
@@ -204,13 +212,16 @@ class Searcher {
     if (s.depth_per_type) {
       for (int64_t m : s.drop_mamba.values())
         for (int64_t a : s.drop_attention.values())
-          for (int64_t f : s.drop_mlp.values()) {
-            if (s.bound_total && (m + a + f < s.drop_total.min || m + a + f > s.drop_total.max)) continue;
-            if (m > base_.n_mamba || a > base_.n_attention || f > base_.n_mlp) continue;
-            if (m + a + f >= parent_.num_layers()) continue;
-            Depth d{m, a, f, choose_dropped_layers(parent_, m, a, f, o_.scores.layer), 1.0};
-            depths_.push_back(std::move(d));
-          }
+          for (int64_t f : s.drop_mlp.values())
+            for (int64_t e : s.drop_moe.values()) {
+              if (s.bound_total && (m + a + f + e < s.drop_total.min || m + a + f + e > s.drop_total.max)) continue;
+              if (m > base_.n_mamba || a > base_.n_attention || f > base_.n_mlp || e > base_.n_moe) continue;
+              if (m + a + f + e >= parent_.num_layers()) continue;
+              // MoE axes need an MoE layer to size: a parent's MoE layers are never all dropped.
+              if (base_.n_moe && e >= base_.n_moe) continue;
+              Depth d{m, a, f, e, choose_dropped_layers(parent_, m, a, f, e, o_.scores.layer), 1.0};
+              depths_.push_back(std::move(d));
+            }
     } else {
       for (int64_t t : s.drop_total.values()) {
         if (t >= parent_.num_layers()) continue;
@@ -221,12 +232,15 @@ class Searcher {
           d.drop_mamba += type == LayerType::Mamba;
           d.drop_attention += type == LayerType::Attention;
           d.drop_mlp += type == LayerType::Mlp;
+          d.drop_moe += type == LayerType::Moe;
         }
+        if (base_.n_moe && d.drop_moe >= base_.n_moe) continue;
         depths_.push_back(std::move(d));
       }
     }
     MP_CHECK(!depths_.empty(), "the search space has no depth choice (check the drop ranges against the parent's ",
-             base_.n_mamba, " Mamba, ", base_.n_attention, " attention and ", base_.n_mlp, " MLP layers)");
+             base_.n_mamba, " Mamba, ", base_.n_attention, " attention, ", base_.n_mlp, " MLP and ", base_.n_moe,
+             " MoE layers)");
     for (auto& d : depths_) d.mass = depth_mass(d.dropped);
   }
 
@@ -244,6 +258,7 @@ class Searcher {
     s.n_mamba -= d.drop_mamba;
     s.n_attention -= d.drop_attention;
     s.n_mlp -= d.drop_mlp;
+    s.n_moe -= d.drop_moe;
     return s;
   }
 
@@ -252,14 +267,19 @@ class Searcher {
     if (!use_importance_) {
       // Closeness to the binding constraint: the largest student that fits comes first.
       double fill = memory / budget_;
-      if (o_.space.max_params > 0)
-        fill = std::max(fill, static_cast<double>(count_params(s).total()) / o_.space.max_params);
+      if (o_.space.max_params > 0 || o_.space.max_active_params > 0) {
+        const ParamCounts p = count_params(s);
+        if (o_.space.max_params > 0) fill = std::max(fill, static_cast<double>(p.total()) / o_.space.max_params);
+        if (o_.space.max_active_params > 0)
+          fill = std::max(fill, static_cast<double>(p.active()) / o_.space.max_active_params);
+      }
       return fill;
     }
     double m = d.mass * hidden_.at(s.hidden);
     if (s.n_mlp) m *= ffn_.at(s.ffn);
     if (s.n_mamba) m *= heads_.at(s.mamba_heads) * head_dim_.at(s.mamba_head_dim);
     if (s.n_attention) m *= attn_.at(s.attention_heads);
+    if (s.n_moe) m *= experts_.at(s.experts) * expert_ffn_.at(s.expert_ffn) * shared_ffn_.at(s.shared_ffn);
     return m;
   }
 
@@ -293,31 +313,68 @@ class Searcher {
   }
 
   // Reasons a point is infeasible (empty: feasible).
-  std::vector<std::string> judge(double memory, double params) const {
+  std::vector<std::string> judge(double memory, double params, double active) const {
     std::vector<std::string> why;
     if (memory > budget_) why.push_back("memory " + gib(memory) + " > budget " + gib(budget_));
     if (o_.space.max_params > 0 && params > o_.space.max_params)
       why.push_back("parameters " + billions(params) + " > max " + billions(o_.space.max_params));
     if (o_.space.min_params > 0 && params < o_.space.min_params)
       why.push_back("parameters " + billions(params) + " < min " + billions(o_.space.min_params));
+    if (o_.space.max_active_params > 0 && active > o_.space.max_active_params)
+      why.push_back("active parameters " + billions(active) + " > max " + billions(o_.space.max_active_params));
+    if (o_.space.min_active_params > 0 && active < o_.space.min_active_params)
+      why.push_back("active parameters " + billions(active) + " < min " + billions(o_.space.min_active_params));
     return why;
+  }
+  // Active parameters of a point: the total for a dense shape.
+  static double active_params(const Shape& s, double total) {
+    return s.n_moe ? static_cast<double>(count_params(s).active()) : total;
   }
   static std::string reason_key(const std::string& reason) {
     if (reason.rfind("memory", 0) == 0) return "memory over budget";
+    if (reason.rfind("active", 0) == 0)
+      return reason.find("> max") != std::string::npos ? "active parameters above max" : "active parameters below min";
     if (reason.find("> max") != std::string::npos) return "parameters above max";
     return "parameters below min";
   }
 
   void enumerate() {
     const SearchSpace& s = o_.space;
-    const auto hiddens = s.hidden.values(), ffns = s.ffn.values(), heads = s.mamba_heads.values(),
-               head_dims = s.mamba_head_dim.values(), attns = s.attention_heads.values();
+    const auto hiddens = s.hidden.values(), heads = s.mamba_heads.values(), head_dims = s.mamba_head_dim.values(),
+               attns = s.attention_heads.values();
+    // An axis that sizes no layer of the parent is one point, the parent's (a range given for it would only
+    // repeat candidates).
+    const auto ffns = base_.n_mlp ? s.ffn.values() : std::vector<int64_t>{parent_.intermediate_size};
+    const auto experts = base_.n_moe ? s.experts.values() : std::vector<int64_t>{base_.experts};
+    const auto expert_ffns = base_.n_moe ? s.expert_ffn.values() : std::vector<int64_t>{base_.expert_ffn};
+    const auto shared_ffns = base_.n_moe ? s.shared_ffn.values() : std::vector<int64_t>{base_.shared_ffn};
+    if (base_.n_moe) {
+      for (int64_t e : experts) {
+        const std::string why = expert_count_problem(parent_, e);
+        MP_CHECK(why.empty(), "experts range: ", why);
+      }
+      for (int64_t f : expert_ffns)
+        MP_CHECK(f > 0 && f <= base_.expert_ffn, "expert_ffn ", f, " is outside 1..", base_.expert_ffn,
+                 " (the parent's moe_intermediate_size)");
+      for (int64_t f : shared_ffns)
+        MP_CHECK(f >= 0 && f <= base_.shared_ffn, "shared_ffn ", f, " is outside 0..", base_.shared_ffn,
+                 " (the parent's moe_shared_expert_intermediate_size)");
+    }
     for (int64_t h : heads)
       MP_CHECK(base_.n_groups <= 0 || h % base_.n_groups == 0, "Mamba heads ", h, " is not a multiple of n_groups ",
                base_.n_groups, " (B and C are shared per group; heads are kept per group)");
     for (int64_t a : attns)
       MP_CHECK(base_.kv_heads <= 0 || a % base_.kv_heads == 0, "attention heads ", a,
                " is not a multiple of the KV heads ", base_.kv_heads);
+    // Attention heads and the MoE widths (one point each for a dense parent), innermost but for the FFN run.
+    struct Inner {
+      int64_t attention_heads, experts, expert_ffn, shared_ffn;
+    };
+    std::vector<Inner> inner;
+    for (int64_t na : attns)
+      for (int64_t ne : experts)
+        for (int64_t ef : expert_ffns)
+          for (int64_t sf : shared_ffns) inner.push_back({na, ne, ef, sf});
     Progress progress("search", static_cast<int64_t>(depths_.size()), "depths");
     for (size_t di = 0; di < depths_.size(); ++di) {
       const Depth& d = depths_[di];
@@ -325,8 +382,9 @@ class Searcher {
       for (int64_t hidden : hiddens)
         for (int64_t nh : heads)
           for (int64_t hd : head_dims)
-            for (int64_t na : attns) {
-              s.hidden = hidden, s.mamba_heads = nh, s.mamba_head_dim = hd, s.attention_heads = na;
+            for (const Inner& in : inner) {
+              s.hidden = hidden, s.mamba_heads = nh, s.mamba_head_dim = hd, s.attention_heads = in.attention_heads;
+              s.experts = in.experts, s.expert_ffn = in.expert_ffn, s.shared_ffn = in.shared_ffn;
               // The workload's time is affine in the FFN width (bytes and FLOPs both are), so two roofline
               // evaluations per FFN run give every point of the run exactly.
               bool have_line = false;
@@ -356,7 +414,7 @@ class Searcher {
                 MemoryBreakdown mem = estimate_memory(s, o_.setup);
                 p.memory = mem.total();
                 p.params = mem.weights / dtype_bytes(o_.setup.weights);  // exact: bytes per element is 2^k
-                auto why = judge(p.memory, p.params);
+                auto why = judge(p.memory, p.params, active_params(s, p.params));
                 if (!why.empty()) {
                   ++reason_counts_[reason_key(why.front())];  // each point counted once, under its first reason
                   keep_infeasible(p);
@@ -440,7 +498,7 @@ class Searcher {
     c.pattern = pat;
     c.params = count_params(s);
     c.memory = estimate_memory(s, o_.setup);
-    c.reasons = judge(c.memory.total(), static_cast<double>(c.params.total()));
+    c.reasons = judge(c.memory.total(), static_cast<double>(c.params.total()), static_cast<double>(c.params.active()));
     c.feasible = c.reasons.empty();
     c.throughput = predict_throughput(s, o_.setup, hw_, o_.workload);
     Depth d;
@@ -502,8 +560,14 @@ class Searcher {
       out.note = "not a pruned form of the parent (vocab, KV heads, head_dim, n_groups, state or conv kernel differ)";
       return out;
     }
-    int64_t dm = base_.n_mamba - s.n_mamba, da = base_.n_attention - s.n_attention, df = base_.n_mlp - s.n_mlp;
-    if (dm < 0 || da < 0 || df < 0) {
+    if (s.n_moe && (ref.n_group != parent_.n_group || ref.topk_group != parent_.topk_group ||
+                    s.experts_per_token != base_.experts_per_token || s.moe_latent != base_.moe_latent)) {
+      out.note = "not a pruned form of the parent (MoE routing groups, experts per token or latent size differ)";
+      return out;
+    }
+    int64_t dm = base_.n_mamba - s.n_mamba, da = base_.n_attention - s.n_attention, df = base_.n_mlp - s.n_mlp,
+            de = base_.n_moe - s.n_moe;
+    if (dm < 0 || da < 0 || df < 0 || de < 0) {
       out.note = "has more layers of some type than the parent";
       return out;
     }
@@ -512,18 +576,19 @@ class Searcher {
     // The candidate the space would produce for these counts (the same id as the enumerated one).
     const Depth* match = nullptr;
     for (auto& d : depths_)
-      if (d.drop_mamba == dm && d.drop_attention == da && d.drop_mlp == df) match = &d;
+      if (d.drop_mamba == dm && d.drop_attention == da && d.drop_mlp == df && d.drop_moe == de) match = &d;
     std::vector<int64_t> dropped;
     double mass = 1.0;
     if (match) {
       dropped = match->dropped, mass = match->mass;
     } else {
-      dropped = subsequence ? published : choose_dropped_layers(parent_, dm, da, df, o_.scores.layer);
+      dropped = subsequence ? published : choose_dropped_layers(parent_, dm, da, df, de, o_.scores.layer);
       mass = depth_mass(dropped);
     }
     std::vector<std::string> outside;
     if (!match) outside.push_back("depth (drop " + std::to_string(dm) + " Mamba, " + std::to_string(da) +
-                                  " attention, " + std::to_string(df) + " MLP)");
+                                  " attention, " + std::to_string(df) + " MLP" +
+                                  (base_.n_moe ? ", " + std::to_string(de) + " MoE" : std::string()) + ")");
     if (!sp.hidden.contains(s.hidden)) outside.push_back("hidden " + std::to_string(s.hidden));
     if (s.n_mlp && !sp.ffn.contains(s.ffn)) outside.push_back("ffn " + std::to_string(s.ffn));
     if (s.n_mamba && !sp.mamba_heads.contains(s.mamba_heads)) outside.push_back("mamba heads " + std::to_string(s.mamba_heads));
@@ -531,9 +596,14 @@ class Searcher {
       outside.push_back("mamba head_dim " + std::to_string(s.mamba_head_dim));
     if (s.n_attention && !sp.attention_heads.contains(s.attention_heads))
       outside.push_back("attention heads " + std::to_string(s.attention_heads));
+    if (s.n_moe && !sp.experts.contains(s.experts)) outside.push_back("experts " + std::to_string(s.experts));
+    if (s.n_moe && !sp.expert_ffn.contains(s.expert_ffn))
+      outside.push_back("expert_ffn " + std::to_string(s.expert_ffn));
+    if (s.n_moe && !sp.shared_ffn.contains(s.shared_ffn))
+      outside.push_back("shared_ffn " + std::to_string(s.shared_ffn));
     // Axes whose layers are all gone take the space's first value in enumerated candidates.
     Shape probe = s;
-    if (!s.n_mlp) probe.ffn = sp.ffn.min;
+    if (!s.n_mlp) probe.ffn = base_.n_mlp ? sp.ffn.min : parent_.intermediate_size;
     out.reachable = outside.empty();
     out.candidate = evaluate(out.reachable ? probe : s, dropped, mass);
     if (out.reachable) {
@@ -582,7 +652,7 @@ class Searcher {
   Shape base_;
   double budget_ = 0;
   bool use_importance_ = false;
-  AxisMass hidden_, ffn_, heads_, head_dim_, attn_;
+  AxisMass hidden_, ffn_, heads_, head_dim_, attn_, experts_, expert_ffn_, shared_ffn_;
   std::vector<Depth> depths_;
   int64_t enumerated_ = 0, feasible_ = 0;
   double best_proxy_ = 0, lowest_proxy_ = 0;
@@ -599,7 +669,6 @@ class Searcher {
 }  // namespace
 
 SearchResult run_search(const ModelConfig& parent, const HardwareProfile& hw, const SearchOptions& options) {
-  MP_CHECK(parent.count(LayerType::Moe) == 0, "search: MoE parents are not supported yet");
   Searcher s(parent, hw, options);
   return s.run();
 }

@@ -22,7 +22,15 @@ std::string fixed(double v, int digits) {
 
 std::string layer_counts(const Candidate& c) {
   return std::to_string(c.shape.layers()) + " (" + std::to_string(c.shape.n_mamba) + "/" +
-         std::to_string(c.shape.n_attention) + "/" + std::to_string(c.shape.n_mlp) + ")";
+         std::to_string(c.shape.n_attention) + "/" + std::to_string(c.shape.n_mlp) +
+         (c.shape.n_moe ? "/" + std::to_string(c.shape.n_moe) : std::string()) + ")";
+}
+
+// Total parameters, and for MoE shapes the active ones beside them ("22.277 / A3.000").
+std::string params_text(const Candidate& c) {
+  std::string t = fixed(double(c.params.total()) / 1e9, 3);
+  if (c.shape.n_moe) t += " / A" + fixed(double(c.params.active()) / 1e9, 3);
+  return t;
 }
 
 std::string reasons_text(const Candidate& c) {
@@ -31,10 +39,11 @@ std::string reasons_text(const Candidate& c) {
   return out;
 }
 
-report::Table candidate_table(const std::vector<const Candidate*>& list, bool with_losses) {
+report::Table candidate_table(const std::vector<const Candidate*>& list, bool with_losses, bool moe) {
   report::Table t;
-  t.header = {"rank", "id", "layers (M/*/-)", "hidden", "FFN", "Mamba heads x dim", "attn heads", "params (B)",
-              "memory (GiB)", "out tok/s", "proxy"};
+  t.header = {"rank", "id", moe ? "layers (M/*/-/E)" : "layers (M/*/-)", "hidden", "FFN", "Mamba heads x dim",
+              "attn heads", moe ? "params (B): total / active" : "params (B)", "memory (GiB)", "out tok/s", "proxy"};
+  if (moe) t.header.insert(t.header.begin() + 7, {"experts x FFN", "shared FFN"});
   if (with_losses) t.header.insert(t.header.end(), {"zero-shot loss", "distilled loss"});
   t.header.push_back("verdict");
   t.right_align.assign(t.header.size(), true);
@@ -48,10 +57,15 @@ report::Table candidate_table(const std::vector<const Candidate*>& list, bool wi
                                     c->shape.n_mlp ? std::to_string(c->shape.ffn) : "-",
                                     std::to_string(c->shape.mamba_heads) + " x " + std::to_string(c->shape.mamba_head_dim),
                                     std::to_string(c->shape.attention_heads),
-                                    fixed(double(c->params.total()) / 1e9, 3),
+                                    params_text(*c),
                                     fixed(c->memory.total() / kGiB, 2),
                                     fixed(c->throughput.output_tokens_per_s, 1),
                                     fixed(c->proxy, 4)};
+    if (moe)
+      row.insert(row.begin() + 7, {c->shape.n_moe ? std::to_string(c->shape.experts) + " x " +
+                                                      std::to_string(c->shape.expert_ffn)
+                                                : "-",
+                                   c->shape.n_moe ? std::to_string(c->shape.shared_ffn) : "-"});
     if (with_losses) {
       row.push_back(c->zero_shot_loss ? fixed(*c->zero_shot_loss, 4) : "");
       row.push_back(c->distilled_loss ? fixed(*c->distilled_loss, 4) : "");
@@ -86,6 +100,7 @@ std::vector<std::string> write_search_report(const std::string& dir, const Model
                                              const SearchResult& r) {
   fs::create_directories(dir);
   const double budget = o.budget.usable_bytes();
+  const bool moe = parent.count(LayerType::Moe) > 0;  // MoE columns: experts, widths, active parameters
   const bool losses = std::any_of(r.candidates.begin(), r.candidates.end(),
                                   [](const Candidate& c) { return c.zero_shot_loss || c.distilled_loss; });
 
@@ -102,10 +117,16 @@ std::vector<std::string> write_search_report(const std::string& dir, const Model
 
   // ---- summary shared by Markdown and HTML
   std::vector<std::pair<std::string, std::string>> summary = {
-      {"parent", fixed(double(r.parent.params.total()) / 1e9, 3) + "B parameters, " +
-                     std::to_string(parent.num_layers()) + " layers (" + std::to_string(parent.count(LayerType::Mamba)) +
-                     " Mamba / " + std::to_string(parent.count(LayerType::Attention)) + " attention / " +
-                     std::to_string(parent.count(LayerType::Mlp)) + " MLP)"},
+      {"parent", fixed(double(r.parent.params.total()) / 1e9, 3) + "B parameters" +
+                     (moe ? " (" + fixed(double(r.parent.params.active()) / 1e9, 3) + "B active: " +
+                                std::to_string(parent.num_experts_per_tok) + " of " +
+                                std::to_string(parent.n_routed_experts) + " experts per token)"
+                          : std::string()) +
+                     ", " + std::to_string(parent.num_layers()) + " layers (" +
+                     std::to_string(parent.count(LayerType::Mamba)) + " Mamba / " +
+                     std::to_string(parent.count(LayerType::Attention)) + " attention / " +
+                     std::to_string(parent.count(LayerType::Mlp)) + " MLP" +
+                     (moe ? " / " + std::to_string(parent.count(LayerType::Moe)) + " MoE" : std::string()) + ")"},
       {"hardware", hw.name + " (" + fixed(hw.memory_bytes / kGiB, 2) + " GiB, " +
                        fixed(hw.bandwidth_bytes_per_s / 1e9, 0) + " GB/s, " + fixed(hw.bf16_flops / 1e12, 0) +
                        " bf16 TFLOP/s)"},
@@ -139,12 +160,13 @@ std::vector<std::string> write_search_report(const std::string& dir, const Model
   summary.emplace_back("infeasible by reason", reason_text.empty() ? "none" : reason_text);
 
   report::Table refs;
-  refs.header = {"reference", "reachable", "fits", "stage-1 rank", "params (B)", "memory (GiB)", "note"};
+  refs.header = {"reference", "reachable", "fits", "stage-1 rank", moe ? "params (B): total / active" : "params (B)",
+                 "memory (GiB)", "note"};
   for (auto& ref : r.references) {
     const Candidate* c = ref.candidate ? &*ref.candidate : nullptr;
     refs.rows.push_back({ref.name, ref.reachable ? "yes" : "no", c ? (c->feasible ? "yes" : "no: " + reasons_text(*c)) : "-",
                          c && c->rank > 0 ? std::to_string(c->rank) + " of " + std::to_string(r.feasible) : "-",
-                         c ? fixed(double(c->params.total()) / 1e9, 3) : "-", c ? fixed(c->memory.total() / kGiB, 3) : "-",
+                         c ? params_text(*c) : "-", c ? fixed(c->memory.total() / kGiB, 3) : "-",
                          ref.note});
   }
 
@@ -159,8 +181,8 @@ std::vector<std::string> write_search_report(const std::string& dir, const Model
   md += "\n## Memory (GiB)\n\n" + memory_table(memory_rows, budget).markdown();
   if (!r.references.empty()) md += "\n## Reference shapes\n\n" + refs.markdown();
   md += "\n## Feasible candidates (best " + std::to_string(feasible.size()) + ")\n\n" +
-        candidate_table(feasible, losses).markdown();
-  md += "\n## Infeasible candidates nearest the budget\n\n" + candidate_table(infeasible, false).markdown();
+        candidate_table(feasible, losses, moe).markdown();
+  md += "\n## Infeasible candidates nearest the budget\n\n" + candidate_table(infeasible, false, moe).markdown();
   md += "\nCandidate ids are stable: prune one with `minipuzzle prune --target " + fs::join(dir, "report.json") +
         "#<id>`. Formulas: search/MEMORY_MODEL.md.\n";
   std::string md_path = fs::join(dir, "report.md");
@@ -252,10 +274,10 @@ std::vector<std::string> write_search_report(const std::string& dir, const Model
     page.table(refs);
   }
   page.heading("Feasible candidates");
-  page.table(candidate_table(feasible, losses), "best by stage-1 rank (then stage 2/3 where run); Pareto points beyond "
+  page.table(candidate_table(feasible, losses, moe), "best by stage-1 rank (then stage 2/3 where run); Pareto points beyond "
                                                 "the kept list have rank '-'");
   page.heading("Infeasible candidates nearest the budget");
-  page.table(candidate_table(infeasible, false));
+  page.table(candidate_table(infeasible, false, moe));
   page.paragraph("Prune a candidate with minipuzzle prune --target " + json_path +
                  "#<id>. The memory model's formulas are in search/MEMORY_MODEL.md.");
   std::string html_path = fs::join(dir, "report.html");

@@ -27,7 +27,9 @@ const std::vector<std::pair<const char*, Kind>>& known_keys() {
       {"ffn", Kind::Text},             {"mamba_heads", Kind::Text},      {"mamba_head_dim", Kind::Text},
       {"attention_heads", Kind::Text}, {"min_params", Kind::Number},     {"max_params", Kind::Number},
       {"proxy", Kind::Text},           {"keep", Kind::Integer},          {"keep_infeasible", Kind::Integer},
-      {"reference", Kind::List}};
+      {"reference", Kind::List},       {"drop_moe", Kind::Text},         {"experts", Kind::Text},
+      {"expert_ffn", Kind::Text},      {"shared_ffn", Kind::Text},       {"min_active_params", Kind::Number},
+      {"max_active_params", Kind::Number}};
   return keys;
 }
 
@@ -191,6 +193,7 @@ PreparedSearch prepare_search(const SearchRequest& request) {
   s.drop_mamba = range("drop_mamba", d.drop_mamba);
   s.drop_attention = range("drop_attention", d.drop_attention);
   s.drop_mlp = range("drop_mlp", d.drop_mlp);
+  s.drop_moe = range("drop_moe", d.drop_moe);
   s.drop_total = range("drop_total", d.drop_total);
   // Per-type depth: the default bounds the total at NVIDIA's 20%; an explicit drop_total replaces that bound.
   s.bound_total = s.depth_per_type ? (v.contains("drop_total") ? true : d.bound_total) : true;
@@ -199,9 +202,16 @@ PreparedSearch prepare_search(const SearchRequest& request) {
   s.mamba_heads = range("mamba_heads", d.mamba_heads);
   s.mamba_head_dim = range("mamba_head_dim", d.mamba_head_dim);
   s.attention_heads = range("attention_heads", d.attention_heads);
+  s.experts = range("experts", d.experts);
+  s.expert_ffn = range("expert_ffn", d.expert_ffn);
+  s.shared_ffn = range("shared_ffn", d.shared_ffn);
   s.min_params = number("min_params", 0) * 1e9;
   s.max_params = number("max_params", 0) * 1e9;
   MP_CHECK(s.min_params >= 0 && s.max_params >= 0, what, ": min_params and max_params must not be negative");
+  s.min_active_params = number("min_active_params", 0) * 1e9;
+  s.max_active_params = number("max_active_params", 0) * 1e9;
+  MP_CHECK(s.min_active_params >= 0 && s.max_active_params >= 0, what,
+           ": min_active_params and max_active_params must not be negative");
 
   if (v.contains("scores")) {
     const std::string path = v.at("scores").get<std::string>();

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <numeric>
+#include <sstream>
 
 #include "minipuzzle/error.h"
 #include "minipuzzle/search.h"
@@ -57,12 +58,16 @@ int64_t SearchSpace::combinations() const {
     for (int64_t m : drop_mamba.values())
       for (int64_t a : drop_attention.values())
         for (int64_t f : drop_mlp.values())
-          if (!bound_total || (m + a + f >= drop_total.min && m + a + f <= drop_total.max)) ++depth;
+          for (int64_t e : drop_moe.values())
+            if (!bound_total || (m + a + f + e >= drop_total.min && m + a + f + e <= drop_total.max)) ++depth;
   } else {
     depth = static_cast<int64_t>(drop_total.values().size());
   }
+  // Unset MoE ranges (a space built by hand for a dense parent) count as one point each.
+  auto points = [](const IntRange& r) { return r.max > 0 ? r.values().size() : size_t(1); };
   return depth * static_cast<int64_t>(hidden.values().size() * ffn.values().size() * mamba_heads.values().size() *
-                                      mamba_head_dim.values().size() * attention_heads.values().size());
+                                      mamba_head_dim.values().size() * attention_heads.values().size() *
+                                      points(experts) * points(expert_ffn) * points(shared_ffn));
 }
 
 static json range_json(const IntRange& r) {
@@ -83,10 +88,18 @@ json SearchSpace::to_json() const {
     j["drop_mamba"] = range_json(drop_mamba);
     j["drop_attention"] = range_json(drop_attention);
     j["drop_mlp"] = range_json(drop_mlp);
+    if (drop_moe.max > 0) j["drop_moe"] = range_json(drop_moe);
+  }
+  if (experts.max > 0) {
+    j["experts"] = range_json(experts);
+    j["expert_ffn"] = range_json(expert_ffn);
+    j["shared_ffn"] = range_json(shared_ffn);
   }
   if (!depth_per_type || bound_total) j["drop_total"] = range_json(drop_total);
   if (min_params > 0) j["min_params"] = min_params;
   if (max_params > 0) j["max_params"] = max_params;
+  if (min_active_params > 0) j["min_active_params"] = min_active_params;
+  if (max_active_params > 0) j["max_active_params"] = max_active_params;
   return j;
 }
 
@@ -120,11 +133,32 @@ static IntRange holding_range(int64_t v, double max_prune, int64_t step, int64_t
   return r;
 }
 
+std::string expert_count_problem(const ModelConfig& parent, int64_t e) {
+  const int64_t G = std::max<int64_t>(1, parent.n_group), k = parent.num_experts_per_tok;
+  std::ostringstream why;
+  if (e <= 0 || e > parent.n_routed_experts)
+    why << e << " experts: the parent has " << parent.n_routed_experts;
+  else if (e % G != 0)
+    why << e << " experts is not a multiple of n_group " << G << " (every routing group keeps the same number)";
+  else if (G > 1 && e / G < 2)
+    why << e << " experts leaves " << e / G << " per routing group; each group needs 2";
+  else if (k > e || k > parent.topk_group * (e / G))
+    why << e << " experts: num_experts_per_tok " << k << " exceeds the experts routing can choose from";
+  return why.str();
+}
+
 // Could `c` come out of pruning `parent`: the same fixed dimensions, no axis and no layer type larger.
 static bool pruned_form(const ModelConfig& parent, const ModelConfig& c) {
+  const bool moe_ok = c.count(LayerType::Moe) == 0 ||
+                      (c.n_group == parent.n_group && c.topk_group == parent.topk_group &&
+                       c.num_experts_per_tok == parent.num_experts_per_tok && c.moe_latent_size == parent.moe_latent_size &&
+                       c.n_routed_experts <= parent.n_routed_experts &&
+                       c.moe_intermediate_size <= parent.moe_intermediate_size &&
+                       c.moe_shared_expert_intermediate_size <= parent.moe_shared_expert_intermediate_size);
   return c.vocab_size == parent.vocab_size && c.num_key_value_heads == parent.num_key_value_heads &&
          c.head_dim == parent.head_dim && c.n_groups == parent.n_groups && c.ssm_state_size == parent.ssm_state_size &&
-         c.conv_kernel == parent.conv_kernel && c.count(LayerType::Moe) == 0 && c.num_layers() <= parent.num_layers() &&
+         c.conv_kernel == parent.conv_kernel && moe_ok && c.count(LayerType::Moe) <= parent.count(LayerType::Moe) &&
+         c.num_layers() <= parent.num_layers() &&
          c.count(LayerType::Mamba) <= parent.count(LayerType::Mamba) &&
          c.count(LayerType::Attention) <= parent.count(LayerType::Attention) &&
          c.count(LayerType::Mlp) <= parent.count(LayerType::Mlp) && c.hidden_size <= parent.hidden_size &&
@@ -150,6 +184,7 @@ SearchSpace default_space(const ModelConfig& parent, const std::vector<ModelConf
   s.drop_mamba = drops(LayerType::Mamba);
   s.drop_attention = drops(LayerType::Attention);
   s.drop_mlp = drops(LayerType::Mlp);
+  s.drop_moe = drops(LayerType::Moe);
   s.bound_total = true;
   s.drop_total = {0, max_drop, 1};
   auto held = [&](auto field) {
@@ -160,6 +195,8 @@ SearchSpace default_space(const ModelConfig& parent, const std::vector<ModelConf
   s.hidden = holding_range(parent.hidden_size, width, 128, 64, held([](const ModelConfig& c) { return c.hidden_size; }));
   s.ffn = holding_range(parent.intermediate_size, width, 512, 64,
                         held([](const ModelConfig& c) { return c.count(LayerType::Mlp) ? c.intermediate_size : 0; }));
+  // Without MLP layers the FFN width sizes nothing: one point, the parent's.
+  if (!parent.count(LayerType::Mlp)) s.ffn = {parent.intermediate_size, parent.intermediate_size, 1};
   const int64_t groups = std::max<int64_t>(1, parent.n_groups);
   s.mamba_heads = holding_range(parent.mamba_num_heads, width, groups, groups,
                                 held([](const ModelConfig& c) { return c.count(LayerType::Mamba) ? c.mamba_num_heads : 0; }));
@@ -169,6 +206,27 @@ SearchSpace default_space(const ModelConfig& parent, const std::vector<ModelConf
   s.attention_heads = holding_range(parent.num_attention_heads, width, kv, kv, held([](const ModelConfig& c) {
                                       return c.count(LayerType::Attention) ? c.num_attention_heads : 0;
                                     }));
+  if (parent.count(LayerType::Moe)) {
+    const int64_t G = std::max<int64_t>(1, parent.n_group);
+    auto moe_held = [&](auto field) {
+      return held([&](const ModelConfig& c) { return c.count(LayerType::Moe) ? field(c) : int64_t(0); });
+    };
+    // Steps of 8 experts (a multiple of n_group); one group's share per step when 8 would leave no pruned point.
+    const int64_t E = parent.n_routed_experts;
+    int64_t step = (8 + G - 1) / G * G;
+    if (E - static_cast<int64_t>(std::ceil(static_cast<double>(E) * (1.0 - width))) < step) step = G;
+    s.experts = holding_range(E, width, step, G, moe_held([](const ModelConfig& c) { return c.n_routed_experts; }));
+    // No lower than routing allows (top-k, topk_group groups' worth, two per group).
+    while (s.experts.min < parent.n_routed_experts && !expert_count_problem(parent, s.experts.min).empty())
+      s.experts.min += s.experts.step;
+    s.experts.extra.erase(std::remove_if(s.experts.extra.begin(), s.experts.extra.end(),
+                                         [&](int64_t e) { return !expert_count_problem(parent, e).empty(); }),
+                          s.experts.extra.end());
+    s.expert_ffn = holding_range(parent.moe_intermediate_size, width, 256, 64,
+                                 moe_held([](const ModelConfig& c) { return c.moe_intermediate_size; }));
+    s.shared_ffn = holding_range(parent.moe_shared_expert_intermediate_size, width, 256, 64,
+                                 moe_held([](const ModelConfig& c) { return c.moe_shared_expert_intermediate_size; }));
+  }
   return s;
 }
 
@@ -192,11 +250,18 @@ std::vector<std::pair<std::string, ModelConfig>> published_students(const ModelC
                 (!c.count(LayerType::Mlp) || within(c.intermediate_size, parent.intermediate_size)) &&
                 (!c.count(LayerType::Mamba) || (within(c.mamba_num_heads, parent.mamba_num_heads) &&
                                                 within(c.mamba_head_dim, parent.mamba_head_dim))) &&
-                (!c.count(LayerType::Attention) || within(c.num_attention_heads, parent.num_attention_heads));
+                (!c.count(LayerType::Attention) || within(c.num_attention_heads, parent.num_attention_heads)) &&
+                (!c.count(LayerType::Moe) || (within(c.n_routed_experts, parent.n_routed_experts) &&
+                                              within(c.moe_intermediate_size, parent.moe_intermediate_size) &&
+                                              within(c.moe_shared_expert_intermediate_size,
+                                                     parent.moe_shared_expert_intermediate_size)));
     const bool is_parent = c.num_layers() == parent.num_layers() && c.pattern() == parent.pattern() &&
                            c.hidden_size == parent.hidden_size && c.intermediate_size == parent.intermediate_size &&
                            c.mamba_num_heads == parent.mamba_num_heads && c.mamba_head_dim == parent.mamba_head_dim &&
-                           c.num_attention_heads == parent.num_attention_heads;
+                           c.num_attention_heads == parent.num_attention_heads &&
+                           c.n_routed_experts == parent.n_routed_experts &&
+                           c.moe_intermediate_size == parent.moe_intermediate_size &&
+                           c.moe_shared_expert_intermediate_size == parent.moe_shared_expert_intermediate_size;
     if (fits && !is_parent) {
       std::string name = path.substr(path.find_last_of('/') + 1);
       out.emplace_back(name.substr(0, name.size() - 5), c);
@@ -209,7 +274,7 @@ std::vector<std::pair<std::string, ModelConfig>> published_students(const ModelC
 
 bool ImportanceScores::empty() const {
   return layer.empty() && hidden.empty() && ffn.empty() && mamba_heads.empty() && mamba_head_dim.empty() &&
-         attention_heads.empty();
+         attention_heads.empty() && experts.empty() && expert_ffn.empty() && shared_ffn.empty();
 }
 
 static std::vector<double> score_list(const json& j, const std::string& what) {
@@ -253,7 +318,7 @@ static ImportanceScores from_minipuzzle_scores(const json& j, const std::string&
   if (j.contains("hidden") && j.at("hidden").contains("scores")) s.hidden = score_list(j.at("hidden").at("scores"), what + " hidden");
   MP_CHECK(j.contains("layers") && j.at("layers").is_array(), what, ": a minipuzzle-scores file needs \"layers\"");
   const json& layers = j.at("layers");
-  std::vector<std::vector<double>> ffn, attn, heads, head_dim;
+  std::vector<std::vector<double>> ffn, attn, heads, head_dim, experts, expert_ffn, shared;
   auto list_at = [&](const json& obj, const char* a, const char* b, std::vector<std::vector<double>>& dst) {
     if (obj.contains(a) && obj.at(a).contains(b)) dst.push_back(score_list(obj.at(a).at(b), what + " " + a + "." + b));
   };
@@ -262,11 +327,29 @@ static ImportanceScores from_minipuzzle_scores(const json& j, const std::string&
     list_at(l, "attention", "heads", attn);
     list_at(l, "mamba", "heads", heads);
     list_at(l, "mamba", "head_dim", head_dim);
+    list_at(l, "moe", "experts", experts);
+    list_at(l, "moe", "shared", shared);
+    // Each expert's channels rank within that expert (the pruner keeps every expert's own best): pool them as if
+    // every expert of every layer were a layer of its own.
+    std::vector<std::vector<double>> channels;
+    list_at(l, "moe", "expert_channels", channels);
+    if (!channels.empty() && l.at("moe").contains("experts")) {
+      const size_t n_experts = l.at("moe").at("experts").size(), total = channels[0].size();
+      MP_CHECK(n_experts > 0 && total % n_experts == 0, what, ": moe.expert_channels has ", total,
+               " entries, not a multiple of the ", n_experts, " experts");
+      const size_t width = total / n_experts;
+      for (size_t e = 0; e < n_experts; ++e)
+        expert_ffn.emplace_back(channels[0].begin() + static_cast<std::ptrdiff_t>(e * width),
+                                channels[0].begin() + static_cast<std::ptrdiff_t>((e + 1) * width));
+    }
   }
   s.ffn = pool_rankwise(ffn, what + " mlp.neurons");
   s.attention_heads = pool_rankwise(attn, what + " attention.heads");
   s.mamba_heads = pool_rankwise(heads, what + " mamba.heads");
   s.mamba_head_dim = pool_rankwise(head_dim, what + " mamba.head_dim");
+  s.experts = pool_rankwise(experts, what + " moe.experts");
+  s.expert_ffn = pool_rankwise(expert_ffn, what + " moe.expert_channels");
+  s.shared_ffn = pool_rankwise(shared, what + " moe.shared");
   const bool has_iterative = j.contains("iterative_removal") && j.at("iterative_removal").contains("order");
   if (criterion.empty()) {
     if (has_iterative) criterion = "iterative";
@@ -316,8 +399,11 @@ ImportanceScores ImportanceScores::from_json(const json& j, const std::string& w
     read(units, {"mamba_heads", "mamba_num_heads"}, s.mamba_heads);
     read(units, {"mamba_head_dim"}, s.mamba_head_dim);
     read(units, {"attention_heads", "num_attention_heads"}, s.attention_heads);
+    read(units, {"experts", "n_routed_experts"}, s.experts);
+    read(units, {"expert_ffn", "moe_intermediate_size"}, s.expert_ffn);
+    read(units, {"shared_ffn", "moe_shared_expert_intermediate_size"}, s.shared_ffn);
     MP_CHECK(!s.empty(), what, ": no known score fields (layer_importance, hidden, ffn, mamba_heads, mamba_head_dim, ",
-             "attention_heads)");
+             "attention_heads, experts, expert_ffn, shared_ffn)");
     return s;
   } catch (const json::exception& e) {
     fail(what, ": malformed scores (", e.what(), ")");
@@ -368,11 +454,17 @@ static std::vector<int64_t> least_important(const std::vector<int64_t>& position
 
 std::vector<int64_t> choose_dropped_layers(const ModelConfig& parent, int64_t drop_mamba, int64_t drop_attention,
                                            int64_t drop_mlp, const std::vector<double>& importance) {
+  return choose_dropped_layers(parent, drop_mamba, drop_attention, drop_mlp, 0, importance);
+}
+
+std::vector<int64_t> choose_dropped_layers(const ModelConfig& parent, int64_t drop_mamba, int64_t drop_attention,
+                                           int64_t drop_mlp, int64_t drop_moe, const std::vector<double>& importance) {
   MP_CHECK(importance.empty() || static_cast<int64_t>(importance.size()) == parent.num_layers(),
            "layer importance has ", importance.size(), " entries but the parent has ", parent.num_layers(), " layers");
   std::vector<int64_t> dropped;
   const std::pair<LayerType, int64_t> plan[] = {
-      {LayerType::Mamba, drop_mamba}, {LayerType::Attention, drop_attention}, {LayerType::Mlp, drop_mlp}};
+      {LayerType::Mamba, drop_mamba}, {LayerType::Attention, drop_attention}, {LayerType::Mlp, drop_mlp},
+      {LayerType::Moe, drop_moe}};
   for (auto& [type, k] : plan) {
     std::vector<int64_t> positions;
     for (int64_t i = 0; i < parent.num_layers(); ++i)
@@ -413,7 +505,14 @@ std::string candidate_id(const Shape& s, const std::vector<int64_t>& dropped) {
                 static_cast<long long>(s.ffn), static_cast<long long>(s.mamba_heads),
                 static_cast<long long>(s.mamba_head_dim), static_cast<long long>(s.attention_heads),
                 static_cast<unsigned long long>(h & 0xffffff));
-  return buf;
+  std::string id = buf;
+  if (s.n_moe) {  // MoE shapes: E MoE layers, experts x expert width, shared width (dense ids stay as they were)
+    std::snprintf(buf, sizeof buf, "-E%lld-e%lldx%lld-s%lld", static_cast<long long>(s.n_moe),
+                  static_cast<long long>(s.experts), static_cast<long long>(s.expert_ffn),
+                  static_cast<long long>(s.shared_ffn));
+    id += buf;
+  }
+  return id;
 }
 
 ModelConfig candidate_config(const ModelConfig& parent, const Candidate& c) {
@@ -432,6 +531,11 @@ ModelConfig candidate_config(const ModelConfig& parent, const Candidate& c) {
   out.mamba_num_heads = c.shape.mamba_heads;
   out.mamba_head_dim = c.shape.mamba_head_dim;
   out.num_attention_heads = c.shape.attention_heads;
+  if (parent.count(LayerType::Moe)) {
+    out.n_routed_experts = c.shape.experts;
+    out.moe_intermediate_size = c.shape.expert_ffn;
+    out.moe_shared_expert_intermediate_size = c.shape.shared_ffn;
+  }
   // The student is not the published model: drop provenance fields that would claim otherwise.
   if (out.raw.is_object()) {
     out.raw.erase("_source");
@@ -455,6 +559,13 @@ json candidate_to_json(const ModelConfig& parent, const Candidate& c) {
          {"memory", c.memory.to_json()},
          {"throughput", c.throughput.to_json()},
          {"proxy", c.proxy}};
+  if (c.shape.n_moe) {
+    j["layers"]["moe"] = c.shape.n_moe;
+    j["moe"] = {{"experts", c.shape.experts},
+                {"experts_per_token", c.shape.experts_per_token},
+                {"expert_ffn", c.shape.expert_ffn},
+                {"shared_ffn", c.shape.shared_ffn}};
+  }
   if (c.zero_shot_loss) j["zero_shot_loss"] = *c.zero_shot_loss;
   if (c.distilled_loss) j["distilled_loss"] = *c.distilled_loss;
   json cfg = candidate_config(parent, c).to_json();

@@ -29,6 +29,10 @@
 #include "minipuzzle/model.h"
 #include "minipuzzle/token_file.h"
 
+namespace mp {
+class TeacherLogitsStore;  // minipuzzle/teacher_logits.h
+}
+
 namespace mp::distill {
 
 // Exit codes of `minipuzzle distill` beside mp::kExitInterrupted (130: SIGINT/SIGTERM, checkpoint written).
@@ -57,7 +61,7 @@ double learning_rate(const ScheduleOptions& options, int64_t step);
 // Moments and, for parameters stored in a lower precision (bf16 on GPU), the master copy are float32; after each
 // step the master is rounded into the model's parameter. Tied parameters (one tensor under two names) are one
 // entry. Weight decay applies to tensors of 2 or more dimensions (linear, embedding, conv weights), not to norms,
-// biases, A_log, D or dt_bias.
+// biases, A_log, D or dt_bias; the flat shards of sharded training are named flat.decay/* and flat.nodecay/*.
 struct AdamWOptions {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
 };
@@ -153,6 +157,13 @@ struct TeacherOutput {
   at::Tensor logits;   // [B, T, V] float, or undefined when hidden/lm_head are given
   at::Tensor hidden;   // [B, T, Ht] (model dtype) for linear_kd
   at::Tensor lm_head;  // [V, Ht]
+  // A sparse teacher (OfflineTeacher: stored top-k rows, include/minipuzzle/teacher_logits.h) gives instead its
+  // top-k ids (int32 [B, T, k]), their logits (float32 [B, T, k]) and the full rows' log-sum-exp at each of
+  // lse_temperatures (float32 [B, T, n]); the loss is then mp::sparse_kd_loss.
+  at::Tensor topk_ids, topk_logits, topk_lse;
+  std::vector<double> lse_temperatures;
+  bool sparse() const { return topk_ids.defined(); }
+  at::Tensor lse_at(double temperature) const;  // [B, T]; throws when that temperature was not stored
 };
 
 class Teacher {
@@ -162,6 +173,8 @@ class Teacher {
   // teacher's logits either).
   virtual TeacherOutput run(const at::Tensor& input_ids, bool want_hidden) = 0;
   virtual int64_t vocab_size() const = 0;
+  // True when run() gives the sparse fields of TeacherOutput (stored top-k rows) instead of logits.
+  virtual bool sparse() const { return false; }
 };
 
 class ModelTeacher : public Teacher {
@@ -180,6 +193,30 @@ class ModelTeacher : public Teacher {
 // the kept tokens is exact for the truncated (renormalised) teacher distribution. A file-backed teacher source
 // stores these pairs per window and serves them through Teacher::run.
 at::Tensor logits_from_topk(const at::Tensor& values, const at::Tensor& indices, int64_t vocab_size);
+
+// The teacher read from stores written by `minipuzzle teacher-logits` (issue 28): run() finds each row of
+// input_ids among the stored windows by the hash of its tokens and returns the sparse fields of TeacherOutput on
+// the ids' device. Several stores may be given (the training data's and the validation data's); a window in none
+// of them is an error naming the stores' seq_len. has_window() says whether every row of a batch is stored.
+class OfflineTeacher : public Teacher {
+ public:
+  explicit OfflineTeacher(const std::vector<std::string>& dirs);
+  ~OfflineTeacher() override;
+  TeacherOutput run(const at::Tensor& input_ids, bool want_hidden) override;
+  int64_t vocab_size() const override;
+  bool sparse() const override { return true; }
+  int64_t seq_len() const;
+  int64_t top_k() const;
+  const std::vector<double>& lse_temperatures() const;
+  bool has_windows(const at::Tensor& input_ids) const;
+  // Windows of the first store (the training data's): they are the data's first windows, in order, so the trainer
+  // draws its windows from [0, training_windows()) when the store holds fewer than the data (teacher-logits
+  // --max-windows).
+  int64_t training_windows() const;
+
+ private:
+  std::vector<std::shared_ptr<const mp::TeacherLogitsStore>> stores_;
+};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Data parallelism over c10d. Configured from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
@@ -234,15 +271,20 @@ at::Tensor checkpointed(const std::function<at::Tensor(const at::Tensor&)>& fn, 
 // model.forward_hidden(input_ids) with the layers in checkpointed segments of layers_per_segment layers: autograd
 // keeps only each segment's input [B,T,H] (plus the embedding and norm_f), and backward recomputes one segment
 // at a time. Same values and gradients as forward_hidden (tests/distill/test_distill_checkpointing.cpp).
-at::Tensor checkpointed_forward_hidden(const NemotronH& model, const at::Tensor& input_ids, int64_t layers_per_segment);
+// `observer` sees the layers' taps in the forward only (not again when backward recomputes them).
+at::Tensor checkpointed_forward_hidden(const NemotronH& model, const at::Tensor& input_ids, int64_t layers_per_segment,
+                                       ActivationObserver* observer = nullptr);
 
 // ---------------------------------------------------------------------------------------------------------------
 // The step itself, shared by run_distillation and the benchmark.
+class ShardedStudent;  // minipuzzle/fsdp.h
 struct LossOptions {
   double alpha = 1.0;          // loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE
   double temperature = 1.0;
   bool fused_lm_head = true;   // CUDA: linear_kd from hidden states (no [tokens, vocab] logits)
   int64_t checkpoint_layers = 0;  // > 0: the student's layers run checkpointed, this many per segment; 0: off
+  const ShardedStudent* sharded = nullptr;  // set: the student's layers run through it (gathered per layer)
+  ActivationObserver* observer = nullptr;  // sees the student's forward (e.g. the router loads of the step)
 };
 // The loss of one micro-batch, differentiable w.r.t. the student's parameters. teacher == nullptr: cross-entropy.
 at::Tensor micro_batch_loss(const NemotronH& student, Teacher* teacher, const Batch& batch, const LossOptions& options);
@@ -260,7 +302,10 @@ StepResult train_step(const NemotronH& student, Teacher* teacher, AdamW& optimiz
 
 // ---------------------------------------------------------------------------------------------------------------
 struct DistillOptions {
-  std::string teacher;         // HF checkpoint directory (empty with from_scratch)
+  std::string teacher;         // HF checkpoint directory (empty with from_scratch or teacher_logits)
+  std::string teacher_logits;  // instead of a teacher: a store of `minipuzzle teacher-logits` made from train_data
+                               // with this seq_len (OfflineTeacher; the loss is mp::sparse_kd_loss)
+  std::string teacher_logits_valid;  // optional: one made from valid_data, for val_kl (omitted without it)
   std::string student;         // HF checkpoint directory, or with from_scratch a config.json (or dir holding one)
   bool from_scratch = false;   // no teacher: cross-entropy only; student = NemotronH::random_init(config, seed)
   std::string train_data, valid_data;  // any data argument of minipuzzle/data_input.h
@@ -285,6 +330,10 @@ struct DistillOptions {
   int64_t checkpoint_layers = 1;          // layers per checkpointed segment (with activation_checkpointing)
   int64_t max_nonfinite = 5;
   int64_t bucket_bytes = int64_t(25) << 20;
+  std::string shard = "none";     // none | zero2 | zero3 (minipuzzle/fsdp.h)
+  int64_t shard_group_size = 0;   // ranks per shard group (0: all; fewer: hybrid, replicated across groups)
+  int64_t plan_world_size = 0;    // --plan-world-size: plan for this many ranks (0: WORLD_SIZE)
+  bool shard_teacher = false;     // --shard-teacher (plan only): the teacher's layers sharded like the student's
   std::string save_dtype;      // "float32" | "bfloat16"; empty: the student's storage (float32 from scratch)
   // Memory plan (include/minipuzzle/train_memory.h), made before the models load and written to OUT/plan.json.
   bool plan_only = false;      // --plan: print the plan and return without training
@@ -295,7 +344,11 @@ struct DistillOptions {
   std::string host_memory;     // --host-memory SIZE: host RAM for the plan (default: MemAvailable)
   std::string offload_optimizer;  // "" none (auto may choose), "auto", or a fraction in [0, 1]
   int64_t stop_after_steps = 0;   // > 0: after this step, write the checkpoint and return (exit 0); --resume goes on
+  // MoE students: > 0 applies aux-loss-free load balancing after every step (distill/router_bias.h): each router's
+  // e_score_correction_bias += rate * sign(mean load - load). Nemotron 3 Nano trained with 1e-3. 0: off.
+  double router_bias_update = 0;
   bool no_save = false;           // write neither OUT/checkpoint nor OUT/final (benchmarks whose state exceeds the disk)
+  std::string elastic;            // --elastic BUDGETS: train nested budgets of a nested student (distill/elastic.h)
 };
 
 struct DistillResult {

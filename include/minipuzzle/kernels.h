@@ -9,6 +9,7 @@
 #include <c10/util/Optional.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace mp::kernels {
 
@@ -35,6 +36,24 @@ at::Tensor gated_rms_norm(const at::Tensor& y, const at::Tensor& z, const at::Te
 
 // relu(x)^2 in x's dtype (Nemotron-H's MLP activation), one pass forward and one backward on CUDA.
 at::Tensor relu_squared(const at::Tensor& x);
+
+// The routed experts of a MoE layer as one grouped GEMM over rows sorted by expert (issue 25): rows
+// [o_e, o_e + counts[e]) of x (o_e the sum of the counts before e) go through weights[e] ([n, k], nn.Linear's
+// layout): y = relu(x W_e^T)^2 when relu2, else x W_e^T; then times row_scale[row] (float32 [rows]) when defined.
+// x [rows, k] with rows = sum(counts); -> [rows, n] in x's dtype. CUDA float32 / bfloat16 tensors: one kernel launch
+// for all experts (src/kernels/moe_grouped_gemm.cu; float32 accumulation, epilogue fused), forward only;
+// otherwise the per-expert ATen loop, moe_grouped_linear_reference (the CPU path and the GPU test's reference).
+at::Tensor moe_grouped_linear(const at::Tensor& x, const std::vector<at::Tensor>& weights,
+                              const std::vector<int64_t>& counts, const at::Tensor& row_scale, bool relu2);
+at::Tensor moe_grouped_linear_reference(const at::Tensor& x, const std::vector<at::Tensor>& weights,
+                                        const std::vector<int64_t>& counts, const at::Tensor& row_scale, bool relu2);
+bool moe_grouped_linear_uses_cuda(const at::Tensor& x);
+// Whether the MoE layer runs its routed experts through moe_grouped_linear when it can (CUDA float32 / bfloat16,
+// no gradient needed, no importance taps or channel masks): off unless MINIPUZZLE_MOE_GROUPED=1 (read once) or
+// set_moe_grouped(true) -- opt-in until tests/gpu/test_moe_grouped_gpu has passed on a GPU host; the per-expert
+// loop otherwise.
+bool moe_grouped_enabled();
+void set_moe_grouped(bool enabled);
 
 // True when this build has the CUDA kernels (nvcc was found at configure time).
 bool built_with_cuda();

@@ -270,16 +270,25 @@ IntRange parse_range(const std::string& text);  // "4480:5120:128", "4480-5120/1
 // as a total count of layers to drop, taken from the global importance order (as Minitron / ModelOpt did).
 struct SearchSpace {
   bool depth_per_type = true;
-  IntRange drop_mamba{0, 0, 1}, drop_attention{0, 0, 1}, drop_mlp{0, 0, 1};
+  IntRange drop_mamba{0, 0, 1}, drop_attention{0, 0, 1}, drop_mlp{0, 0, 1}, drop_moe{0, 0, 1};
   IntRange drop_total{0, 0, 1};  // used when !depth_per_type; also bounds the per-type sum when set (max > 0)
   bool bound_total = false;
   IntRange hidden, ffn, mamba_heads, mamba_head_dim, attention_heads;
+  // MoE parents: routed experts kept per MoE layer (the same count in every layer, an equal share of every
+  // n_group routing group; which experts go differs per layer), the routed experts' and the shared expert's FFN
+  // widths. Single points (the parent's) for parents without MoE layers.
+  IntRange experts, expert_ffn, shared_ffn;
   double min_params = 0, max_params = 0;  // 0: unbounded
+  // Bounds on the active parameters (every weight one token uses: the top-k routed experts instead of all);
+  // equal to the totals for a dense parent.
+  double min_active_params = 0, max_active_params = 0;
   int64_t combinations() const;
   json to_json() const;
 };
 // NVIDIA's defaults: at most 40% of each width and 20% of the depth pruned; hidden in steps of 128, FFN 512,
-// Mamba heads by n_groups, Mamba head_dim 8, attention heads by KV heads; per-type depth.
+// Mamba heads by n_groups, Mamba head_dim 8, attention heads by KV heads; per-type depth. MoE parents: routed
+// experts in steps of 8 rounded to a multiple of n_group (and no lower than routing allows: num_experts_per_tok,
+// topk_group groups' worth, 2 per group when grouped), expert and shared-expert widths in steps of 256 (grain 64).
 // `hold`: shapes the grids must contain (published students, references; shapes that are not pruned forms of the
 // parent are ignored). Per axis the step becomes the largest
 // multiple of the hardware grain (64 channels for hidden and FFN, n_groups Mamba heads, 8 head_dim positions, the
@@ -287,6 +296,10 @@ struct SearchSpace {
 // FFN 20480 - k * 320 holds 15680), the range reaching down to the smallest held value; a held value that no such
 // step reaches is added as an extra point.
 SearchSpace default_space(const ModelConfig& parent, const std::vector<ModelConfig>& hold = {});
+// Why `experts` routed experts per MoE layer cannot be kept (empty when they can), by the pruner's rules: at most
+// the parent's, a multiple of n_group, 2 per group when grouped, and num_experts_per_tok within the topk_group
+// groups' experts.
+std::string expert_count_problem(const ModelConfig& parent, int64_t experts);
 // The published shapes in configs/models that are pruned forms of `parent` within the default space's reach
 // (same vocabulary, KV heads, head_dim, groups, state and conv kernel; no axis larger than the parent's; at most
 // 40% of any width and 20% of the layers removed), the parent itself excepted.
@@ -302,14 +315,19 @@ struct ImportanceScores {
   std::vector<double> mamba_heads;      // per Mamba head (pooled over layers)
   std::vector<double> mamba_head_dim;   // per head_dim position
   std::vector<double> attention_heads;  // per query head
+  std::vector<double> experts;          // MoE: per routed expert (pooled over layers)
+  std::vector<double> expert_ffn;       // MoE: per channel of a routed expert (pooled over layers and experts)
+  std::vector<double> shared_ffn;       // MoE: per shared-expert channel (pooled over layers)
   bool empty() const;
   // Reads the scoring stage's scores.json ("format": "minipuzzle-scores", see importance.h): hidden scores,
   // per-layer MLP / attention / Mamba unit scores (pooled over layers rank-wise: element i is the mean of the
   // layers' i-th largest normalised score, so prefix sums give the mean mass kept), and layer importance from
   // `depth_criterion` ("mse_logits", "kl", "lm_loss_increase", "mse_hidden", "block_influence", or
   // "iterative" for the iterative-removal order; empty: iterative if present, else the first of those found).
+  // MoE layers: moe.experts (the pruner's default expert ranking), moe.expert_channels (each expert's channels
+  // pooled rank-wise as if each expert were a layer) and moe.shared.
   // Also a flat form: {"layer_importance": [...], "hidden": [...], "ffn": [...], "mamba_heads": [...],
-  // "mamba_head_dim": [...], "attention_heads": [...]}.
+  // "mamba_head_dim": [...], "attention_heads": [...], "experts": [...], "expert_ffn": [...], "shared_ffn": [...]}.
   static ImportanceScores from_json(const json& j, const std::string& what, const std::string& depth_criterion = "");
 };
 
@@ -399,6 +417,10 @@ SearchResult run_search(const ModelConfig& parent, const HardwareProfile& hw, co
 // scores, evenly spread over the middle of the stack, sparing the first and last layer of each type).
 std::vector<int64_t> choose_dropped_layers(const ModelConfig& parent, int64_t drop_mamba, int64_t drop_attention,
                                            int64_t drop_mlp, const std::vector<double>& layer_importance);
+// The same with MoE layers dropped too (drop_moe of them).
+std::vector<int64_t> choose_dropped_layers(const ModelConfig& parent, int64_t drop_mamba, int64_t drop_attention,
+                                           int64_t drop_mlp, int64_t drop_moe,
+                                           const std::vector<double>& layer_importance);
 std::vector<int64_t> choose_dropped_layers_total(const ModelConfig& parent, int64_t drop_total,
                                                  const std::vector<double>& layer_importance);
 std::string candidate_id(const Shape& shape, const std::vector<int64_t>& dropped_layers);
@@ -409,10 +431,11 @@ std::string candidate_id(const Shape& shape, const std::vector<int64_t>& dropped
 //   source (checkpoint dir, config.json or a configs/models name), hardware (configs/hardware name or path),
 //   context ("128k"), batch, workload ("8k-in,16k-out"), scores (scores.json), depth_criterion, budget_gib,
 //   reserve ("vision=1.3GiB"), margin_gib, weights_dtype, kv_dtype, conv_state_dtype, ssm_state_dtype,
-//   prefill_chunk, depth ("per-type" | "total"), drop_mamba, drop_attention, drop_mlp, drop_total, hidden, ffn,
-//   mamba_heads, mamba_head_dim, attention_heads (ranges "MIN:MAX:STEP" or one number), min_params and
-//   max_params (billions), proxy (auto | fill | importance), keep, keep_infeasible, reference (list of shapes to
-//   locate). Keys starting with "_" and "description" are notes. Unknown keys are refused.
+//   prefill_chunk, depth ("per-type" | "total"), drop_mamba, drop_attention, drop_mlp, drop_moe, drop_total,
+//   hidden, ffn, mamba_heads, mamba_head_dim, attention_heads, experts, expert_ffn, shared_ffn (ranges
+//   "MIN:MAX:STEP" or one number), min_params, max_params, min_active_params and max_active_params (billions),
+//   proxy (auto | fill | importance), keep, keep_infeasible, reference (list of shapes to locate).
+//   Keys starting with "_" and "description" are notes. Unknown keys are refused.
 struct SearchRequest {
   json values = json::object();  // normalised keys (underscores)
   std::string origin = "search request";

@@ -30,6 +30,15 @@ struct TrainSetup {
   int64_t checkpoint_layers = 0;    // > 0: activation checkpointing, layers per segment
   double offload_fraction = 0;      // of the optimizer state (fp32 master + moments) held on the host
   bool has_teacher = true;
+  // Data parallelism and sharding (minipuzzle/fsdp.h): terms are per GPU. shard "none": every rank holds the whole
+  // student state; "zero2": gradients, fp32 masters and AdamW moments are 1/S per rank; "zero3": the layers'
+  // weights too (the root unit, embedding + final norm + lm_head, stays replicated; two layers are gathered at a
+  // time). S = shard_group_size (0: world_size). shard_teacher: the teacher's layers 1/S per rank, gathered per layer.
+  int64_t world_size = 1;
+  std::string shard = "none";
+  int64_t shard_group_size = 0;
+  bool shard_teacher = false;
+  int64_t shard_group() const { return shard == "none" ? 1 : shard_group_size > 0 ? shard_group_size : world_size; }
   json to_json() const;
 };
 

@@ -24,6 +24,10 @@ void add(CLI::App& app) {
       "3 too many non-finite steps, 130 interrupted (checkpoint written; continue with --resume).");
   c->add_option("--teacher", o.teacher, "teacher checkpoint directory (frozen)");
   c->add_option("--student", o.student, "student checkpoint directory; with --from-scratch a config.json")->required();
+  c->add_option("--teacher-logits", o.teacher_logits, "instead of --teacher: top-k teacher logits stored by "
+                "`minipuzzle teacher-logits` from --data at this --seq-len (docs/TEACHER_LOGITS.md)");
+  c->add_option("--teacher-logits-valid", o.teacher_logits_valid, "with --teacher-logits: a store made from --valid, "
+                "for val_kl (omitted without it)");
   c->add_flag("--from-scratch", o.from_scratch, "no teacher: random-initialised student, cross-entropy only");
   c->add_option("--data", o.train_data, "training data: token file (minipuzzle data), Megatron PREFIX, .npy, UTF-8 "
                 "text or a blend \"W1 SRC1 W2 SRC2 ...\"")->required();
@@ -65,7 +69,22 @@ void add(CLI::App& app) {
                 "with --activation-checkpointing: layers per recomputed segment (more: less memory kept, larger "
                 "recompute peak)")
       ->capture_default_str();
+  c->add_option("--shard", o.shard,
+                "none: data parallel with replicated state; zero3: each rank holds 1/N of the student's parameters, "
+                "gradients, fp32 masters and AdamW moments, layers all-gathered for forward and backward; zero2: "
+                "only gradients and optimizer state sharded. Sharded checkpoints reshard to another world size")
+      ->capture_default_str();
+  c->add_option("--shard-group-size", o.shard_group_size,
+                "with --shard: ranks per shard group (e.g. GPUs per node); the groups replicate each other "
+                "(hybrid sharding). 0: the whole world")
+      ->capture_default_str();
+  c->add_option("--plan-world-size", o.plan_world_size,
+                "with --plan: plan per GPU for this many ranks (default: WORLD_SIZE)");
+  c->add_flag("--shard-teacher", o.shard_teacher,
+              "with --plan: plan the teacher's layers sharded like the student's (not yet implemented in training)");
   c->add_flag("--resume", o.resume, "continue from OUT/checkpoint");
+  c->add_option("--elastic", o.elastic, "budgets file or inline JSON (configs/elastic/*.json): train these nested "
+                "budgets of a nested student (`minipuzzle nest`) together, one teacher pass per batch");
   c->add_flag("--plan", o.plan_only,
               "print the memory plan (GPU and host bytes per term, the chosen micro-batch, checkpointing and offload), "
               "write OUT/plan.json and exit without training (exit 1 with one line when nothing fits)");
@@ -78,6 +97,9 @@ void add(CLI::App& app) {
                 "the plan is made as the CUDA trainer would hold the models");
   c->add_option("--stop-after-steps", o.stop_after_steps,
                 "stop after this step with a checkpoint (exit 0); --resume continues the same run");
+  c->add_option("--router-bias-update", o.router_bias_update,
+                "MoE students: aux-loss-free load balancing after every step, each router's e_score_correction_bias "
+                "+= RATE * sign(mean load - load) (DeepSeek-V3; Nemotron 3 Nano trained with 1e-3); default 0: off");
   c->add_flag("--no-save", o.no_save,
               "write neither OUT/checkpoint nor OUT/final (benchmarks whose optimizer state exceeds the disk)");
   c->add_option("--host-memory", o.host_memory, "host RAM to plan for (default: MemAvailable)");

@@ -28,7 +28,8 @@ const char* const kRequestFlags[] = {
     "budget-gib",  "reserve",        "margin-gib",   "weights-dtype",    "kv-dtype",   "conv-state-dtype",
     "ssm-state-dtype", "prefill-chunk", "depth",     "drop-mamba",       "drop-attention", "drop-mlp",
     "drop-total",  "hidden",         "ffn",          "mamba-heads",      "mamba-head-dim", "attention-heads",
-    "min-params",  "max-params",     "proxy",        "keep",             "keep-infeasible", "reference"};
+    "min-params",  "max-params",     "proxy",        "keep",             "keep-infeasible", "reference",
+    "drop-moe",    "experts",        "expert-ffn",   "shared-ffn",       "min-active-params", "max-active-params"};
 
 struct SearchArgs {
   std::string source, config, output;
@@ -111,14 +112,20 @@ void add(CLI::App& app) {
   c->add_option("--drop-mamba", "range MIN:MAX[:STEP] of Mamba layers to drop");
   c->add_option("--drop-attention", "range of attention layers to drop");
   c->add_option("--drop-mlp", "range of MLP layers to drop");
+  c->add_option("--drop-moe", "range of MoE layers to drop");
   c->add_option("--drop-total", "range of layers to drop in all");
   c->add_option("--hidden", "hidden size range (default: 60-100% of the parent, step 128)");
   c->add_option("--ffn", "FFN size range (default: 60-100%, step 512)");
   c->add_option("--mamba-heads", "Mamba heads range (multiples of n_groups)");
   c->add_option("--mamba-head-dim", "Mamba head_dim range");
   c->add_option("--attention-heads", "attention heads range (multiples of the KV heads)");
+  c->add_option("--experts", "MoE: routed experts kept per layer, range (multiples of n_group; default 60-100%, step 8)");
+  c->add_option("--expert-ffn", "MoE: routed experts' FFN width range (default 60-100%, step 256)");
+  c->add_option("--shared-ffn", "MoE: shared expert's FFN width range (default 60-100%, step 256)");
   c->add_option("--min-params", "minimum parameters, in billions");
   c->add_option("--max-params", "maximum parameters, in billions (a parameter target beside the memory budget)");
+  c->add_option("--min-active-params", "MoE: minimum active parameters per token, in billions");
+  c->add_option("--max-active-params", "MoE: maximum active parameters per token, in billions (ModelOpt's active_params)");
   c->add_option("--proxy", "stage-1 proxy: auto (importance with --scores, else fill) | fill | importance");
   c->add_option("--keep", "feasible candidates listed in the report (default 200)");
   c->add_option("--keep-infeasible", "infeasible candidates listed, nearest the budget (default 50)");

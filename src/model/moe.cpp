@@ -4,12 +4,16 @@
 // The routed experts run tokens sorted by expert: one stable sort of the (token, slot) assignments, one host read
 // of the per-expert counts, then per expert a contiguous slice through its two GEMMs, and one index_add back. The
 // same ATen code runs on CPU and CUDA (one device sync per layer for the counts), and autograd flows through
-// index_select / index_add and the routing weights as in transformers.
+// index_select / index_add and the routing weights as in transformers. With MINIPUZZLE_MOE_GROUPED=1, on CUDA
+// without gradients (evaluation, scoring, the teacher) the two GEMMs of all experts run as two grouped launches
+// instead (kernels::moe_grouped_linear: relu^2 fused into the first, the routing weight into the second).
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <limits>
 
 #include "minipuzzle/error.h"
+#include "minipuzzle/kernels.h"
 #include "src/model/layers.h"
 
 namespace mp {
@@ -82,9 +86,27 @@ at::Tensor moe_mixer(const LayerContext& ctx, const Params& p, const at::Tensor&
   at::Tensor out_norms, channel_sums;
   if (want_out) out_norms = at::zeros({N, E}, w.options());
   if (want_channels) channel_sums = at::zeros({E, c.moe_intermediate_size}, w.options());
-  std::vector<at::Tensor> ys;
+  // Grouped path: nothing per expert is needed (no taps, no channel mask) and no gradient.
+  const at::Tensor& up0 = p.get("experts.0.up_proj.weight");
+  const bool grouped = kernels::moe_grouped_enabled() && kernels::moe_grouped_linear_uses_cuda(xs) &&
+                       !channel_mask.defined() && !want_out && !want_channels &&
+                       (!at::GradMode::is_enabled() || (!xs.requires_grad() && !up0.requires_grad() &&
+                                                        !w.requires_grad()));
+  std::vector<at::Tensor> ys;  // the experts' weighted outputs, rows in sorted order
+  if (grouped) {
+    std::vector<at::Tensor> up, down;
+    up.reserve(static_cast<size_t>(E)), down.reserve(static_cast<size_t>(E));
+    for (int64_t e = 0; e < E; ++e) {
+      const std::string name = "experts." + std::to_string(e) + ".";
+      up.push_back(p.get(name + "up_proj.weight"));
+      down.push_back(p.get(name + "down_proj.weight"));
+    }
+    const std::vector<int64_t> counts(cnt, cnt + E);
+    at::Tensor a = kernels::moe_grouped_linear(xs, up, counts, at::Tensor(), /*relu2=*/true);
+    ys.push_back(kernels::moe_grouped_linear(a, down, counts, w.to(at::kFloat), /*relu2=*/false));
+  }
   int64_t offset = 0;
-  for (int64_t e = 0; e < E; ++e) {
+  for (int64_t e = 0; e < E && !grouped; ++e) {
     const int64_t n = cnt[e];
     if (n == 0) continue;
     const std::string name = "experts." + std::to_string(e) + ".";

@@ -216,3 +216,37 @@ TEST_CASE("--device: cuda takes GPU LOCAL_RANK, cuda:N GPU N for one process onl
   for (const char* bad : {"gpu", "cuda:", "cuda:x", "cuda:-1", "CUDA", ""})
     CHECK_THROWS_WITH(one.device_for(bad), MP_CONTAINS("cpu, cuda or cuda:N"));
 }
+
+// Options of different features that cannot work together are refused by run_distillation before anything loads
+// (the paths below do not exist: the refusal must come first).
+TEST_CASE("distill: option combinations that cannot work together are refused with one clear line") {
+  DistillOptions base;
+  base.teacher = "/nonexistent/teacher";
+  base.student = "/nonexistent/student";
+  base.train_data = base.valid_data = "/nonexistent/data";
+  base.out_dir = "/nonexistent/out";
+  base.tokens = 1024;
+  {
+    DistillOptions o = base;
+    o.shard = "zero3";
+    o.router_bias_update = 1e-3;
+    CHECK_THROWS_WITH(run_distillation(o), MP_CONTAINS("--router-bias-update cannot be combined with --shard zero3"));
+    o.shard = "zero2";
+    CHECK_THROWS_WITH(run_distillation(o), MP_CONTAINS("--router-bias-update cannot be combined with --shard zero2"));
+  }
+}
+
+TEST_CASE("distill: --elastic is refused with --shard and with --router-bias-update") {
+  DistillOptions o;
+  o.teacher = "/nonexistent/teacher";
+  o.student = "/nonexistent/student";
+  o.train_data = o.valid_data = "/nonexistent/data";
+  o.out_dir = "/nonexistent/out";
+  o.tokens = 1024;
+  o.elastic = "/nonexistent/budgets.json";
+  o.shard = "zero3";
+  CHECK_THROWS_WITH(run_distillation(o), MP_CONTAINS("--elastic cannot be combined with --shard zero3"));
+  o.shard = "none";
+  o.router_bias_update = 1e-3;
+  CHECK_THROWS_WITH(run_distillation(o), MP_CONTAINS("--elastic cannot be combined with --router-bias-update"));
+}
