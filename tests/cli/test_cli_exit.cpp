@@ -16,7 +16,7 @@ static int count_lines(const std::string& s) {
 }
 
 TEST_CASE("an unknown command exits 2 naming it and the commands that exist", "[cli]") {
-  for (const char* args : {"foo", "foo --help", "teacher-logits --help", "prunee x -o y"}) {
+  for (const char* args : {"foo", "foo --help", "teacher-logit --help", "prunee x -o y"}) {
     auto r = cli(args);
     INFO(args << "\n" << r.output);
     CHECK(r.exit_code == 2);
@@ -45,7 +45,7 @@ TEST_CASE("no command, an unknown flag or a missing value exits 2 with one line"
 }
 
 TEST_CASE("help and version exit 0", "[cli]") {
-  for (const char* args : {"--help", "prune --help", "eval --help", "--version"}) {
+  for (const char* args : {"--help", "prune --help", "eval --help", "teacher-logits --help", "--version"}) {
     auto r = cli(args);
     INFO(args << "\n" << r.output);
     CHECK(r.exit_code == 0);
