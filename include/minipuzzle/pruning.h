@@ -19,10 +19,9 @@
 #include "minipuzzle/config.h"
 #include "minipuzzle/json.h"
 #include "minipuzzle/model.h"
+#include "minipuzzle/scores.h"
 
 namespace mp {
-
-struct Scores;
 
 // ---------------------------------------------------------------- target
 // The shape to prune to. Unset widths keep the parent's.
@@ -108,9 +107,6 @@ struct PrunePlan {
 // (larger than the parent, heads not a multiple of groups, KV heads not dividing heads, unknown layer index, ...)
 // or when the scores belong to another model. `scores` may be null when no axis needs ranking.
 PrunePlan make_plan(const ModelConfig& source, const PruneTarget& target, const Scores* scores);
-
-// Checks that scores describe a model of this shape (pattern, widths), naming the first mismatch.
-void check_scores_fit(const Scores& scores, const ModelConfig& config, const std::string& what);
 
 // ---------------------------------------------------------------- slicing
 // How one tensor of the pruned model is cut from a parent tensor: index lists for dims 0 and 1 (empty: all).
