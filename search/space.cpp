@@ -500,19 +500,21 @@ ModelConfig candidate_config(const ModelConfig& parent, const Candidate& c) {
 }
 
 json candidate_to_json(const ModelConfig& parent, const Candidate& c) {
-  json j{{"id", c.id},
-         {"feasible", c.feasible},
-         {"reasons", c.reasons},
-         {"rank", c.rank},
-         {"stage", c.stage},
-         {"pareto", c.pareto},
-         {"pattern", c.pattern},
-         {"dropped_layers", c.dropped_layers},
-         {"layers", {{"mamba", c.shape.n_mamba}, {"attention", c.shape.n_attention}, {"mlp", c.shape.n_mlp}}},
-         {"params", c.params.to_json()},
-         {"memory", c.memory.to_json()},
-         {"throughput", c.throughput.to_json()},
-         {"proxy", c.proxy}};
+  // The pruner's target (the student's config and the parent layers it drops: "config", "dropped_layers"), which
+  // `prune --target REPORT.json#id` reads back, plus what the search measured.
+  json j = target_from_config(candidate_config(parent, c), c.dropped_layers).to_json();
+  j.update(json{{"id", c.id},
+                {"feasible", c.feasible},
+                {"reasons", c.reasons},
+                {"rank", c.rank},
+                {"stage", c.stage},
+                {"pareto", c.pareto},
+                {"pattern", c.pattern},
+                {"layers", {{"mamba", c.shape.n_mamba}, {"attention", c.shape.n_attention}, {"mlp", c.shape.n_mlp}}},
+                {"params", c.params.to_json()},
+                {"memory", c.memory.to_json()},
+                {"throughput", c.throughput.to_json()},
+         {"proxy", c.proxy}});
   if (c.shape.n_moe) {
     j["layers"]["moe"] = c.shape.n_moe;
     j["moe"] = {{"experts", c.shape.experts},
@@ -522,8 +524,6 @@ json candidate_to_json(const ModelConfig& parent, const Candidate& c) {
   }
   if (c.zero_shot_loss) j["zero_shot_loss"] = *c.zero_shot_loss;
   if (c.distilled_loss) j["distilled_loss"] = *c.distilled_loss;
-  json cfg = candidate_config(parent, c).to_json();
-  j["config"] = cfg;
   return j;
 }
 

@@ -15,6 +15,7 @@
 
 #include "minipuzzle/config.h"
 #include "minipuzzle/json.h"
+#include "minipuzzle/prune_target.h"
 #include "minipuzzle/scores.h"
 
 namespace mp::search {
@@ -364,6 +365,8 @@ struct Candidate {
 };
 // The student's config.json (parent's fields kept, shape and layer list replaced).
 ModelConfig candidate_config(const ModelConfig& parent, const Candidate& candidate);
+// A report entry: the pruner's target for the candidate (PruneTarget::to_json, the "config" and "dropped_layers"
+// that `prune --target REPORT.json#id` reads) plus the search's own fields.
 json candidate_to_json(const ModelConfig& parent, const Candidate& candidate);
 
 struct SearchOptions {
