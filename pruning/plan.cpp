@@ -39,12 +39,6 @@ std::string join(const std::vector<int64_t>& v) {
   return s;
 }
 
-void check_size(const std::vector<double>& v, int64_t expect, const std::string& what, const std::string& field) {
-  MP_CHECK(v.empty() || static_cast<int64_t>(v.size()) == expect, what, ": ", field, " has ", v.size(),
-           " scores but this model has ", expect,
-           " (the scores were computed on another model; re-run `minipuzzle score` on this checkpoint)");
-}
-
 const std::vector<double>& mamba_head_scores(const MambaScores& m, const std::string& criterion) {
   if (criterion == "heads") return m.heads;
   if (criterion == "heads_out") return m.heads_out;
@@ -379,34 +373,6 @@ std::vector<int64_t> LayerPlan::mamba_channels(int64_t parent_head_dim) const {
   for (int64_t h : mamba_heads)
     for (int64_t p : mamba_head_dim) c.push_back(h * parent_head_dim + p);
   return c;
-}
-
-void check_scores_fit(const Scores& sc, const ModelConfig& c, const std::string& what) {
-  MP_CHECK(sc.pattern.empty() || sc.pattern == c.pattern(), what, ": the scores were computed on a model with pattern ",
-           sc.pattern, " but this checkpoint's is ", c.pattern(), " (the scores belong to another model; re-run `minipuzzle score` on this checkpoint)");
-  MP_CHECK(static_cast<int64_t>(sc.layers.size()) == c.num_layers(), what, ": the scores describe ", sc.layers.size(),
-           " layers but this checkpoint has ", c.num_layers(), "; re-run `minipuzzle score` on this checkpoint");
-  check_size(sc.hidden, c.hidden_size, what, "hidden");
-  for (size_t i = 0; i < sc.layers.size(); ++i) {
-    const LayerScores& l = sc.layers[i];
-    const std::string layer = "layer " + std::to_string(i);
-    MP_CHECK(l.type == c.layers[i], what, ": ", layer, " is a ", layer_type_name(l.type),
-             " layer in the scores but a ", layer_type_name(c.layers[i]),
-             " layer in this checkpoint; the scores belong to another model");
-    check_size(l.mlp_neurons, c.intermediate_size, what, layer + " mlp.neurons");
-    check_size(l.attn_heads, c.num_attention_heads, what, layer + " attention.heads");
-    check_size(l.attn_kv_groups, c.num_key_value_heads, what, layer + " attention.kv_groups");
-    for (auto* v : {&l.mamba.heads, &l.mamba.heads_out, &l.mamba.heads_flap, &l.mamba.heads_nested})
-      check_size(*v, c.mamba_num_heads, what, layer + " mamba.heads");
-    check_size(l.mamba.head_dim, c.mamba_head_dim, what, layer + " mamba.head_dim");
-    check_size(l.mamba.groups, c.n_groups, what, layer + " mamba.groups");
-    check_size(l.mamba.channels, c.mamba_d_inner(), what, layer + " mamba.channels");
-    for (auto* v : {&l.moe.experts, &l.moe.frequency, &l.moe.loss})
-      check_size(*v, c.n_routed_experts, what, layer + " moe.experts");
-    check_size(l.moe.expert_channels, c.n_routed_experts * c.moe_intermediate_size, what, layer + " moe.expert_channels");
-    check_size(l.moe.shared, c.moe_shared_expert_intermediate_size, what, layer + " moe.shared");
-  }
-  if (!sc.fingerprint.empty()) sc.check_matches(c, what);
 }
 
 PrunePlan make_plan(const ModelConfig& source, const PruneTarget& target, const Scores* scores) {

@@ -215,7 +215,9 @@ PreparedSearch prepare_search(const SearchRequest& request) {
 
   if (v.contains("scores")) {
     const std::string path = v.at("scores").get<std::string>();
-    o.scores = ImportanceScores::from_json(read_json_file(path), path, text_or(v, "depth_criterion", ""));
+    const Scores scores = read_scores(path);
+    check_scores_fit(scores, p.parent, path);
+    o.scores = ImportanceScores::from_scores(scores, path, text_or(v, "depth_criterion", ""));
   }
   o.proxy = parse_proxy(text_or(v, "proxy", "auto"));
   o.keep_feasible = integer("keep", 200);

@@ -277,24 +277,6 @@ bool ImportanceScores::empty() const {
          attention_heads.empty() && experts.empty() && expert_ffn.empty() && shared_ffn.empty();
 }
 
-static std::vector<double> score_list(const json& j, const std::string& what) {
-  const json* v = &j;
-  if (j.is_object() && j.contains("scores")) v = &j.at("scores");
-  MP_CHECK(v->is_array(), what, ": expected a list of numbers (or {\"scores\": [...]})");
-  std::vector<double> out;
-  for (auto& x : *v) {
-    if (x.is_array()) {  // per-layer lists: pool by summing position-wise
-      if (out.empty()) out.assign(x.size(), 0.0);
-      MP_CHECK(out.size() == x.size(), what, ": per-layer score lists differ in length");
-      for (size_t i = 0; i < x.size(); ++i) out[i] += json_to_double(x[i], what);
-    } else {
-      out.push_back(json_to_double(x, what));
-    }
-  }
-  for (double d : out) MP_CHECK(std::isfinite(d), what, ": scores must be finite");
-  return out;
-}
-
 // Rank-wise pooling of per-layer unit scores (see the header): normalise each layer to sum 1, sort descending,
 // average the i-th entries.
 static std::vector<double> pool_rankwise(const std::vector<std::vector<double>>& per_layer, const std::string& what) {
@@ -304,6 +286,7 @@ static std::vector<double> pool_rankwise(const std::vector<std::vector<double>>&
   for (auto layer : per_layer) {
     MP_CHECK(layer.size() == out.size(), what, ": per-layer score lists differ in length (", layer.size(), " vs ",
              out.size(), ")");
+    for (double v : layer) MP_CHECK(std::isfinite(v), what, ": scores must be finite");
     double total = 0;
     for (double& v : layer) total += (v = std::max(0.0, v));
     std::sort(layer.begin(), layer.end(), std::greater<double>());
@@ -313,34 +296,32 @@ static std::vector<double> pool_rankwise(const std::vector<std::vector<double>>&
   return out;
 }
 
-static ImportanceScores from_minipuzzle_scores(const json& j, const std::string& what, std::string criterion) {
+ImportanceScores ImportanceScores::from_scores(const Scores& sc, const std::string& what, const std::string& depth_criterion) {
   ImportanceScores s;
-  if (j.contains("hidden") && j.at("hidden").contains("scores")) s.hidden = score_list(j.at("hidden").at("scores"), what + " hidden");
-  MP_CHECK(j.contains("layers") && j.at("layers").is_array(), what, ": a minipuzzle-scores file needs \"layers\"");
-  const json& layers = j.at("layers");
+  for (double v : sc.hidden) MP_CHECK(std::isfinite(v), what, " hidden: scores must be finite");
+  s.hidden = sc.hidden;
   std::vector<std::vector<double>> ffn, attn, heads, head_dim, experts, expert_ffn, shared;
-  auto list_at = [&](const json& obj, const char* a, const char* b, std::vector<std::vector<double>>& dst) {
-    if (obj.contains(a) && obj.at(a).contains(b)) dst.push_back(score_list(obj.at(a).at(b), what + " " + a + "." + b));
+  auto add = [](const std::vector<double>& v, std::vector<std::vector<double>>& dst) {
+    if (!v.empty()) dst.push_back(v);
   };
-  for (auto& l : layers) {
-    list_at(l, "mlp", "neurons", ffn);
-    list_at(l, "attention", "heads", attn);
-    list_at(l, "mamba", "heads", heads);
-    list_at(l, "mamba", "head_dim", head_dim);
-    list_at(l, "moe", "experts", experts);
-    list_at(l, "moe", "shared", shared);
+  for (const LayerScores& l : sc.layers) {
+    add(l.mlp_neurons, ffn);
+    add(l.attn_heads, attn);
+    add(l.mamba.heads, heads);
+    add(l.mamba.head_dim, head_dim);
+    add(l.moe.experts, experts);
+    add(l.moe.shared, shared);
     // Each expert's channels rank within that expert (the pruner keeps every expert's own best): pool them as if
     // every expert of every layer were a layer of its own.
-    std::vector<std::vector<double>> channels;
-    list_at(l, "moe", "expert_channels", channels);
-    if (!channels.empty() && l.at("moe").contains("experts")) {
-      const size_t n_experts = l.at("moe").at("experts").size(), total = channels[0].size();
-      MP_CHECK(n_experts > 0 && total % n_experts == 0, what, ": moe.expert_channels has ", total,
-               " entries, not a multiple of the ", n_experts, " experts");
+    const std::vector<double>& channels = l.moe.expert_channels;
+    if (!channels.empty() && !l.moe.experts.empty()) {
+      const size_t n_experts = l.moe.experts.size(), total = channels.size();
+      MP_CHECK(total % n_experts == 0, what, ": moe.expert_channels has ", total, " entries, not a multiple of the ",
+               n_experts, " experts");
       const size_t width = total / n_experts;
       for (size_t e = 0; e < n_experts; ++e)
-        expert_ffn.emplace_back(channels[0].begin() + static_cast<std::ptrdiff_t>(e * width),
-                                channels[0].begin() + static_cast<std::ptrdiff_t>((e + 1) * width));
+        expert_ffn.emplace_back(channels.begin() + static_cast<std::ptrdiff_t>(e * width),
+                                channels.begin() + static_cast<std::ptrdiff_t>((e + 1) * width));
     }
   }
   s.ffn = pool_rankwise(ffn, what + " mlp.neurons");
@@ -350,64 +331,37 @@ static ImportanceScores from_minipuzzle_scores(const json& j, const std::string&
   s.experts = pool_rankwise(experts, what + " moe.experts");
   s.expert_ffn = pool_rankwise(expert_ffn, what + " moe.expert_channels");
   s.shared_ffn = pool_rankwise(shared, what + " moe.shared");
-  const bool has_iterative = j.contains("iterative_removal") && j.at("iterative_removal").contains("order");
+  const bool has_iterative = !sc.removal_order.empty();
+  std::string criterion = depth_criterion;
   if (criterion.empty()) {
     if (has_iterative) criterion = "iterative";
-    else
+    else if (!sc.layers.empty())
       for (const char* c : {"mse_logits", "kl", "lm_loss_increase", "mse_hidden", "block_influence"})
-        if (!layers.empty() && layers[0].contains("depth") && layers[0].at("depth").contains(c)) {
+        if (sc.layers[0].depth.by_criterion.count(c)) {
           criterion = c;
           break;
         }
   }
+  const size_t n_layers = sc.layers.size();
   if (criterion == "iterative") {
     MP_CHECK(has_iterative, what, ": depth criterion \"iterative\" asked for but the file has no iterative_removal");
     // Removed first = least important: importance grows with the removal step; never-removed layers rank highest.
-    const json& order = j.at("iterative_removal").at("order");
-    s.layer.assign(layers.size(), static_cast<double>(order.size()) + 1.0);
+    const std::vector<int64_t>& order = sc.removal_order;
+    s.layer.assign(n_layers, static_cast<double>(order.size()) + 1.0);
     for (size_t k = 0; k < order.size(); ++k) {
-      int64_t idx = order[k].get<int64_t>();
-      MP_CHECK(idx >= 0 && idx < static_cast<int64_t>(layers.size()), what, ": iterative_removal has layer ", idx);
+      const int64_t idx = order[k];
+      MP_CHECK(idx >= 0 && idx < static_cast<int64_t>(n_layers), what, ": iterative_removal has layer ", idx);
       s.layer[static_cast<size_t>(idx)] = static_cast<double>(k) + 1.0;
     }
   } else if (!criterion.empty()) {
-    for (auto& l : layers) {
-      MP_CHECK(l.contains("depth") && l.at("depth").contains(criterion), what, ": layer ", l.value("index", -1),
-               " has no depth score \"", criterion, "\"");
-      s.layer.push_back(json_to_double(l.at("depth").at(criterion), what + " depth"));
+    for (const LayerScores& l : sc.layers) {
+      auto it = l.depth.by_criterion.find(criterion);
+      MP_CHECK(it != l.depth.by_criterion.end(), what, ": layer ", l.index, " has no depth score \"", criterion, "\"");
+      MP_CHECK(std::isfinite(it->second), what, ": layer ", l.index, " depth score \"", criterion, "\" must be finite");
+      s.layer.push_back(it->second);
     }
   }
   return s;
-}
-
-ImportanceScores ImportanceScores::from_json(const json& j, const std::string& what, const std::string& depth_criterion) {
-  try {
-    MP_CHECK(j.is_object(), what, ": a scores file must be a JSON object");
-    if (j.value("format", std::string()) == "minipuzzle-scores") return from_minipuzzle_scores(j, what, depth_criterion);
-    ImportanceScores s;
-    const json& units = j.contains("units") ? j.at("units") : j;
-    auto read = [&](const json& src, std::initializer_list<const char*> keys, std::vector<double>& dst) {
-      for (const char* k : keys)
-        if (src.contains(k) && !src.at(k).is_null()) {
-          dst = score_list(src.at(k), what + " \"" + k + "\"");
-          return;
-        }
-    };
-    read(j, {"layer_importance", "layers", "depth"}, s.layer);
-    read(units, {"hidden", "hidden_size", "embedding"}, s.hidden);
-    read(units, {"ffn", "mlp", "intermediate_size"}, s.ffn);
-    read(units, {"mamba_heads", "mamba_num_heads"}, s.mamba_heads);
-    read(units, {"mamba_head_dim"}, s.mamba_head_dim);
-    read(units, {"attention_heads", "num_attention_heads"}, s.attention_heads);
-    read(units, {"experts", "n_routed_experts"}, s.experts);
-    read(units, {"expert_ffn", "moe_intermediate_size"}, s.expert_ffn);
-    read(units, {"shared_ffn", "moe_shared_expert_intermediate_size"}, s.shared_ffn);
-    MP_CHECK(!s.empty(), what, ": no known score fields (layer_importance, hidden, ffn, mamba_heads, mamba_head_dim, ",
-             "attention_heads, experts, expert_ffn, shared_ffn)");
-    return s;
-  } catch (const json::exception& e) {
-    fail(what, ": malformed scores (", e.what(), ")");
-  }
 }
 
 // ------------------------------------------------------------------------------------------- depth choice
@@ -546,19 +500,21 @@ ModelConfig candidate_config(const ModelConfig& parent, const Candidate& c) {
 }
 
 json candidate_to_json(const ModelConfig& parent, const Candidate& c) {
-  json j{{"id", c.id},
-         {"feasible", c.feasible},
-         {"reasons", c.reasons},
-         {"rank", c.rank},
-         {"stage", c.stage},
-         {"pareto", c.pareto},
-         {"pattern", c.pattern},
-         {"dropped_layers", c.dropped_layers},
-         {"layers", {{"mamba", c.shape.n_mamba}, {"attention", c.shape.n_attention}, {"mlp", c.shape.n_mlp}}},
-         {"params", c.params.to_json()},
-         {"memory", c.memory.to_json()},
-         {"throughput", c.throughput.to_json()},
-         {"proxy", c.proxy}};
+  // The pruner's target (the student's config and the parent layers it drops: "config", "dropped_layers"), which
+  // `prune --target REPORT.json#id` reads back, plus what the search measured.
+  json j = target_from_config(candidate_config(parent, c), c.dropped_layers).to_json();
+  j.update(json{{"id", c.id},
+                {"feasible", c.feasible},
+                {"reasons", c.reasons},
+                {"rank", c.rank},
+                {"stage", c.stage},
+                {"pareto", c.pareto},
+                {"pattern", c.pattern},
+                {"layers", {{"mamba", c.shape.n_mamba}, {"attention", c.shape.n_attention}, {"mlp", c.shape.n_mlp}}},
+                {"params", c.params.to_json()},
+                {"memory", c.memory.to_json()},
+                {"throughput", c.throughput.to_json()},
+         {"proxy", c.proxy}});
   if (c.shape.n_moe) {
     j["layers"]["moe"] = c.shape.n_moe;
     j["moe"] = {{"experts", c.shape.experts},
@@ -568,8 +524,6 @@ json candidate_to_json(const ModelConfig& parent, const Candidate& c) {
   }
   if (c.zero_shot_loss) j["zero_shot_loss"] = *c.zero_shot_loss;
   if (c.distilled_loss) j["distilled_loss"] = *c.distilled_loss;
-  json cfg = candidate_config(parent, c).to_json();
-  j["config"] = cfg;
   return j;
 }
 

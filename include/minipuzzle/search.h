@@ -15,6 +15,8 @@
 
 #include "minipuzzle/config.h"
 #include "minipuzzle/json.h"
+#include "minipuzzle/prune_target.h"
+#include "minipuzzle/scores.h"
 
 namespace mp::search {
 
@@ -319,16 +321,15 @@ struct ImportanceScores {
   std::vector<double> expert_ffn;       // MoE: per channel of a routed expert (pooled over layers and experts)
   std::vector<double> shared_ffn;       // MoE: per shared-expert channel (pooled over layers)
   bool empty() const;
-  // Reads the scoring stage's scores.json ("format": "minipuzzle-scores", see importance.h): hidden scores,
-  // per-layer MLP / attention / Mamba unit scores (pooled over layers rank-wise: element i is the mean of the
-  // layers' i-th largest normalised score, so prefix sums give the mean mass kept), and layer importance from
+  // The proxy's view of the scoring stage's scores.json (read by read_scores, minipuzzle/scores.h): hidden
+  // scores, per-layer MLP / attention / Mamba unit scores (pooled over layers rank-wise: element i is the mean of
+  // the layers' i-th largest normalised score, so prefix sums give the mean mass kept), and layer importance from
   // `depth_criterion` ("mse_logits", "kl", "lm_loss_increase", "mse_hidden", "block_influence", or
   // "iterative" for the iterative-removal order; empty: iterative if present, else the first of those found).
   // MoE layers: moe.experts (the pruner's default expert ranking), moe.expert_channels (each expert's channels
-  // pooled rank-wise as if each expert were a layer) and moe.shared.
-  // Also a flat form: {"layer_importance": [...], "hidden": [...], "ffn": [...], "mamba_heads": [...],
-  // "mamba_head_dim": [...], "attention_heads": [...], "experts": [...], "expert_ffn": [...], "shared_ffn": [...]}.
-  static ImportanceScores from_json(const json& j, const std::string& what, const std::string& depth_criterion = "");
+  // pooled rank-wise as if each expert were a layer) and moe.shared. `what` names the file in error messages.
+  static ImportanceScores from_scores(const Scores& scores, const std::string& what,
+                                      const std::string& depth_criterion = "");
 };
 
 // ---------------------------------------------------------------- stage-1 proxy
@@ -364,6 +365,8 @@ struct Candidate {
 };
 // The student's config.json (parent's fields kept, shape and layer list replaced).
 ModelConfig candidate_config(const ModelConfig& parent, const Candidate& candidate);
+// A report entry: the pruner's target for the candidate (PruneTarget::to_json, the "config" and "dropped_layers"
+// that `prune --target REPORT.json#id` reads) plus the search's own fields.
 json candidate_to_json(const ModelConfig& parent, const Candidate& candidate);
 
 struct SearchOptions {

@@ -1,8 +1,8 @@
 // Fuzz target: `prune --target` JSON in all its forms (a partial shape, a full student config.json, a search
 // candidate {"id", "config", "dropped_layers"}). On acceptance every width is positive and a full config is a
-// valid architecture.
+// valid architecture, and the target written back (PruneTarget::to_json) reads back the same.
 #include "fuzz_common.h"
-#include "minipuzzle/pruning.h"
+#include "minipuzzle/prune_target.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   return mp::fuzz::run_parser([&] {
@@ -13,5 +13,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       FUZZ_REQUIRE(!w || *w > 0);
     FUZZ_REQUIRE(t.drop_count >= 0);
     if (t.full_config) t.full_config->validate();
+    const mp::json written = t.to_json();
+    FUZZ_REQUIRE(mp::PruneTarget::from_json(written, "fuzz target.json (written back)").to_json() == written);
   });
 }

@@ -1,7 +1,7 @@
 // Fuzz target: scores.json (what `minipuzzle score` writes and `prune` / `search` read, possibly from another
 // machine). On acceptance, writing the scores and reading them back must succeed and keep every list's length.
 #include "fuzz_common.h"
-#include "minipuzzle/importance.h"
+#include "minipuzzle/scores.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   return mp::fuzz::run_parser([&] {

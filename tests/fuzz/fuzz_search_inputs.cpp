@@ -1,6 +1,6 @@
 // Fuzz target: the search stage's JSON inputs. The first byte picks the reader, the rest is the JSON text:
 // 'r' - a search request (configs/search/*.json); other even bytes - a hardware profile (configs/hardware/*.json
-// or a user's file); odd - importance scores in any of the forms ImportanceScores::from_json accepts. On
+// or a user's file); odd - a scores.json (read_scores' reader, then the proxy's view of it). On
 // acceptance a profile's sizes are finite and positive, every score is finite (the ranking divides by and sorts
 // them), and a request holds only known keys with values of their kind.
 #include <cmath>
@@ -27,8 +27,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       FUZZ_REQUIRE(h.peak_flops(mp::search::DType::BF16) > 0);
       (void)mp::search::HardwareProfile::from_json(h.to_json(), "fuzz hardware.json (written back)");
     } else {
-      auto s = mp::search::ImportanceScores::from_json(j, "fuzz scores.json");
-      for (const auto* v : {&s.layer, &s.hidden, &s.ffn, &s.mamba_heads, &s.mamba_head_dim, &s.attention_heads})
+      auto s = mp::search::ImportanceScores::from_scores(mp::Scores::from_json(j, "fuzz scores.json"), "fuzz scores.json");
+      for (const auto* v : {&s.layer, &s.hidden, &s.ffn, &s.mamba_heads, &s.mamba_head_dim, &s.attention_heads, &s.experts,
+                              &s.expert_ffn, &s.shared_ffn})
         for (double x : *v) FUZZ_REQUIRE(std::isfinite(x));
     }
   });

@@ -171,6 +171,11 @@ TEST_CASE("targets parse from flags, JSON, a full config and a search report can
   // The same student handed over in memory (the search's zero-shot ranking path).
   PrunePlan from_config = make_plan(parent, target_from_config(student, {1, 4}), &scores);
   CHECK(from_config.to_json() == plan.to_json());
+  // One JSON form: the target written is the report's candidate (less the search's own fields), and reads back.
+  const json written = target_from_config(student, {1, 4}).to_json();
+  CHECK(written == json{{"dropped_layers", {1, 4}}, {"config", student.to_json()}});
+  CHECK(t.to_json() == written);
+  CHECK(make_plan(parent, PruneTarget::from_json(written, "written"), &scores).to_json() == plan.to_json());
   // A candidate whose pattern does not follow from its dropped layers is refused.
   report["candidates"][0]["dropped_layers"] = {1, 3};
   write_json_file(dir + "/report.json", report);
@@ -181,6 +186,19 @@ TEST_CASE("targets parse from flags, JSON, a full config and a search report can
   CHECK(inline_t.intermediate_size == 40);
   CHECK(inline_t.mamba_num_heads == 3);
   CHECK(inline_t.drop_count == 1);
+  CHECK(inline_t.to_json() == json{{"intermediate_size", 40}, {"mamba_num_heads", 3}, {"drop_count", 1}});
+  PruneTarget knobs = load_target("{\"hidden\": 32, \"drop_layers\": [2], \"mamba_head_criterion\": \"nested\", "
+                                  "\"depth_criterion\": \"kl\", \"expert_criterion\": \"loss\", \"drop_mtp\": true, "
+                                  "\"mamba_group_removal\": true}");
+  PruneTarget back = PruneTarget::from_json(knobs.to_json(), "written");
+  CHECK(back.to_json() == knobs.to_json());
+  CHECK(back.hidden_size == 32);
+  CHECK(back.drop_layers == std::vector<int64_t>{2});
+  CHECK(back.mamba_head_criterion == "nested");
+  CHECK(back.depth_criterion == "kl");
+  CHECK(back.expert_criterion == "loss");
+  CHECK(back.drop_mtp);
+  CHECK(back.mamba_group_removal);
   PrunePlan p2 = make_plan(parent, inline_t, &scores);
   CHECK(p2.target.num_layers() == parent.num_layers() - 1);
   // The dropped layer is the one with the lowest depth score.

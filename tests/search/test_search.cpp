@@ -342,6 +342,7 @@ TEST_CASE("scores.json of the scoring stage: pooled unit scores and layer import
   // Two MLP layers with different neuron scores, one attention layer, one Mamba layer; depth by mse_logits.
   json j = {{"format", "minipuzzle-scores"},
             {"version", 1},
+            {"model", {{"fingerprint", "test"}, {"pattern", "M-*-"}}},
             {"hidden", {{"scores", {4.0, 3.0, 2.0, 1.0}}}},
             {"layers",
              {{{"index", 0}, {"type", "mamba"}, {"depth", {{"mse_logits", 0.5}, {"kl", 9.0}}},
@@ -353,7 +354,8 @@ TEST_CASE("scores.json of the scoring stage: pooled unit scores and layer import
               {{"index", 3}, {"type", "mlp"}, {"depth", {{"mse_logits", 0.3}, {"kl", 6.0}}},
                {"mlp", {{"neurons", {0.0, 3.0, 1.0}}}}}}},
             {"iterative_removal", {{"criterion", "mse_logits"}, {"order", {1, 3}}, {"scores", {0.1, 0.2}}}}};
-  ImportanceScores s = ImportanceScores::from_json(j, "scores", "mse_logits");
+  const Scores scores = Scores::from_json(j, "scores");
+  ImportanceScores s = ImportanceScores::from_scores(scores, "scores", "mse_logits");
   CHECK(s.hidden == std::vector<double>{4, 3, 2, 1});
   REQUIRE(s.ffn.size() == 3);
   // Rank-wise mean of normalised sorted scores: layer 1 -> (.5,.25,.25), layer 3 -> (.75,.25,0).
@@ -365,9 +367,25 @@ TEST_CASE("scores.json of the scoring stage: pooled unit scores and layer import
   CHECK(s.mamba_head_dim.size() == 3);
   CHECK(s.attention_heads == std::vector<double>{0.5, 0.5});
   // Iterative removal: removed first = least important; never removed = most.
-  ImportanceScores it = ImportanceScores::from_json(j, "scores", "");
+  ImportanceScores it = ImportanceScores::from_scores(scores, "scores", "");
   CHECK(it.layer == std::vector<double>{3, 1, 3, 2});
-  CHECK_THROWS_AS(ImportanceScores::from_json(j, "scores", "no_such_criterion"), mp::Error);
+  CHECK_THROWS_AS(ImportanceScores::from_scores(scores, "scores", "no_such_criterion"), mp::Error);
+  // The search reads the file with the pruner's reader: scores of another model, or a file that is not a
+  // minipuzzle-scores file (the old flat form), are refused.
+  char tmpl[] = "/tmp/mp_test_search_scores_XXXXXX";
+  REQUIRE(::mkdtemp(tmpl) != nullptr);
+  const std::string dir = tmpl;
+  write_json_file(dir + "/scores.json", j);
+  write_json_file(dir + "/flat.json", json{{"layer_importance", {1.0, 2.0}}, {"hidden", {1.0, 2.0}}});
+  for (const char* file : {"/scores.json", "/flat.json"}) {
+    SearchRequest req;
+    req.set("source", "nemotron-nano-12b-v2");
+    req.set("hardware", "a10g");
+    req.set("scores", dir + file);
+    CHECK_THROWS_WITH(prepare_search(req), MP_CONTAINS(std::string(file) == "/flat.json" ? "not a minipuzzle scores file"
+                                                                                       : "another model"));
+  }
+  std::system(("rm -rf '" + dir + "'").c_str());
 }
 
 TEST_CASE("the Pareto front flagged by the search equals a brute-force front over all feasible candidates", "[search]") {

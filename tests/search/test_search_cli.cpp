@@ -166,10 +166,17 @@ TEST_CASE("search stages 2-3: missing inputs are refused before the search runs"
                                      " --hardware h100-80gb --zero-shot-top 3 --calib " + s.valid + " -o " + out);
   CHECK(no_scores.exit_code == 1);
   CHECK(no_scores.output.find("needs --scores") != std::string::npos);
-  auto not_a_checkpoint = test::run_command(test::minipuzzle_binary() + " search nemotron-nano-12b-v2 --hardware a10g" +
-                                            " --zero-shot-top 3 --scores " + s.scores + " --calib " + s.valid + " -o " + out);
+  // SOURCE given as the parent's config.json (the scores fit it) rather than its checkpoint directory.
+  auto not_a_checkpoint = test::run_command(test::minipuzzle_binary() + " search " + s.model + "/config.json" +
+                                            " --hardware h100-80gb --zero-shot-top 3 --scores " + s.scores +
+                                            " --calib " + s.valid + " -o " + out);
   CHECK(not_a_checkpoint.exit_code == 1);
   CHECK(not_a_checkpoint.output.find("checkpoint directory") != std::string::npos);
+  // Scores of another model are refused by the scores reader's checks, before anything runs.
+  auto other_model = test::run_command(test::minipuzzle_binary() + " search nemotron-nano-12b-v2 --hardware a10g" +
+                                       " --zero-shot-top 3 --scores " + s.scores + " --calib " + s.valid + " -o " + out);
+  CHECK(other_model.exit_code == 1);
+  CHECK(other_model.output.find("another model") != std::string::npos);
   auto no_data = test::run_command(tiny_search(s, out) + " --zero-shot-top 3 --distill-top 2");
   CHECK(no_data.exit_code == 1);
   CHECK(no_data.output.find("--distill-data") != std::string::npos);
