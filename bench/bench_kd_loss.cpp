@@ -68,18 +68,17 @@ json run_gpu(int64_t tokens, int64_t vocab, int iters) {
   json results = json::object();
 
   {  // The fused kernel, gradient into a new buffer (the default), each kernel shape.
-    using V = mp::detail::KdRowsVariant;
-    // cluster_tma twice: its choice (512 workers, one block per SM) and 256 workers (MINIPUZZLE_KD_TMA_WORKERS).
+    using V = mp::KdKernel;
+    // cluster_tma twice: its choice (512 workers, one block per SM) and 256 workers (KdOptions::tma_workers).
     for (auto [name, variant] : {std::pair{"ours_out_of_place", V::automatic}, std::pair{"ours_cluster_tma", V::cluster_tma},
                                  std::pair{"ours_cluster_tma_256", V::cluster_tma},
                                  std::pair{"ours_cluster_pipelined", V::cluster_pipelined},
                                  std::pair{"ours_cluster_smem", V::cluster_smem}, std::pair{"ours_two_pass", V::two_pass}}) {
-      if (std::string(name) == "ours_cluster_tma_256")
-        setenv("MINIPUZZLE_KD_TMA_WORKERS", "256", 1);
-      else
-        unsetenv("MINIPUZZLE_KD_TMA_WORKERS");
+      mp::KdOptions ov = o;
+      ov.kernel = variant;
+      ov.tma_workers = std::string(name) == "ours_cluster_tma_256" ? 256 : 0;
       try {
-        auto call = [&, variant = variant] { return mp::detail::kd_loss_and_grad(student, teacher, {}, o, true, variant); };
+        auto call = [&] { return mp::detail::kd_loss_and_grad(student, teacher, {}, ov, true); };
         const auto t = kd_bench::time_cuda(3, iters, [&] { call(); });
         mp::KdLossAndGrad kept;
         const int64_t extra = kd_bench::extra_bytes([&] { kept = call(); }, tensor_bytes);

@@ -40,6 +40,13 @@ namespace k = mp::kernels;
 
 namespace {
 
+// All Mamba ops through their kernels (on) or none (the model's eager ATen path), via KernelOptions.
+void set_mamba_kernels(bool on) {
+  mp::kernels::KernelOptions o = mp::kernels::kernel_options();
+  mp::kernels::parse_mamba_kernels(on ? "all" : "none", &o);
+  mp::kernels::set_kernel_options(o);
+}
+
 struct Args {
   int64_t batch = 4, seq = 4096;
   int iters = 5;
@@ -203,9 +210,9 @@ int main(int argc, char** argv) {
       return mp::model::mamba2_mixer(ctx, p, v[0]);
     };
     auto eager_layer = [&](const std::vector<at::Tensor>& v) {
-      k::set_model_uses_kernels(false);
+      set_mamba_kernels(false);
       at::Tensor out = layer(v);
-      k::set_model_uses_kernels(true);
+      set_mamba_kernels(true);
       return out;
     };
     b.agreement("mamba_layer", leaves, eager_layer, layer);

@@ -60,7 +60,9 @@ int main(int argc, char** argv) {
                   (long long)tokens, device_name.c_str());
       continue;
     }
-    kernels::set_moe_grouped(which == "grouped");
+    kernels::KernelOptions ko = kernels::kernel_options();
+    ko.moe = which == "grouped" ? kernels::MoeKernel::grouped : kernels::MoeKernel::loop;
+    kernels::set_kernel_options(ko);
     double fwd_ms;
     {
       c10::AutoGradMode no_grad(false);

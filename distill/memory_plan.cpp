@@ -72,7 +72,7 @@ double attention_kept(const ModelConfig& c, double T, int64_t b) {
 // square (saved by down_proj). up_proj's own output is freed.
 double mlp_kept(const ModelConfig& c, double T, int64_t b) { return 2.0 * T * D(c.intermediate_size) * D(b); }
 
-// SSD scan work buffers of one Mamba layer's backward on CUDA (src/kernels/mamba_binding.cpp SsdWorkBuffers +
+// SSD scan work buffers of one Mamba layer's backward on CUDA (src/kernels/ssd_scan_binding.cpp SsdWorkBuffers +
 // SsdGradBuffers), beyond the gradients of its inputs.
 double ssd_backward_work(const ModelConfig& c, int64_t batch, int64_t L, int64_t b) {
   const double Q = D(c.chunk_size), nc = std::ceil(D(L) / Q) * D(batch), T = nc * Q;

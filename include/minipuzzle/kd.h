@@ -28,12 +28,14 @@
 // gradient). Forward KL on 16-bit logits (CE only at T = 1) takes cluster_tma: persistent blocks streaming rows
 // in with TMA copies and keeping the exponentials for the gradient; other cases take cluster_smem (two_pass
 // for rows too long for shared memory).
-// MINIPUZZLE_KD_KERNEL=cluster_tma|cluster_pipelined|cluster_smem|two_pass forces one kernel shape (auto is the
-// default).
+// KdOptions::kernel forces one kernel shape (cluster_tma, cluster_pipelined, cluster_smem, two_pass; automatic is
+// the default): kd_kernel.h.
 #pragma once
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+
+#include "minipuzzle/kd_kernel.h"
 
 namespace mp {
 
@@ -52,6 +54,12 @@ struct KdOptions {
   // logits' values are destroyed by the forward call and their version counter is bumped, so autograd refuses
   // any other use of them that saved their values. Needs contiguous student logits.
   bool gradient_in_place = false;
+  // CUDA only (ignored on CPU): which kernel shape runs the rows of kd_loss and linear_kd (kd_kernel.h), e.g. to rule
+  // a cluster kernel in or out when comparing runs; automatic chooses by dtype, divergence and vocabulary size.
+  KdKernel kernel = KdKernel::automatic;
+  // CUDA cluster_tma only: 256 asks for the narrow block (two blocks per SM, clusters of 16); 0 keeps 512 workers
+  // (one block per SM). The benchmark and the GPU test time and check both.
+  int tma_workers = 0;
 };
 
 struct LinearKdOptions : KdOptions {

@@ -9,6 +9,7 @@
 #include <c10/util/Optional.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace mp::kernels {
@@ -48,23 +49,37 @@ at::Tensor moe_grouped_linear(const at::Tensor& x, const std::vector<at::Tensor>
 at::Tensor moe_grouped_linear_reference(const at::Tensor& x, const std::vector<at::Tensor>& weights,
                                         const std::vector<int64_t>& counts, const at::Tensor& row_scale, bool relu2);
 bool moe_grouped_linear_uses_cuda(const at::Tensor& x);
-// Whether the MoE layer runs its routed experts through moe_grouped_linear when it can (CUDA float32 / bfloat16,
-// no gradient needed, no importance taps or channel masks): off unless MINIPUZZLE_MOE_GROUPED=1 (read once) or
-// set_moe_grouped(true) -- opt-in until tests/gpu/test_moe_grouped_gpu has passed on a GPU host; the per-expert
-// loop otherwise.
-bool moe_grouped_enabled();
-void set_moe_grouped(bool enabled);
 
 // True when this build has the CUDA kernels (nvcc was found at configure time).
 bool built_with_cuda();
 
-// Whether the model routes tensor `t` through kernel `op`: CUDA tensors of a CUDA build, unless turned off by
-// set_model_uses_kernels or the environment, read once: MINIPUZZLE_MAMBA_KERNELS=0 (none), =1 or unset (all),
-// or a comma list of conv,ssd,norm (only those), e.g. to compare against the eager ATen path on the same device
-// or to keep one kernel out. CPU tensors always keep the model's own ATen path.
+// The model's kernel choices where it has one (issue 26: options, not environment variables). Process-wide: the CLI
+// sets them from --moe-kernel and --mamba-kernels (src/cli/common.h: add_kernel_options), tests and benchmarks
+// call set_kernel_options. The defaults below are what runs when nobody says otherwise.
+enum class MoeKernel { loop, grouped };
 enum class MambaOp { conv, ssd, norm };
+struct KernelOptions {
+  // The MoE layer's routed experts: loop, the per-expert ATen GEMMs; grouped, moe_grouped_linear where it can run
+  // (CUDA float32 / bfloat16, no gradient needed, no importance taps or channel masks; the loop otherwise).
+  // loop by default until tests/gpu/test_moe_grouped_gpu has passed on a GPU host.
+  MoeKernel moe = MoeKernel::loop;
+  // The Mamba ops the model routes through their kernels for CUDA tensors (false: the model's eager ATen path on
+  // the same device, e.g. to compare against it or to keep one kernel out). CPU tensors always keep the ATen path.
+  bool mamba_conv = true, mamba_ssd = true, mamba_norm = true;
+};
+KernelOptions kernel_options();
+void set_kernel_options(const KernelOptions& options);
+// "loop" | "grouped" (throws otherwise).
+MoeKernel parse_moe_kernel(const std::string& name);
+const char* moe_kernel_name(MoeKernel kernel);
+// "all" | "none" | a comma list of conv, ssd, norm (only those) into options' mamba_* fields (throws otherwise).
+void parse_mamba_kernels(const std::string& spec, KernelOptions* options);
+
+// Whether the MoE layer runs its routed experts through moe_grouped_linear when it can: kernel_options().moe.
+bool moe_grouped_enabled();
+// Whether the model routes tensor `t` through kernel `op`: CUDA tensors of a CUDA build whose op is on in
+// kernel_options().
 bool model_uses_kernel(MambaOp op, const at::Tensor& t);
-void set_model_uses_kernels(bool enabled);  // all or none
 // Tests only: CPU tensors too go through the kernels' autograd functions (their ATen bodies), so that a CPU run has
 // the CUDA path's autograd structure: what each Mamba op keeps for backward (the memory plan's test measures it).
 void set_model_kernels_on_cpu(bool enabled);

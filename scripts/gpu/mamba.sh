@@ -17,7 +17,8 @@ log() { echo "[mamba.sh $(date +%H:%M:%S)] $*" | tee -a "$OUT/mamba_log.txt"; }
 
 nvidia-smi > "$OUT/mamba_nvidia_smi.txt" 2>&1 || true
 log "building Mamba kernel targets"
-targets="test_mamba_kernels_gpu bench_mamba_kernels test_mamba_kernels"
+cpu_tests="test_mamba_causal_conv1d test_mamba_ssd_scan test_mamba_gated_rmsnorm test_mamba_relu2"
+targets="test_mamba_kernels_gpu bench_mamba_kernels $cpu_tests"
 if ! cmake --build "$build" -j "$(nproc)" --target $targets > "$OUT/mamba_build.log" 2>&1; then
   log "building failed (mamba_build.log, errors below); retrying the GPU test alone"
   grep -E "error|FAILED" "$OUT/mamba_build.log" | head -20
@@ -25,10 +26,12 @@ if ! cmake --build "$build" -j "$(nproc)" --target $targets > "$OUT/mamba_build.
     || log "GPU test build failed too"
 fi
 
-if [ -x "$build/tests/kernels_mamba/test_mamba_kernels" ]; then
-  timeout 60 "$build/tests/kernels_mamba/test_mamba_kernels" > "$OUT/mamba_test_cpu.txt" 2>&1
-  log "CPU tests rc=$? (tail of mamba_test_cpu.txt: $(tail -2 "$OUT/mamba_test_cpu.txt" | tr '\n' ' '))"
-fi
+for t in $cpu_tests; do
+  if [ -x "$build/tests/kernels_mamba/$t" ]; then
+    timeout 60 "$build/tests/kernels_mamba/$t" >> "$OUT/mamba_test_cpu.txt" 2>&1
+    log "CPU test $t rc=$? (tail of mamba_test_cpu.txt: $(tail -2 "$OUT/mamba_test_cpu.txt" | tr '\n' ' '))"
+  fi
+done
 
 gpu_test="$build/tests/kernels_mamba/test_mamba_kernels_gpu"
 if [ -x "$gpu_test" ]; then

@@ -5,6 +5,7 @@
 #include "minipuzzle/distill.h"
 #include "minipuzzle/interrupt.h"
 #include "src/cli/command.h"
+#include "src/cli/common.h"
 
 namespace mp::cli {
 namespace {
@@ -57,6 +58,7 @@ void add(CLI::App& app) {
   c->add_option("--save-every", o.save_every, "steps between checkpoints (0: only at the end)")->capture_default_str();
   c->add_option("--seed", o.seed, "seed of the data order and of --from-scratch initialisation")->capture_default_str();
   c->add_option("--device", o.device, "cpu | cuda | cuda:N (cuda: bf16 with fp32 master weights; several ranks take GPU LOCAL_RANK each)")->capture_default_str();
+  add_kernel_options(c);
   c->add_option("--threads", o.threads, "CPU threads (0: default); fix it for bit-exact resume")->capture_default_str();
   c->add_option("--max-nonfinite", o.max_nonfinite, "stop after this many non-finite steps in a row")->capture_default_str();
   c->add_option("--save-dtype", o.save_dtype, "dtype of OUT/final: float32 | bfloat16 (default: the student's)");

@@ -105,6 +105,7 @@ void add(CLI::App& app) {
   c->add_option("--logits-out", args->logits_out, "write the first sequence's logits as safetensors");
   c->add_option("--tokenizer", args->tokenizer, "tokenizer.json for text input (default: the checkpoint's, else bytes)");
   add_device_option(c, &args->device);
+  add_kernel_options(c);
   c->callback([args] { run(*args); });
 }
 

@@ -167,6 +167,7 @@ void add(CLI::App& app) {
       "Depth criteria reuse the unchanged prefix: removing layer i runs only layers i+1.. from layer i's input,\n"
       "about half the work of one full pass per layer.");
   add_device_option(c, &args->device);
+  add_kernel_options(c);
   c->callback([args] { run(*args); });
 }
 

@@ -153,6 +153,7 @@ void add(CLI::App& app) {
   c->add_option("--distill-eval-tokens", s.distill_eval_tokens, "stage 3: validation tokens")->capture_default_str();
   c->add_option("--threads", s.threads, "CPU threads for stages 2-3 (0: ATen's default)");
   add_device_option(c, &s.device);
+  add_kernel_options(c);
   c->add_option("-o,--output", a->output, "report directory (report.json, report.md, report.html)")->required();
   c->callback([a] { run(*a); });
 }

@@ -7,6 +7,7 @@
 #include "minipuzzle/interrupt.h"
 #include "minipuzzle/teacher_logits.h"
 #include "src/cli/command.h"
+#include "src/cli/common.h"
 
 namespace mp::cli {
 namespace {
@@ -29,6 +30,7 @@ void add(CLI::App& app) {
   c->add_option("--seq-len", o->seq_len, "tokens per window; must equal distill's --seq-len")->capture_default_str();
   c->add_option("--batch-size", o->batch_size, "windows per teacher forward")->capture_default_str();
   c->add_option("--device", o->device, "cpu | cuda")->capture_default_str();
+  add_kernel_options(c);
   c->add_option("--temperature", *temperature, "distillation temperature: the row's log-sum-exp is stored at it "
                 "(and at 1)")->capture_default_str();
   c->add_option("--logit-encoding", o->logit_encoding,

@@ -4,6 +4,7 @@
 
 #include "minipuzzle/data_input.h"
 #include "minipuzzle/error.h"
+#include "minipuzzle/kernels.h"
 #include "src/cli/command.h"
 
 namespace mp::cli {
@@ -20,6 +21,39 @@ c10::Device parse_device(const std::string& text) {
 }
 
 at::ScalarType default_dtype(c10::Device device) { return device.is_cuda() ? at::kBFloat16 : at::kFloat; }
+
+void add_kernel_options(CLI::App* app) {
+  app->add_option_function<std::string>(
+         "--moe-kernel",
+         [](const std::string& name) {
+           kernels::KernelOptions o = kernels::kernel_options();
+           o.moe = kernels::parse_moe_kernel(name);
+           kernels::set_kernel_options(o);
+         },
+         "MoE routed experts on CUDA without gradients: loop (per-expert GEMMs, the default) | grouped (one "
+         "grouped-GEMM launch per projection for all experts)")
+      ->check(CLI::IsMember({"loop", "grouped"}));
+  app->add_option_function<std::string>(
+         "--mamba-kernels",
+         [](const std::string& spec) {
+           kernels::KernelOptions o = kernels::kernel_options();
+           kernels::parse_mamba_kernels(spec, &o);
+           kernels::set_kernel_options(o);
+         },
+         "Mamba ops on CUDA through their kernels: all (the default) | none (the eager ATen path) | a comma list "
+         "of conv,ssd,norm")
+      ->check(
+          [](const std::string& spec) {
+            try {
+              kernels::KernelOptions o;
+              kernels::parse_mamba_kernels(spec, &o);
+              return std::string();
+            } catch (const std::exception& e) {
+              return std::string(e.what());
+            }
+          },
+          "all|none|conv,ssd,norm");
+}
 
 void add_device_option(CLI::App* app, std::string* device) {
   app->add_option("--device", *device, "auto | cpu | cuda | cuda:N (CPU runs fp32, CUDA bf16)")->capture_default_str();

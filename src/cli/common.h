@@ -16,6 +16,9 @@ c10::Device parse_device(const std::string& text);
 // CPU runs in float32, CUDA in bfloat16 (the model's two supported precisions).
 at::ScalarType default_dtype(c10::Device device);
 void add_device_option(CLI::App* app, std::string* device);
+// --moe-kernel loop|grouped and --mamba-kernels all|none|conv,ssd,norm: the model's kernel choices
+// (mp::kernels::KernelOptions), applied process-wide when given; the defaults (loop, all) otherwise.
+void add_kernel_options(CLI::App* app);
 // The tokenizer for text input: --tokenizer, else the checkpoint's tokenizer.json, else byte-level (nullptr;
 // also for --tokenizer byte).
 std::unique_ptr<Tokenizer> tokenizer_for_text(const std::string& explicit_path, const std::string& checkpoint);

@@ -1,5 +1,5 @@
 // Raw launchers of the causal depthwise conv1d + SiLU kernels (causal_conv1d.cu). No torch: pointers, sizes and a
-// stream; causal_conv1d_binding in mamba_binding.cpp checks shapes and dtypes.
+// stream; causal_conv1d_binding.cpp checks shapes and dtypes.
 //
 //   u[b,t,c]   = bias[c] + sum_{k<K} w[c,k] * x[b, t-(K-1)+k, c]     (x = 0 before t = 0)
 //   out[b,t,c] = silu(u[b,t,c])

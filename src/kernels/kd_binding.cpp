@@ -10,7 +10,6 @@
 
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
 #include <string>
 
 #include "kernels/kd_internal.h"
@@ -33,6 +32,8 @@ void check_kd_options(const KdOptions& options, bool has_labels) {
              options.jsd_beta, " (use forward_kl or reverse_kl for the end points)");
   MP_CHECK(std::isfinite(options.kd_weight) && std::isfinite(options.ce_weight),
            "kd_loss: kd_weight and ce_weight must be finite, got ", options.kd_weight, " and ", options.ce_weight);
+  MP_CHECK(options.tma_workers == 0 || options.tma_workers == 256 || options.tma_workers == 512,
+           "kd_loss: tma_workers must be 0 (the kernel's choice), 256 or 512, got ", options.tma_workers);
   MP_CHECK(options.ce_weight == 0 || has_labels, "kd_loss: ce_weight is ", options.ce_weight,
            " but no labels were given; pass labels or set ce_weight to 0");
 }
@@ -46,39 +47,17 @@ at::Tensor kd_grad_scale(const at::Tensor& labels, int64_t rows, const KdOptions
 
 namespace {
 
-std::atomic<int> last_kernel{-1};  // a KdKernelVariant value, -1 before any CUDA call
-
-// MINIPUZZLE_KD_KERNEL=two_pass|cluster_smem|cluster_pipelined|cluster_tma|auto overrides the automatic choice of kernel
-// shape (e.g. to rule a cluster kernel in or out when comparing runs). Read once.
-KdRowsVariant variant_from_environment() {
-  static const KdRowsVariant variant = [] {
-    const char* value = std::getenv("MINIPUZZLE_KD_KERNEL");
-    if (!value || !*value || std::string(value) == "auto") return KdRowsVariant::automatic;
-    if (std::string(value) == "two_pass") return KdRowsVariant::two_pass;
-    if (std::string(value) == "cluster_smem") return KdRowsVariant::cluster_smem;
-    if (std::string(value) == "cluster_pipelined") return KdRowsVariant::cluster_pipelined;
-    if (std::string(value) == "cluster_tma") return KdRowsVariant::cluster_tma;
-    fail("MINIPUZZLE_KD_KERNEL is '", value,
-         "'; expected auto, two_pass, cluster_smem, cluster_pipelined or cluster_tma");
-  }();
-  return variant;
-}
+std::atomic<int> last_kernel{-1};  // a KdKernel value, -1 before any CUDA call
 
 }  // namespace
 
 const char* kd_rows_last_kernel() {
-  switch (last_kernel.load()) {  // KdKernelVariant's values (kd_loss_cuda.h)
-    case 1: return "cluster_smem";
-    case 2: return "two_pass";
-    case 3: return "cluster_pipelined";
-    case 4: return "cluster_tma";
-    default: return "none";
-  }
+  const int k = last_kernel.load();
+  return k <= 0 ? "none" : kd_kernel_name(static_cast<KdKernel>(k));
 }
 
 void kd_rows(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& labels, const KdOptions& options,
-             const at::Tensor& grad_scale, const at::Tensor& row_loss, const at::Tensor& grad,
-             KdRowsVariant variant) {
+             const at::Tensor& grad_scale, const at::Tensor& row_loss, const at::Tensor& grad) {
   if (!student.is_cuda()) {
     kd_rows_cpu(student, teacher, labels, options, grad_scale, row_loss, grad);
     return;
@@ -112,15 +91,10 @@ void kd_rows(const at::Tensor& student, const at::Tensor& teacher, const at::Ten
   params.kd_weight = float(options.kd_weight);
   params.ce_weight = float(options.ce_weight);
   params.ignore_index = options.ignore_index;
-  if (variant == KdRowsVariant::automatic) variant = variant_from_environment();
-  const k::KdKernelVariant kernel_variant = variant == KdRowsVariant::cluster_smem        ? k::KdKernelVariant::cluster_smem
-                                            : variant == KdRowsVariant::two_pass          ? k::KdKernelVariant::two_pass
-                                            : variant == KdRowsVariant::cluster_pipelined ? k::KdKernelVariant::cluster_pipelined
-                                            : variant == KdRowsVariant::cluster_tma ? k::KdKernelVariant::cluster_tma
-                                                                                          : k::KdKernelVariant::automatic;
+  params.tma_workers = options.tma_workers;
   const c10::cuda::CUDAGuard device_guard(student.device());
-  k::KdKernelVariant used = kernel_variant;
-  const cudaError_t err = k::kd_rows_launch(params, kernel_variant, c10::cuda::getCurrentCUDAStream(), &used);
+  KdKernel used = options.kernel;
+  const cudaError_t err = k::kd_rows_launch(params, options.kernel, c10::cuda::getCurrentCUDAStream(), &used);
   last_kernel = int(used);
   MP_CHECK(err == cudaSuccess, "kd_loss CUDA kernel launch failed: ", cudaGetErrorString(err), " (rows ", params.rows,
            ", vocab ", params.vocab, ", dtype ", student.scalar_type(), ")");
@@ -176,15 +150,14 @@ RowView checked_rows(const at::Tensor& student, const at::Tensor& teacher, const
 }  // namespace
 
 KdLossAndGrad kd_loss_and_grad(const at::Tensor& student_logits, const at::Tensor& teacher_logits,
-                               const at::Tensor& labels, const KdOptions& options, bool want_grad,
-                               KdRowsVariant variant) {
+                               const at::Tensor& labels, const KdOptions& options, bool want_grad) {
   const RowView rows = checked_rows(student_logits, teacher_logits, labels, options);
   const int64_t n = rows.student.size(0);
   const at::Tensor grad_scale = kd_grad_scale(rows.labels, n, options, student_logits.device());
   const at::Tensor row_loss = at::empty({n}, student_logits.options().dtype(at::kFloat));
   at::Tensor grad;
   if (want_grad) grad = options.gradient_in_place ? rows.student : at::empty_like(rows.student);
-  kd_rows(rows.student, rows.teacher, rows.labels, options, grad_scale, row_loss, grad, variant);
+  kd_rows(rows.student, rows.teacher, rows.labels, options, grad_scale, row_loss, grad);
   if (want_grad && options.gradient_in_place) {
     // The logits' values are gone: make autograd refuse any saved use of them rather than compute with gradients.
     student_logits.unsafeGetTensorImpl()->bump_version();

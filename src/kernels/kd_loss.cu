@@ -531,25 +531,25 @@ cudaError_t launch_pipelined(const KdRowParams& p, int min_stages, cudaStream_t 
 }
 
 template <typename T>
-cudaError_t launch_typed(const KdRowParams& p, KdKernelVariant variant, cudaStream_t stream, KdKernelVariant* used) {
-  if (variant == KdKernelVariant::automatic || variant == KdKernelVariant::cluster_tma) {
+cudaError_t launch_typed(const KdRowParams& p, KdKernel variant, cudaStream_t stream, KdKernel* used) {
+  if (variant == KdKernel::automatic || variant == KdKernel::cluster_tma) {
     const cudaError_t err = kd_rows_tma_launch(p, stream);
     if (err != cudaErrorNotSupported) {
-      if (used) *used = KdKernelVariant::cluster_tma;
+      if (used) *used = KdKernel::cluster_tma;
       return err;
     }
-    if (variant == KdKernelVariant::cluster_tma) return cudaErrorInvalidValue;
+    if (variant == KdKernel::cluster_tma) return cudaErrorInvalidValue;
   }
-  if (variant == KdKernelVariant::cluster_pipelined) {
+  if (variant == KdKernel::cluster_pipelined) {
     // Only when asked for: on the H100 it measured 4.54 ms against cluster_smem's 3.42 ms (N 8192, V 131072,
     // bf16), so the automatic choice skips it (cluster_tma, then cluster_smem). Any plan, one stage included
     // (tests run all).
     const cudaError_t err = launch_pipelined<T>(p, 1, stream);
     if (err != cudaErrorNotSupported) {
-      if (used) *used = KdKernelVariant::cluster_pipelined;
+      if (used) *used = KdKernel::cluster_pipelined;
       return err;
     }
-    if (variant == KdKernelVariant::cluster_pipelined) return cudaErrorInvalidValue;
+    if (variant == KdKernel::cluster_pipelined) return cudaErrorInvalidValue;
   }
   // Smallest cluster whose slices fit the target; rows too long for it get the biggest slices that still fit.
   int cluster_size = 0;
@@ -560,7 +560,7 @@ cudaError_t launch_typed(const KdRowParams& p, KdKernelVariant variant, cudaStre
   }
   if (!cluster_size && 2 * slice_len * int64_t(sizeof(T)) <= kMaxSliceBytes) cluster_size = kMaxCluster;
 
-  if (variant != KdKernelVariant::two_pass && cluster_size) {
+  if (variant != KdKernel::two_pass && cluster_size) {
     const size_t smem = size_t(2 * slice_len) * sizeof(T);
     void* kernel = pick_kernel<T, true>(p.kind);
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
@@ -581,26 +581,26 @@ cudaError_t launch_typed(const KdRowParams& p, KdKernelVariant variant, cudaStre
     if (err == cudaSuccess && active_clusters > 0) {
       void* args[] = {const_cast<KdRowParams*>(&p), &cluster_size, &slice_len};
       err = cudaLaunchKernelExC(&config, kernel, args);
-      if (used) *used = KdKernelVariant::cluster_smem;
+      if (used) *used = KdKernel::cluster_smem;
       return err;
     }
-    if (variant == KdKernelVariant::cluster_smem) return err == cudaSuccess ? cudaErrorInvalidConfiguration : err;
+    if (variant == KdKernel::cluster_smem) return err == cudaSuccess ? cudaErrorInvalidConfiguration : err;
     (void)cudaGetLastError();  // the automatic choice falls back to two_pass
-  } else if (variant == KdKernelVariant::cluster_smem) {
+  } else if (variant == KdKernel::cluster_smem) {
     return cudaErrorInvalidValue;  // the row does not fit the cluster's shared memory
   }
   void* kernel = pick_kernel<T, false>(p.kind);
   int one = 1;
   int64_t vocab = p.vocab;
   void* args[] = {const_cast<KdRowParams*>(&p), &one, &vocab};
-  if (used) *used = KdKernelVariant::two_pass;
+  if (used) *used = KdKernel::two_pass;
   return cudaLaunchKernel(kernel, dim3(static_cast<unsigned>(p.rows)), dim3(kThreads), args, 0, stream);
 }
 
 }  // namespace
 
-cudaError_t kd_rows_launch(const KdRowParams& params, KdKernelVariant variant, cudaStream_t stream,
-                           KdKernelVariant* used) {
+cudaError_t kd_rows_launch(const KdRowParams& params, KdKernel variant, cudaStream_t stream,
+                           KdKernel* used) {
   if (params.rows == 0) return cudaSuccess;
   switch (params.dtype) {
     case KdDtype::f32: return launch_typed<float>(params, variant, stream, used);

@@ -5,25 +5,12 @@
 
 #include <cstdint>
 
+#include "minipuzzle/kd_kernel.h"  // KdKernel: which kernel shape runs the rows
+
 namespace mp::kernels {
 
 enum class KdDtype : int { f32 = 0, f16 = 1, bf16 = 2 };
 enum class KdKind : int { forward_kl = 0, reverse_kl = 1, jsd = 2 };
-
-// Which kernel shape runs the rows.
-//   automatic    : cluster_tma where it applies (forward KL, 16-bit logits, V a multiple of 8 up to 262144, CE
-//                  only at T = 1), else cluster_smem when a row fits the cluster's shared memory (and the device
-//                  can co-schedule the cluster), otherwise two_pass. cluster_pipelined only when asked.
-//   cluster_tma  : persistent clusters of up to 16 blocks; a producer warp streams rows into a ring of shared-memory
-//                  buffers with TMA bulk copies while the workers keep stage 2's exponentials in registers for the
-//                  gradient (two exps per element instead of four); kd_loss_tma.cu says why.
-//   cluster_smem : a cluster of up to 8 blocks holds one row in shared memory: logits are read from HBM once and
-//                  the gradient written once (the bandwidth-optimal shape on Hopper).
-//   two_pass     : one block per row reading the row from global memory in each stage (any size; the fallback).
-//   cluster_pipelined : cluster_smem made persistent: each block keeps several slice buffers and copies the next
-//                  rows while computing the current one (memory and arithmetic overlap). automatic takes it when
-//                  at least two buffers fit (16-bit logits up to V ~ 230k, fp32 ~ 115k), else cluster_smem, else two_pass.
-enum class KdKernelVariant : int { automatic = 0, cluster_smem = 1, two_pass = 2, cluster_pipelined = 3, cluster_tma = 4 };
 
 struct KdRowParams {
   const void* student = nullptr;   // [rows, vocab] logits, row stride student_stride elements
@@ -38,6 +25,7 @@ struct KdRowParams {
   KdKind kind = KdKind::forward_kl;
   float temperature = 1.f, jsd_beta = 0.5f, kd_weight = 1.f, ce_weight = 0.f;
   int64_t ignore_index = -100;
+  int tma_workers = 0;  // cluster_tma: 256 asks for the narrow block (KdOptions::tma_workers); else 512
 };
 
 // Enqueues the row kernel on `stream`. Returns cudaSuccess or the launch error (the binding turns it into an
@@ -50,7 +38,7 @@ cudaError_t kd_rows_tma_launch(const KdRowParams& params, cudaStream_t stream);
 cudaError_t kd_scale_unless_one_launch(void* grad, KdDtype dtype, int64_t count, const float* scale,
                                        cudaStream_t stream);
 
-cudaError_t kd_rows_launch(const KdRowParams& params, KdKernelVariant variant, cudaStream_t stream,
-                           KdKernelVariant* used = nullptr);
+cudaError_t kd_rows_launch(const KdRowParams& params, KdKernel variant, cudaStream_t stream,
+                           KdKernel* used = nullptr);
 
 }  // namespace mp::kernels

@@ -375,11 +375,11 @@ cudaError_t launch(const KdRowParams& p, cudaStream_t stream) {
 // 512 workers: one block per SM, clusters of 8 at V 131072. 256 workers: two blocks per SM, clusters of 16. With
 // the cluster barrier per row 256 took 5.05 ms against 3.21 ms (H100, N 8192, V 131072 bf16); with st.async
 // pushes the two are within run-to-run noise (2.41 ms for 256, 2.52 for 512 in one run).
-// MINIPUZZLE_KD_TMA_WORKERS=256 asks for the narrow block (the benchmark and GPU tests time and check both).
+// KdRowParams::tma_workers = 256 (KdOptions::tma_workers) asks for the narrow block (the benchmark and GPU tests time
+// and check both).
 template <typename T, bool HAS_CE>
 cudaError_t launch_workers(const KdRowParams& p, cudaStream_t stream) {
-  const char* forced = std::getenv("MINIPUZZLE_KD_TMA_WORKERS");
-  const bool narrow = forced && std::strcmp(forced, "256") == 0 && p.vocab <= int64_t(kMaxClusterBlocks) * Shape<256>::slice;
+  const bool narrow = p.tma_workers == 256 && p.vocab <= int64_t(kMaxClusterBlocks) * Shape<256>::slice;
   return narrow ? launch<T, 256, HAS_CE>(p, stream) : launch<T, 512, HAS_CE>(p, stream);
 }
 

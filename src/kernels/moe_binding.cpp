@@ -4,8 +4,6 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
-#include <atomic>
-#include <cstdlib>
 #include <cstring>
 
 #include "minipuzzle/error.h"
@@ -45,8 +43,6 @@ void check_inputs(const at::Tensor& x, const std::vector<at::Tensor>& weights, c
              "moe_grouped_linear: row_scale must be [", x.size(0), "] on ", x.device(), ", found ", row_scale.sizes(),
              " on ", row_scale.device());
 }
-
-std::atomic<int> g_grouped{-1};  // -1: read MINIPUZZLE_MOE_GROUPED once (opt-in until measured on a GPU host)
 
 }  // namespace
 
@@ -125,17 +121,5 @@ at::Tensor moe_grouped_linear(const at::Tensor& x, const std::vector<at::Tensor>
   return {};
 #endif
 }
-
-bool moe_grouped_enabled() {
-  int v = g_grouped.load();
-  if (v < 0) {
-    const char* env = std::getenv("MINIPUZZLE_MOE_GROUPED");
-    v = (env && std::strcmp(env, "1") == 0) ? 1 : 0;
-    g_grouped.store(v);
-  }
-  return v == 1;
-}
-
-void set_moe_grouped(bool enabled) { g_grouped.store(enabled ? 1 : 0); }
 
 }  // namespace mp::kernels

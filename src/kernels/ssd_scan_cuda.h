@@ -1,5 +1,5 @@
 // Raw launchers of Mamba-2's chunked SSD scan (ssd_scan.cu): forward and backward. No torch here; the binding
-// (mamba_binding.cpp) checks shapes, pads the sequence to whole chunks and allocates every buffer below.
+// (ssd_scan_binding.cpp) checks shapes, pads the sequence to whole chunks and allocates every buffer below.
 //
 // Notation per batch b, chunk c (Q steps), head h of group g = h / (heads/groups):
 //   acum[l]  = sum_{r<=l} A_h dt_r                      (within the chunk)

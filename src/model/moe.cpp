@@ -4,9 +4,10 @@
 // The routed experts run tokens sorted by expert: one stable sort of the (token, slot) assignments, one host read
 // of the per-expert counts, then per expert a contiguous slice through its two GEMMs, and one index_add back. The
 // same ATen code runs on CPU and CUDA (one device sync per layer for the counts), and autograd flows through
-// index_select / index_add and the routing weights as in transformers. With MINIPUZZLE_MOE_GROUPED=1, on CUDA
-// without gradients (evaluation, scoring, the teacher) the two GEMMs of all experts run as two grouped launches
-// instead (kernels::moe_grouped_linear: relu^2 fused into the first, the routing weight into the second).
+// index_select / index_add and the routing weights as in transformers. With --moe-kernel grouped
+// (kernels::KernelOptions::moe), on CUDA without gradients (evaluation, scoring, the teacher) the two GEMMs of all
+// experts run as two grouped launches instead (kernels::moe_grouped_linear: relu^2 fused into the first, the
+// routing weight into the second).
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 

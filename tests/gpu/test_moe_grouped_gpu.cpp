@@ -93,9 +93,12 @@ TEST_CASE("CUDA MoE layer: the grouped path against the per-expert loop at the N
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
     NemotronH model = NemotronH::random_init(config, 0, at::kCUDA, dtype);
     at::Tensor h = at::randn({2, 1024, 2688}, at::TensorOptions().dtype(dtype).device(at::kCUDA));
-    kernels::set_moe_grouped(false);
+    kernels::KernelOptions ko;
+    ko.moe = kernels::MoeKernel::loop;
+    kernels::set_kernel_options(ko);
     at::Tensor loop = model.forward_layer(0, h).to(at::kDouble);
-    kernels::set_moe_grouped(true);
+    ko.moe = kernels::MoeKernel::grouped;
+    kernels::set_kernel_options(ko);
     at::Tensor grouped = model.forward_layer(0, h).to(at::kDouble);
     const double mag = loop.abs().max().item<double>();
     const double diff = (grouped - loop).abs().max().item<double>() / mag;

@@ -25,14 +25,13 @@
 namespace {
 
 using mp::json;
-using mp::detail::KdRowsVariant;
+using KdRowsVariant = mp::KdKernel;
+
+// KdOptions::tma_workers for the checks below that run cluster_tma (the 256-worker pass sets it).
+int g_tma_workers = 0;
 
 const char* variant_name(KdRowsVariant v) {
-  return v == KdRowsVariant::cluster_smem        ? "cluster_smem"
-         : v == KdRowsVariant::two_pass          ? "two_pass"
-         : v == KdRowsVariant::cluster_pipelined ? "cluster_pipelined"
-         : v == KdRowsVariant::cluster_tma ? "cluster_tma"
-                                                 : "automatic";
+  return v == KdRowsVariant::automatic ? "automatic" : mp::kd_kernel_name(v);
 }
 
 double grad_tolerance(at::ScalarType t) {
@@ -66,7 +65,9 @@ json check_kd(const std::string& name, const Inputs& in, mp::KdOptions o, KdRows
             {"variant", variant_name(variant)}, {"divergence", int(o.divergence)}, {"temperature", o.temperature},
             {"ce_weight", o.ce_weight}};
   try {
-    const auto got = mp::detail::kd_loss_and_grad(in.student, in.teacher, in.labels, o, true, variant);
+    o.kernel = variant;
+    o.tma_workers = g_tma_workers;
+    const auto got = mp::detail::kd_loss_and_grad(in.student, in.teacher, in.labels, o, true);
     r["kernel_ran"] = mp::detail::kd_rows_last_kernel();
     const double count = in.labels.defined() ? std::max<double>(1, in.labels.ne(o.ignore_index).sum().item<double>()) : n;
     mp::KdOptions summed = o;
@@ -105,6 +106,7 @@ json check_in_place(int64_t n, int64_t v, double temperature = 2.0) {
     mp::KdOptions o;
     o.temperature = temperature;
     o.ce_weight = 0.1;
+    o.tma_workers = g_tma_workers;
     const auto out_of_place = mp::kd_loss_and_grad(in.student, in.teacher, in.labels, o);
     at::Tensor buffer = in.student.clone();
     o.gradient_in_place = true;
@@ -196,7 +198,7 @@ int main(int argc, char** argv) {
   // its own cases beside the automatic choice above (which takes it for the plain forward-KL ones), with its
   // own choice of block (512 workers) and with 256 workers asked for (V up to 131072; 512 beyond).
   for (const char* workers : {"auto", "256"}) {
-    if (std::string(workers) == "256") setenv("MINIPUZZLE_KD_TMA_WORKERS", "256", 1);
+    g_tma_workers = std::string(workers) == "256" ? 256 : 0;
     mp::KdOptions plain, hot, ce_t1;
     hot.temperature = 2.0;
     ce_t1.ce_weight = 0.25;
@@ -215,7 +217,7 @@ int main(int argc, char** argv) {
     results.back()["kernel_ran"] = mp::detail::kd_rows_last_kernel();
     results.back()["tma_workers"] = workers;
   }
-  unsetenv("MINIPUZZLE_KD_TMA_WORKERS");
+  g_tma_workers = 0;
   mp::KdOptions fkl;
   fkl.temperature = 2.0;
   // The shapes: N up to 16384, V = 131072 and 256000, bf16.

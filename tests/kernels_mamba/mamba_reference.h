@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
 
 namespace mp::test {
 
@@ -59,6 +60,24 @@ inline double scaled_max_error(const at::Tensor& a, const at::Tensor& b, double 
 inline double relative_l2_error(const at::Tensor& a, const at::Tensor& b) {
   const at::Tensor ad = a.to(at::kDouble).cpu(), bd = b.to(at::kDouble).cpu();
   return (ad - bd).norm().item<double>() / std::max(bd.norm().item<double>(), 1e-30);
+}
+
+// The output and input gradients of one differentiable call (run_with_grads).
+struct Grads {
+  at::Tensor out;
+  std::vector<at::Tensor> grads;
+};
+
+// Runs f on fresh leaf copies of `inputs`, backpropagates sum(out * weights), returns out and the input grads.
+template <class F>
+inline Grads run_with_grads(const std::vector<at::Tensor>& inputs, const at::Tensor& weights, F f) {
+  std::vector<at::Tensor> leaves;
+  for (const auto& t : inputs) leaves.push_back(t.detach().clone().requires_grad_(true));
+  Grads g;
+  g.out = f(leaves);
+  (g.out.to(at::kFloat) * weights).sum().backward();
+  for (auto& l : leaves) g.grads.push_back(l.grad());
+  return g;
 }
 
 }  // namespace mp::test

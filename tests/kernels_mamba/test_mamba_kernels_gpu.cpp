@@ -28,6 +28,13 @@ namespace k = mp::kernels;
 
 namespace {
 
+// All Mamba ops through their kernels (on) or none (the model's eager ATen path), via KernelOptions.
+void set_mamba_kernels(bool on) {
+  mp::kernels::KernelOptions o = mp::kernels::kernel_options();
+  mp::kernels::parse_mamba_kernels(on ? "all" : "none", &o);
+  mp::kernels::set_kernel_options(o);
+}
+
 constexpr double kMaxTol = 5e-2, kL2Tol = 2e-2;
 
 struct Report {
@@ -259,11 +266,11 @@ void test_mixer(Report& rep) {
       return mp::model::mamba2_mixer(ctx, p, v[0]);
     };
     const at::Tensor weights = at::randn({2, 200, c.hidden_size}).to(at::kCUDA);
-    k::set_model_uses_kernels(true);
+    set_mamba_kernels(true);
     const Run ours = run_with_grads(bf_inputs, weights, mixer);
-    k::set_model_uses_kernels(false);
+    set_mamba_kernels(false);
     const Run ref = run_with_grads(f32_inputs, weights, mixer);
-    k::set_model_uses_kernels(true);
+    set_mamba_kernels(true);
     rep.compare("mamba2_mixer", name, "out", ours.out, ref.out, 0.1, 0.05);
     rep.compare("mamba2_mixer", name, "dh", ours.grads[0], ref.grads[0], 0.1, 0.05);
     for (size_t i = 0; i < names.size(); ++i)
