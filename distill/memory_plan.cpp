@@ -40,17 +40,16 @@ double norm_kept(double T, int64_t H, int64_t b, bool output_kept) {
 // Mamba-2 mixer through the autograd kernels (src/model/mamba2.cpp with causal_conv1d_silu, ssd_scan,
 // gated_rms_norm): in_proj's output [T, 2d+2GN+h] (the conv saves its x|B|C view and the gated norm its z view,
 // so the whole storage stays), the conv output [T, d+2GN] (the scan saves its x, B, C views), dt three times
-// (softplus saves its input, clamp_min its input, the scan the result), the scan's fp32 output y [T, d] (saved by
-// the gated norm) and the gated norm's output [T, d] (saved by out_proj). The CPU model computes softplus in
-// float64 (layers.h width_stable_type): dt is then an 8-byte copy, a 4-byte result and the 4-byte clamp.
+// (softplus saves its input, clamp_min its input, the scan the result; all in the model dtype, on CPU as on CUDA),
+// the scan's fp32 output y [T, d] (saved by the gated norm) and the gated norm's output [T, d] (saved by out_proj).
 // The scan writes y for whole chunks (T_pad = batch * ceil(L / chunk) * chunk tokens) and returns a narrowed view.
-// A = -exp(A_log) keeps exp's result ([h], float64 on CPU) and its fp32 cast.
-double mamba_kept(const ModelConfig& c, double T, double T_pad, int64_t b, bool cuda_dtypes) {
+// A = -exp(A_log) in float32 keeps exp's result (ExpBackward) and A itself (saved by the scan), [h] each.
+double mamba_kept(const ModelConfig& c, double T, double T_pad, int64_t b) {
   const double d = D(c.mamba_d_inner()), h = D(c.mamba_num_heads);
   double bytes = T * D(c.mamba_in_proj_dim()) * D(b) + T * D(c.mamba_conv_dim()) * D(b);
-  bytes += cuda_dtypes ? 3.0 * T * h * D(b) : T * h * (8.0 + 4.0 + 4.0);
+  bytes += 3.0 * T * h * D(b);
   bytes += T_pad * d * 4.0 + T * d * D(b);
-  bytes += cuda_dtypes ? 8.0 * h : 12.0 * h;
+  bytes += 2.0 * 4.0 * h;
   return bytes;
 }
 
@@ -188,7 +187,7 @@ KeptActivations kept_activation_bytes(const ModelConfig& c, const TrainSetup& s)
     for (LayerType t : c.layers) {
       const double norm = norm_kept(T, c.hidden_size, b, /*output_kept=*/true);
       switch (t) {
-        case LayerType::Mamba: k.mamba += norm + mamba_kept(c, T, padded_tokens(c, s), b, cuda_like(s)); break;
+        case LayerType::Mamba: k.mamba += norm + mamba_kept(c, T, padded_tokens(c, s), b); break;
         case LayerType::Attention: k.attention += norm + attention_kept(c, T, b); break;
         case LayerType::Mlp: k.mlp += norm + mlp_kept(c, T, b); break;
         case LayerType::Moe: fail("memory plan: mixture-of-experts layers are not modelled");
@@ -216,7 +215,7 @@ double backward_transient_bytes(const ModelConfig& c, const TrainSetup& s) {
   double layer_max = 0;
   double mamba = 0, attention = 0, mlp = 0;
   const double norm = norm_kept(T, c.hidden_size, b, true);
-  if (c.count(LayerType::Mamba)) mamba = norm + mamba_kept(c, T, padded_tokens(c, s), b, cuda_like(s));
+  if (c.count(LayerType::Mamba)) mamba = norm + mamba_kept(c, T, padded_tokens(c, s), b);
   if (c.count(LayerType::Attention)) attention = norm + attention_kept(c, T, b);
   if (c.count(LayerType::Mlp)) mlp = norm + mlp_kept(c, T, b);
   // Backward of a layer holds gradients the size of what it kept (freed as it goes, so about once), plus the scan's

@@ -33,17 +33,6 @@ struct LayerContext {
 // for float64 models, so that a float64 forward is float64 throughout (the pruner's exactness test relies on it).
 inline at::ScalarType statistics_type(at::ScalarType t) { return at::promote_types(t, at::kFloat); }
 
-// The dtype in which the Mamba mixer's CPU path computes the steps whose fp32 rounding would otherwise depend on how
-// many channels the layer has, rounding once back to `otherwise` afterwards: the gated norm's sum of squares (ATen
-// sums by SIMD lanes, so the order follows the group's length), the SSD scan's two GEMMs whose output width is
-// head_dim (MKL picks its kernel by shape), and silu / softplus / exp over rows as wide as the channels (ATen
-// computes the elements past a row's last whole SIMD vector with scalar code, which rounds differently). Float64
-// there makes a pruned model round as its parent with the removed channels masked to zero (tests/pruning). Float64
-// on CPU only; CUDA tensors keep `otherwise`, so the GPU path (fused kernels, or this code) does no extra work.
-inline at::ScalarType width_stable_type(const at::Tensor& t, at::ScalarType otherwise) {
-  return t.is_cpu() ? at::kDouble : otherwise;
-}
-
 // RMSNorm as transformers computes it: in float32 (statistics_type), weight applied there, cast back to input dtype.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 // Mamba's gated RMSNorm: y * silu(z), normalised within each of n_groups groups, then times the weight.

@@ -110,11 +110,10 @@ at::Tensor mamba2_mixer(const LayerContext& ctx, const Params& p, const at::Tens
   at::Tensor Bm = xBC.narrow(-1, d_inner, G * N);
   at::Tensor Cm = xBC.narrow(-1, d_inner + G * N, G * N);
 
-  // exp and softplus over rows of `heads` elements: float64 on CPU, rounded once (width_stable_type, layers.h).
-  const at::ScalarType stat = statistics_type(h.scalar_type());
-  at::Tensor A = -at::exp(p.get("A_log").to(width_stable_type(h, stat))).to(stat);
-  dt = dt + p.get("dt_bias").to(dt.scalar_type());
-  dt = at::softplus(dt.to(width_stable_type(dt, dt.scalar_type()))).to(dt.scalar_type());
+  // As transformers' torch_forward: A = -exp(A_log) in float32 (float64 for a float64 model), softplus(dt + dt_bias)
+  // in the model dtype (the scan reads dt in float32).
+  at::Tensor A = -at::exp(p.get("A_log").to(statistics_type(h.scalar_type())));
+  dt = at::softplus(dt + p.get("dt_bias").to(dt.scalar_type()));
   // transformers clamps dt to [time_step_min, inf), not to config.time_step_limit.
   dt = at::clamp_min(dt, c.time_step_min);
 

@@ -13,8 +13,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 at::Tensor gated_rms_norm(const at::Tensor& y, const at::Tensor& z, const at::Tensor& weight, int64_t n_groups,
                           double eps, const at::Tensor& channel_mask) {
   const at::ScalarType stat = statistics_type(y.scalar_type());
-  const at::ScalarType wide = width_stable_type(y, stat);  // float64 on CPU (layers.h), else stat
-  at::Tensor h = y.to(stat) * at::silu(z.to(wide)).to(stat);
+  at::Tensor h = y.to(stat) * at::silu(z.to(stat));
   auto sizes = h.sizes().vec();
   const int64_t channels = sizes.back();
   const int64_t group_size = channels / n_groups;
@@ -23,15 +22,10 @@ at::Tensor gated_rms_norm(const at::Tensor& y, const at::Tensor& z, const at::Te
   grouped.push_back(group_size);
   at::Tensor g = h.view(grouped);
   at::Tensor variance;
-  // The mean of squares over each group's kept channels (removing channels shrinks the group; masked ones are zero).
-  // On CPU the sum accumulates in float64, which vector_norm does without a float64 copy of g, so its fp32 value does
-  // not depend on the group's length; elsewhere as transformers computes it.
-  at::Tensor m = channel_mask.defined() ? channel_mask.to(stat).view({n_groups, group_size}) : at::Tensor();
-  if (m.defined()) g = g * m;
-  if (wide != stat) {
-    at::Tensor sum_sq = at::linalg_vector_norm(g, 2, {-1}, /*keepdim=*/true, wide).square();
-    variance = (m.defined() ? sum_sq / m.sum(-1, true).clamp_min(1.0) : sum_sq / double(group_size)).to(stat);
-  } else if (m.defined()) {
+  if (channel_mask.defined()) {
+    // Removing channels shrinks each group; the statistic is the mean over the channels that remain.
+    at::Tensor m = channel_mask.to(stat).view({n_groups, group_size});
+    g = g * m;
     variance = g.pow(2).sum(-1, true) / m.sum(-1, true).clamp_min(1.0);
   } else {
     variance = g.pow(2).mean(-1, true);

@@ -16,11 +16,6 @@ at::Tensor ssd_chunk_scan(const at::Tensor& x, const at::Tensor& dt, const at::T
   const int64_t pad = (Q - T % Q) % Q, Tp = T + pad, chunks = Tp / Q;
 
   const at::ScalarType stat = statistics_type(x.scalar_type());
-  // The two contractions with head_dim as output width run in float64 on CPU (width_stable_type, layers.h).
-  const at::ScalarType wide = width_stable_type(x, stat);
-  auto stable_einsum = [&](const char* eq, const at::Tensor& a, const at::Tensor& b) {
-    return at::einsum(eq, {a.to(wide), b.to(wide)}).to(stat);
-  };
   at::Tensor xf = x.to(stat);
   at::Tensor dtf = dt.to(stat);
   at::Tensor skip = D.to(stat).view({1, 1, H, 1}) * xf;  // the D x_t term
@@ -43,7 +38,7 @@ at::Tensor ssd_chunk_scan(const at::Tensor& x, const at::Tensor& dt, const at::T
   at::Tensor causal = at::ones({Q, Q}, x.options().dtype(at::kBool)).tril();
   at::Tensor L = at::exp(seg.masked_fill(causal.logical_not(), -std::numeric_limits<float>::infinity()));
   at::Tensor CB = at::einsum("bclgn,bcsgn->bcgls", {Cc, Bc}).repeat_interleave(heads_per_group, 2);  // [B,c,H,Q,Q]
-  at::Tensor y_diag = stable_einsum("bchls,bcshp->bclhp", CB * L.permute({0, 2, 1, 3, 4}), xc);
+  at::Tensor y_diag = at::einsum("bchls,bcshp->bclhp", {CB * L.permute({0, 2, 1, 3, 4}), xc});
 
   // 2. Each chunk's contribution to the state at its end.
   at::Tensor decay_to_end = at::exp(a_cum.narrow(-1, Q - 1, 1) - a_cum);  // [B,H,c,Q]
@@ -63,7 +58,7 @@ at::Tensor ssd_chunk_scan(const at::Tensor& x, const at::Tensor& dt, const at::T
 
   // 4. Each position reads the state at its chunk's start, decayed to that position.
   at::Tensor Ch = Cc.repeat_interleave(heads_per_group, 3);
-  at::Tensor y_off = stable_einsum("bclhn,bchpn->bclhp", Ch, start_states) *
+  at::Tensor y_off = at::einsum("bclhn,bchpn->bclhp", {Ch, start_states}) *
                      at::exp(a_cum).permute({0, 2, 3, 1}).unsqueeze(-1);
 
   at::Tensor y = (y_diag + y_off).reshape({batch, Tp, H, P});

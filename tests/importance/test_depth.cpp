@@ -155,8 +155,12 @@ TEST_CASE("scoring holds no [tokens, vocab] float32 logits", "[importance][depth
 // Layer streaming (issue 19): the streamed path runs on the CPU too, where "copying to the device" makes fresh
 // tensors, so the budget, the two slots and the prefetch order are exercised without a GPU.
 namespace {
-void check_same_scores(const Scores& got, const Scores& want, const std::string& what) {
+// `base_loss` as for check_same_depth_scores: LM-loss increases are bounded relative to the loss they are
+// differences of (samples summed in other groups round the two losses differently, ~1e-8 of a 4.8 loss on the
+// fixtures now that the CPU Mamba path computes in transformers' float32 rather than float64: issue 26 item 8).
+void check_same_scores(const Scores& got, const Scores& want, const std::string& what, double base_loss) {
   INFO(what);
+  auto floor_for = [&](const std::string& crit) { return crit == "lm_loss_increase" ? base_loss : 1e-12; };
   check_close(got.hidden, want.hidden, what + " hidden", 1e-6);
   for (size_t i = 0; i < want.layers.size(); ++i) {
     const LayerScores& g = got.layers[i];
@@ -168,12 +172,13 @@ void check_same_scores(const Scores& got, const Scores& want, const std::string&
     check_close(g.mamba.heads, w.mamba.heads, where + " mamba", 1e-6);
     check_close(g.mamba.heads_out, w.mamba.heads_out, where + " mamba out", 1e-6);
     check_close(g.mamba.heads_flap, w.mamba.heads_flap, where + " mamba FLAP", 1e-6);
-    for (auto& [crit, v] : w.depth.by_criterion) check_close({g.depth.by_criterion.at(crit)}, {v}, where + " " + crit, 1e-6);
+    for (auto& [crit, v] : w.depth.by_criterion)
+      check_close({g.depth.by_criterion.at(crit)}, {v}, where + " " + crit, 1e-6, floor_for(crit));
   }
   REQUIRE(got.blocks.size() == want.blocks.size());
   for (size_t b = 0; b < want.blocks.size(); ++b)
     for (auto& [crit, v] : want.blocks[b].by_criterion)
-      check_close({got.blocks[b].by_criterion.at(crit)}, {v}, what + " block " + crit, 1e-6);
+      check_close({got.blocks[b].by_criterion.at(crit)}, {v}, what + " block " + crit, 1e-6, floor_for(crit));
   CHECK(got.removal_order == want.removal_order);
   check_close(got.removal_scores, want.removal_scores, what + " removal", 1e-6);
 }
@@ -192,6 +197,11 @@ TEST_CASE("streamed layers give the resident path's scores", "[importance][strea
     o.iterative_steps = 2;
     o.nested_head_dim = c.mamba_head_dim / 2;
     Scores want = compute_scores(model, ids, o);
+    const at::Tensor logits = model.forward(ids);
+    const double base_loss =
+        at::cross_entropy_loss(logits.slice(1, 0, -1).reshape({-1, logits.size(2)}), ids.slice(1, 1).reshape(-1))
+            .item<double>();
+    REQUIRE(base_loss > 1.0);
     int64_t widest = 0, last = LayerStreamer::layer_bytes(c, c.num_layers() - 1, at::kFloat);
     for (int64_t i = 0; i < c.num_layers(); ++i) widest = std::max(widest, LayerStreamer::layer_bytes(c, i, at::kFloat));
     const int64_t fixed = LayerStreamer::non_layer_bytes(c, at::kFloat) + 2 * widest;
@@ -200,7 +210,7 @@ TEST_CASE("streamed layers give the resident path's scores", "[importance][strea
       auto streamer = LayerStreamer::from_model(model, at::kCPU, at::kFloat, budget);
       CHECK(streamer->stats().resident_layers == (budget == fixed ? 0 : 1));
       Scores got = compute_scores(*streamer, ids, o);
-      check_same_scores(got, want, name + (budget == fixed ? " all streamed" : " last layer resident"));
+      check_same_scores(got, want, name + (budget == fixed ? " all streamed" : " last layer resident"), base_loss);
       const auto& st = streamer->stats();
       // Width: each layer copied once for all 3 batches; depth: the sweeps run layer j once per earlier layer.
       CHECK(st.loads >= c.num_layers());
@@ -211,7 +221,8 @@ TEST_CASE("streamed layers give the resident path's scores", "[importance][strea
     ScoreOptions one = o;
     one.stream_batch_size = 1;
     auto streamer = LayerStreamer::from_model(model, at::kCPU, at::kFloat, fixed);
-    check_same_scores(compute_scores(*streamer, ids, one), want, name + " one sample per streamed forward");
+    check_same_scores(compute_scores(*streamer, ids, one), want, name + " one sample per streamed forward",
+                      base_loss);
   }
 }
 
@@ -247,7 +258,7 @@ TEST_CASE("the ATen Mamba scan runs in slices: same scores, a fraction of the me
   CHECK(peak_whole > scan_bytes / 2);  // the measure sees the scan's intermediates
   CHECK(peak_sliced < peak_whole / 2);
   CHECK(peak_whole - peak_sliced > scan_bytes / 2);  // most of the scan's intermediates are gone
-  check_same_scores(sliced, whole, "sliced scan");
+  check_same_scores(sliced, whole, "sliced scan", /*base_loss=*/1e-12);  // o.depth off: no loss increases
 }
 
 // With gradients (distillation through the ATen scan) the slices are concatenated: the same loss and gradients.

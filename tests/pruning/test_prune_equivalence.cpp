@@ -4,20 +4,31 @@
 // channels, which is what removal computes) and dropped layers skipped. Also checks, by brute force over the
 // scores, that the plan keeps the best units by the group-aware rules.
 //
-// Exactness is checked in float64: within 1e-10 (measured at most 9e-14 over the 25 cases; averaging the gated norm
-// over the whole group, masked channels as zeros, would give 0.4 to 3.3: a real mismatch is of the logits' order).
-// In fp32 the 1e-5 holds flat for every case: measured 0 for all 25, with ATen's AVX512 kernels and with its
-// AVX2 ones (ATEN_CPU_CAPABILITY=avx2), 1 or 2 threads. Removing Mamba channels used to change fp32 rounding (up to
-// 1.5e-5 AVX512, 3.8e-5 AVX2, hybrid_g4 nested ranking); each stage in fp32 with the mixer's other stages in
-// float64, worst case AVX512 / AVX2: the gated norm's sum of squares over a shorter group 6.9e-6 / 3.1e-5, its
-// silu(z), which ATen rounds by an element's position in the SIMD vector, 1.1e-5 / 3.0e-6, the SSD scan's
-// intra-chunk GEMM with another head_dim 2.0e-5 / 7.3e-6 (its state read-out GEMM 1.9e-6), softplus(dt) 1.8e-6;
-// in_proj, conv1d + silu, out_proj and the scan's other contractions 0. The model's CPU path computes those steps in
-// float64 and rounds once (width_stable_type, src/model/layers.h). Beyond the fixtures: on a random 5-layer model
-// of hidden 256, the output projections' GEMMs over a shorter reduction (out_proj, down_proj, o_proj) still round
-// differently, about 1e-6 for every kind of unit.
+// Exactness is checked in float64: within 1e-12 (a real mismatch, e.g. averaging the gated norm over the whole
+// group with masked channels as zeros, or cutting another head than the one masked, is of the logits' order, 0.04 to
+// 4). In fp32 the pruned model and the masked parent compute the same real function but round differently wherever a
+// kernel sees another width: the gated norm's sum of squares over a shorter group, silu / exp / softplus rows whose
+// SIMD tail is another length, the SSD scan's and the output projections' GEMMs with another head_dim or reduction
+// (the CPU model computes in transformers' dtypes, not in a width-independent wider one). That difference is
+// rounding, and the fp32 check bounds it as such (fp32_rounding_bound below):
+//
+//   |pruned - masked| <= kappa * eps * S * sqrt(depth),   eps = 2^-23 (fp32 machine epsilon), S = max(1, max|logit|)
+//
+// Each width-dependent step rounds to within a few eps relative to the values it produces; the final norm and the
+// lm_head carry a layer's relative error to the logits at their scale S; the layers' rounding errors are independent,
+// so they add as a random walk over the parent's depth (sqrt). kappa folds in the number of width-dependent steps
+// per layer and the network's gain from a layer to the logits (the fixtures' Mamba groups of 4-8 channels, whose
+// norm statistic a small change moves most); it is measured, not derived: the worst ratio
+// |pruned - masked| / (eps S sqrt(depth)) over the 25 cases is 28.9 with ATen's AVX2 kernels, 1 or 2 threads
+// (hybrid_g4_sharded, nested Mamba ranking: 3.8e-5 on logits of scale 3.7), 11.3 with its scalar ones
+// (ATEN_CPU_CAPABILITY=default); MLP, attention and depth removal round identically (0). kappa = 128 leaves 4.4x
+// for other CPUs' kernels. The bound is then 1.5e-4 to 1.7e-4 on these fixtures, while a wrong removal moves the
+// logits by orders more: cutting a removed Mamba head's A_log in place of a kept one's gives 0.043 to 3.8 in every
+// case that removes heads (fp32 and float64 alike), and both checks fail. float64 is the proof (measured worst
+// 1.1e-13); fp32 only has to tell removal from rounding.
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 
 #include "catch.h"
@@ -129,7 +140,14 @@ struct Comparison {
   double err = 0;             // max |pruned - masked parent| over the logits
   double scale = 1;           // max(1, max |logit|) of the parent
   double masking_effect = 0;  // max |masked - unmasked parent|: the masks must matter
+  int64_t depth = 0;          // layers of the parent
 };
+
+// The fp32 rounding bound of the top: kappa * eps * S * sqrt(depth).
+constexpr double kKappa = 128;
+double fp32_rounding_bound(const Comparison& r) {
+  return kKappa * std::ldexp(1.0, -23) * r.scale * std::sqrt(double(r.depth));
+}
 
 std::vector<Comparison> compare_with_masked_parent(at::ScalarType dtype, bool check_plans) {
   std::vector<Comparison> out;
@@ -157,6 +175,7 @@ std::vector<Comparison> compare_with_masked_parent(at::ScalarType dtype, bool ch
       r.err = test::max_abs_diff(test::logits_of(pruned, ids), reference);
       r.scale = std::max(1.0, full.abs().max().item<double>());
       r.masking_effect = test::max_abs_diff(full, reference);
+      r.depth = c.num_layers();
       out.push_back(r);
     }
   }
@@ -165,21 +184,32 @@ std::vector<Comparison> compare_with_masked_parent(at::ScalarType dtype, bool ch
 
 }  // namespace
 
-TEST_CASE("pruned logits equal the masked parent's in float64 (1e-10): removal is exact", "[pruning]") {
+TEST_CASE("pruned logits equal the masked parent's in float64 (1e-12): removal is exact", "[pruning]") {
+  double worst = 0;
   for (const Comparison& r : compare_with_masked_parent(at::kDouble, /*check_plans=*/false)) {
     INFO(r.label << ": max abs logit difference " << r.err << " (float64, logit scale " << r.scale << ")");
-    CHECK(r.err <= 1e-10);
+    CHECK(r.err <= 1e-12);
     // The masked parent must differ from the unmasked one, or the comparison proves nothing.
     CHECK(r.masking_effect > 1e-3);
+    worst = std::max(worst, r.err);
   }
+  WARN("float64, pruned vs masked parent: worst max |dlogit| " << worst);
 }
 
-TEST_CASE("pruned logits equal the masked parent's in fp32 (1e-5)", "[pruning]") {
+TEST_CASE("pruned logits equal the masked parent's in fp32 up to fp32 rounding (kappa eps S sqrt(depth))",
+          "[pruning]") {
+  double worst = 0, worst_ratio = 0;
   for (const Comparison& r : compare_with_masked_parent(at::kFloat, /*check_plans=*/true)) {
-    INFO(r.label << ": max abs logit difference " << r.err << " (fp32, logit scale " << r.scale << ")");
-    CHECK(r.err <= 1e-5);
+    const double bound = fp32_rounding_bound(r);
+    INFO(r.label << ": max abs logit difference " << r.err << " (fp32, logit scale " << r.scale << ", depth "
+                 << r.depth << ", bound " << bound << ")");
+    CHECK(r.err <= bound);
     CHECK(r.masking_effect > 1e-3);
+    worst = std::max(worst, r.err);
+    worst_ratio = std::max(worst_ratio, r.err / (bound / kKappa));
   }
+  WARN("fp32, pruned vs masked parent: worst max |dlogit| " << worst << ", worst |dlogit| / (eps S sqrt(depth)) "
+                                                            << worst_ratio << " (kappa " << kKappa << ")");
 }
 
 TEST_CASE("a checkpoint streamed to disk holds the same model as the in-memory prune", "[pruning]") {
