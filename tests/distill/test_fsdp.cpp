@@ -292,7 +292,11 @@ TEST_CASE("fsdp: 2 and 4 Gloo processes equal one process on the same global bat
     CHECK(dl <= 1e-6);
     CHECK(dn <= 1e-6);
     CHECK(dg <= 1e-6);
-    CHECK(dw <= 1e-6);
+    // Weights get a looser bound than gradients: AdamW's step m/sqrt(v) does not shrink with the gradient, so an
+    // entry whose gradient is near zero (a bias of a few channels) turns a few-ulp gradient difference from another
+    // reduction order into a step difference of order lr. With fp32 CPU Mamba (no float64 internals) the worst
+    // case, world 4 with shard groups of 2, measures 1.25e-6 after 3 steps; 5e-6 is the CLI test's bound.
+    CHECK(dw <= 5e-6);
     WARN("world " << c.world << " " << c.mode << " group " << c.group << ": losses " << dl << ", norms " << dn
                   << ", grads " << dg << ", weights " << dw);
   }
